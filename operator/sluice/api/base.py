@@ -1,0 +1,103 @@
+"""Shared building blocks of the Sluice API: the model base class, durations, conditions.
+
+Every field carries a description: the CRDs are generated from these models, so the descriptions are
+what `kubectl explain` shows.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "sluice.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+Duration = Annotated[
+    str,
+    Field(
+        pattern=DURATION_PATTERN,
+        description="A duration such as 30s, 5m, 1h30m or 250ms.",
+        json_schema_extra={"example": "30s"},
+    ),
+]
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration string; raises ValueError on anything the CRD pattern would refuse."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 1h30m, 250ms")
+    return sum(float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text))
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields refused (they would be pruned)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=False,
+        use_enum_values=False,
+    )
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A Kubernetes-convention condition (metav1.Condition)."""
+
+    type: str = Field(description="Condition type in CamelCase, e.g. Ready, Progressing, Degraded.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        default="",
+        description="One CamelCase word saying why the condition has this status, for machines.",
+    )
+    message: str = Field(default="", description="A sentence for humans: what happened, with values.")
+    last_transition_time: datetime | None = Field(default=None, description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation the condition was computed for."
+    )
+
+
+class ObjectMeta(ApiModel):
+    """The part of metadata Sluice reads; everything else is kept untouched by the API server."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str = Field(
+        description="Object name (DNS-1123 label).",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
+    namespace: str | None = Field(default=None, description="Namespace of the object.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
+    generation: int | None = Field(default=None, description="Spec generation, set by the API server.")
+    uid: str | None = Field(default=None, description="UID, set by the API server.")
+    resource_version: str | None = Field(default=None, description="Resource version, set by the API server.")
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to another Sluice object in the same namespace."""
+
+    name: str = Field(
+        description="Name of the referenced object in the same namespace.",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )

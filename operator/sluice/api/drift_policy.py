@@ -1,0 +1,122 @@
+"""DriftPolicy: watch a ModelDeployment's inputs and predictions against a reference profile, and act."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta
+
+_NAME = r"^[A-Za-z0-9_.-]+$"
+
+
+class DriftMethod(StrEnum):
+    PSI = "psi"  # population stability index on binned values
+    KS = "ks"  # two-sample Kolmogorov-Smirnov statistic (numeric)
+    JS = "js"  # Jensen-Shannon distance on binned values
+    CHI2 = "chi2"  # chi-squared test on category counts (categorical)
+
+
+class ReferenceProfile(ApiModel):
+    """Where the reference distribution comes from."""
+
+    uri: str | None = Field(
+        default=None,
+        description="A profile JSON (per-feature bin edges and counts) at file://, http(s)://, s3:// or gs://.",
+        pattern=r"^(file|https?|s3|gs)://.+",
+    )
+    from_stable_version: bool = Field(
+        default=False,
+        description="Use what the stable version saw during its first window after promotion instead of a file.",
+    )
+
+
+class Feature(ApiModel):
+    """One input feature (or the prediction) to watch."""
+
+    name: str = Field(description="Input tensor name, or 'prediction' for the model output.", pattern=_NAME)
+    index: int | None = Field(default=None, ge=0, description="Column of a 2-D input tensor.")
+    type: Literal["numeric", "categorical"] = Field(default="numeric", description="numeric or categorical.")
+    method: DriftMethod | None = Field(default=None, description="Overrides the policy's method for this feature.")
+
+
+class Thresholds(ApiModel):
+    """Scores at which drift is reported."""
+
+    warning: float = Field(default=0.1, ge=0, description="Score at or above which status is Warning.")
+    critical: float = Field(
+        default=0.25, ge=0, description="Score at or above which status is Drifted and the action runs."
+    )
+
+
+class ActionType(StrEnum):
+    ALERT = "alert"  # condition + Event + metric only
+    ROLLBACK = "rollback"  # undo the target to its previous promoted revision
+    RETRAIN = "retrain"  # create a Job from the template
+
+
+class Action(ApiModel):
+    """What happens when drift is critical."""
+
+    type: ActionType = Field(default=ActionType.ALERT, description="alert, rollback or retrain.")
+    job_template: dict[str, Any] | None = Field(
+        default=None,
+        description="batch/v1 JobTemplateSpec run for retrain; SLUICE_* env vars describe the drift.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
+    )
+    cooldown: Duration = Field(default="1h", description="Least time between two actions.")
+
+
+class DriftPolicySpec(ApiModel):
+    """Desired state of a DriftPolicy."""
+
+    target: LocalObjectReference = Field(description="The ModelDeployment watched.")
+    reference: ReferenceProfile = Field(description="The reference distribution.")
+    features: list[Feature] = Field(min_length=1, max_length=256, description="Features (and prediction) watched.")
+    method: DriftMethod = Field(default=DriftMethod.PSI, description="Default statistic.")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="Warning and critical scores.")
+    window: Duration = Field(default="1h", description="How much recent traffic each evaluation looks at.")
+    min_samples: int = Field(default=500, ge=1, description="Fewer samples in the window report NoData.")
+    interval: Duration = Field(default="5m", description="Time between evaluations.")
+    action: Action = Field(default_factory=Action, description="What to do on critical drift.")
+
+
+class DriftState(StrEnum):
+    OK = "Ok"
+    WARNING = "Warning"
+    DRIFTED = "Drifted"
+    NO_DATA = "NoData"
+
+
+class FeatureScore(ApiModel):
+    """Drift of one feature at the last evaluation."""
+
+    name: str = Field(description="Feature name.")
+    method: DriftMethod = Field(description="Statistic used.")
+    score: float | None = Field(default=None, description="The statistic's value.")
+    state: DriftState = Field(description="Ok, Warning, Drifted or NoData.")
+
+
+class DriftPolicyStatus(ApiModel):
+    """Observed state of a DriftPolicy."""
+
+    observed_generation: int | None = Field(default=None, description="Last metadata.generation acted on.")
+    state: DriftState = Field(default=DriftState.NO_DATA, description="Worst state over all features.")
+    score: float | None = Field(default=None, description="Highest feature score at the last evaluation.")
+    last_evaluated: datetime | None = Field(default=None, description="When drift was last computed.")
+    last_action: datetime | None = Field(default=None, description="When the action last ran.")
+    features: list[FeatureScore] = Field(default_factory=list, description="Per-feature scores.")
+    conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-convention conditions.")
+
+
+class DriftPolicy(ApiModel):
+    """Drift detection on a ModelDeployment's inputs and predictions, with an action."""
+
+    api_version: Literal["sluice.dev/v1alpha1"] = Field(default="sluice.dev/v1alpha1", description="API version.")
+    kind: Literal["DriftPolicy"] = Field(default="DriftPolicy", description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: DriftPolicySpec = Field(description="Desired state.")
+    status: DriftPolicyStatus | None = Field(default=None, description="Observed state, written by Sluice.")

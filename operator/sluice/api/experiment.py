@@ -1,0 +1,148 @@
+"""Experiment: an A/B(/n) test between model versions with sticky assignment and a statistical verdict."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta
+from sluice.api.model_deployment import ModelSpec
+
+_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Variant(ApiModel):
+    """One arm of the experiment."""
+
+    name: str = Field(description="Variant name, e.g. control or treatment.", pattern=_NAME, max_length=63)
+    model: ModelSpec = Field(description="The model version this arm serves.")
+    weight: int = Field(ge=0, le=100, description="Percent of assigned units sent to this arm.")
+
+
+class Assignment(ApiModel):
+    """How a request is assigned to an arm: by hashing a unit id, so a unit always sees the same arm."""
+
+    header: str = Field(
+        default="x-user-id",
+        description="Request header carrying the unit id (user, session). Requests without it are not enrolled.",
+        pattern=r"^[A-Za-z0-9-]+$",
+    )
+    salt: str | None = Field(
+        default=None, description="Hash salt; defaults to the experiment's uid so experiments are independent."
+    )
+
+
+class MetricKind(StrEnum):
+    CONVERSION = "conversion"  # a rate: successes / trials
+    MEAN = "mean"  # a continuous outcome per unit
+
+
+class OutcomeMetric(ApiModel):
+    """The number the experiment is about."""
+
+    name: str = Field(description="Metric name reported with outcomes (POST /v2/outcomes).", pattern=_NAME)
+    kind: MetricKind = Field(default=MetricKind.CONVERSION, description="conversion or mean.")
+    direction: Literal["increase", "decrease"] = Field(
+        default="increase", description="Whether larger values are better."
+    )
+    query: str | None = Field(
+        default=None, description="PromQL returning the per-variant value instead of reported outcomes."
+    )
+
+
+class Guardrail(ApiModel):
+    """A metric that must not get worse, whatever the primary metric does."""
+
+    name: str = Field(description="Guardrail name.", pattern=_NAME)
+    type: Literal["error-rate", "latency-p99", "promql"] = Field(description="What is measured.")
+    max: float | None = Field(default=None, description="Stop the arm when the value is above this.")
+    query: str | None = Field(default=None, description="PromQL for type promql.")
+
+
+class Method(StrEnum):
+    FREQUENTIST = "frequentist"  # two-sided z-test (conversion) / Welch t-test (mean), fixed horizon
+    SEQUENTIAL = "sequential"  # mixture SPRT: valid at every look, so it may stop early
+    BAYESIAN = "bayesian"  # Beta-Binomial / normal posterior probability of being best
+
+
+class EndPolicy(StrEnum):
+    PROMOTE_WINNER = "promoteWinner"  # make the winning model the target's stable version
+    KEEP_CONTROL = "keepControl"  # end and route everything back to the first variant
+    MANUAL = "manual"  # report the verdict and wait
+
+
+class ExperimentSpec(ApiModel):
+    """Desired state of an Experiment."""
+
+    target: LocalObjectReference = Field(description="The ModelDeployment whose traffic is split.")
+    variants: list[Variant] = Field(
+        min_length=2,
+        max_length=10,
+        description="Arms; the first is the control. Weights must sum to 100.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.map(v, v.weight).sum() == 100", "message": "variant weights must sum to 100"},
+                {
+                    "rule": "self.all(v, self.exists_one(w, w.name == v.name))",
+                    "message": "variant names must be unique",
+                },
+            ]
+        },
+    )
+    assignment: Assignment = Field(default_factory=Assignment, description="Sticky assignment of units to arms.")
+    primary_metric: OutcomeMetric = Field(description="The metric the verdict is about.")
+    guardrails: list[Guardrail] = Field(default_factory=list, max_length=16, description="Metrics that must hold.")
+    method: Method = Field(default=Method.SEQUENTIAL, description="Statistical method of the verdict.")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="False-positive rate the verdict tolerates.")
+    minimum_detectable_effect: float = Field(
+        default=0.05, gt=0, description="Smallest relative lift worth detecting; sizes the test."
+    )
+    minimum_samples: int = Field(default=1000, ge=1, description="Units per arm before any verdict.")
+    maximum_duration: Duration = Field(default="168h", description="Stop with no verdict after this long.")
+    end_policy: EndPolicy = Field(default=EndPolicy.MANUAL, description="What happens at a verdict.")
+
+
+class ExperimentPhase(StrEnum):
+    PENDING = "Pending"  # accepted; arms not yet serving
+    RUNNING = "Running"  # collecting samples
+    CONCLUDED = "Concluded"  # terminal: a verdict was reached
+    STOPPED = "Stopped"  # terminal: guardrail breached, maximum duration passed, or stopped by hand
+    FAILED = "Failed"  # terminal: the spec cannot be carried out (see conditions)
+
+
+class VariantStats(ApiModel):
+    """What was observed for one arm."""
+
+    name: str = Field(description="Variant name.")
+    samples: int = Field(default=0, ge=0, description="Units observed.")
+    value: float | None = Field(default=None, description="Conversion rate or mean of the primary metric.")
+    lift: float | None = Field(default=None, description="Relative difference to control.")
+    probability_best: float | None = Field(default=None, description="Bayesian: chance this arm is best.")
+    p_value: float | None = Field(default=None, description="Frequentist/sequential p-value against control.")
+
+
+class ExperimentStatus(ApiModel):
+    """Observed state of an Experiment."""
+
+    observed_generation: int | None = Field(default=None, description="Last metadata.generation acted on.")
+    phase: ExperimentPhase = Field(default=ExperimentPhase.PENDING, description="Lifecycle phase.")
+    started_at: datetime | None = Field(default=None, description="When assignment began.")
+    leader: str | None = Field(default=None, description="The arm currently ahead on the primary metric.")
+    lift: str | None = Field(default=None, description="Leader's lift over control, e.g. '+3.2%'.")
+    confidence: str | None = Field(default=None, description="Confidence in the leader, e.g. '97.1%'.")
+    verdict: str | None = Field(default=None, description="The conclusion in words, once reached.")
+    variants: list[VariantStats] = Field(default_factory=list, description="Per-arm statistics.")
+    conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-convention conditions.")
+
+
+class Experiment(ApiModel):
+    """An A/B(/n) test between model versions with sticky assignment and a statistical verdict."""
+
+    api_version: Literal["sluice.dev/v1alpha1"] = Field(default="sluice.dev/v1alpha1", description="API version.")
+    kind: Literal["Experiment"] = Field(default="Experiment", description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: ExperimentSpec = Field(description="Desired state.")
+    status: ExperimentStatus | None = Field(default=None, description="Observed state, written by Sluice.")

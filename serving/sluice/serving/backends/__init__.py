@@ -1,0 +1,1 @@
+"""Where inference runs: one Backend implementation per file, chosen by `make_backend`."""

@@ -1,0 +1,28 @@
+"""Names and labels of the metrics the data plane exports; rollout analysis queries exactly these.
+
+Kept in one place so the router that writes them and the analysis that reads them cannot drift apart.
+All carry the labels `model`, `version` and `variant` unless noted.
+"""
+
+from __future__ import annotations
+
+PREFIX = "sluice"
+
+# Counter, extra label `code` (HTTP status as a string).
+REQUESTS_TOTAL = f"{PREFIX}_requests_total"
+# Histogram of end-to-end router latency, seconds.
+REQUEST_DURATION_SECONDS = f"{PREFIX}_request_duration_seconds"
+# Histogram of backend model-call batch sizes (label `variant` only where the backend reports it).
+BATCH_SIZE = f"{PREFIX}_batch_size"
+# Histogram of the model's primary score (first output, max class probability or value), 0..1 buckets.
+PREDICTION_SCORE = f"{PREFIX}_prediction_score"
+# Counter of shadow comparisons, extra label `outcome` in {agree, disagree, error}.
+SHADOW_COMPARISONS_TOTAL = f"{PREFIX}_shadow_comparisons_total"
+# Histogram of |shadow score - primary score|.
+SHADOW_SCORE_DIFF = f"{PREFIX}_shadow_score_difference"
+# Gauge 1/0: model loaded and warmed up, extra label `provider` (onnxruntime execution provider).
+MODEL_LOADED = f"{PREFIX}_model_loaded"
+# Gauge: current traffic weight percent of each variant.
+VARIANT_WEIGHT = f"{PREFIX}_variant_weight_percent"
+
+LABELS = ("model", "version", "variant")
