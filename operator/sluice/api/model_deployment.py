@@ -31,8 +31,9 @@ class ModelSpec(ApiModel):
     name: str = Field(description="Model name, as clients address it (/v2/models/NAME).", pattern=_NAME)
     format: ModelFormat = Field(default=ModelFormat.ONNX, description="Model file format. Only onnx for now.")
     uri: str = Field(
-        description="Where the model file lives: file://, http(s)://, s3:// or gs://.",
-        pattern=r"^(file|https?|s3|gs)://.+",
+        description="Where the model file lives: file:///abs/path, file:relative/path (resolved against the "
+        "YAML file's directory by `sluice run`), http(s)://, s3:// or gs://.",
+        pattern=r"^(file:|https?://|s3://|gs://).+",
         max_length=2048,
     )
     version: str = Field(

@@ -105,6 +105,11 @@ class ModelDeploymentStatus(ApiModel):
         default_factory=list, description="Checks that failed in this rollout, latest per check."
     )
     last_analysis: AnalysisRun | None = Field(default=None, description="The most recent analysis.")
+    last_command: str | None = Field(
+        default=None,
+        description="The last manual command carried out (value of the sluice.dev/command annotation), so that "
+        "each is carried out once.",
+    )
     ready: str = Field(default="0/0", description="Ready replicas / desired replicas, all versions.")
     history: list[Revision] = Field(default_factory=list, description="Past rollouts, newest first.")
     conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-convention conditions.")
