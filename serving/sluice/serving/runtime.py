@@ -1,0 +1,283 @@
+"""The model runtime: fetch an ONNX file, verify it, open an onnxruntime session, warm it up, run batches.
+
+Every backend that runs ONNX in Python (the in-process backend, the Ray Serve model deployment) goes through
+`OnnxModel`, so URI handling, hash checks, provider choice and warm-up behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import numpy.typing as npt
+
+from sluice.serving.tensors import V2_TO_NUMPY, ModelMetadata, Tensor, TensorSpec
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEFAULT_MAX_BYTES = 2 * 1024**3  # an ONNX protobuf cannot exceed 2 GiB without external data anyway
+
+# onnxruntime type strings -> Open Inference Protocol datatypes.
+ORT_TO_V2 = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+class ModelLoadError(Exception):
+    """The model could not be fetched, verified, opened or warmed up; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """Knobs of one session. One intra-op thread by default: on small CPUs parallel replicas beat parallel ops."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    prefer_gpu: bool = True
+    http_timeout_s: float = 30.0
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+def resolve_uri(uri: str, base_dir: Path | None) -> str:
+    """Turn `file:relative` into `file:///abs` against base_dir; other URIs are returned unchanged."""
+    if uri.startswith("file:") and not uri.startswith("file://"):
+        rel = unquote(uri[len("file:") :])
+        path = Path(rel)
+        if not path.is_absolute():
+            if base_dir is None:
+                raise ModelLoadError(f"model URI {uri!r} is relative but no base directory was given to resolve it")
+            path = base_dir / path
+        return path.resolve().as_uri()
+    return uri
+
+
+def fetch(uri: str, base_dir: Path | None = None, options: RuntimeOptions = RuntimeOptions()) -> bytes:
+    """The model file's bytes from file:, http(s)://, s3:// or gs:// (object stores need an optional extra)."""
+    uri = resolve_uri(uri, base_dir)
+    parsed = urlparse(uri)
+    scheme = parsed.scheme
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ModelLoadError(f"model URI {uri!r}: file URIs must be local (file:///abs/path)")
+        path = Path(unquote(parsed.path))
+        try:
+            size = path.stat().st_size
+            if size > options.max_bytes:
+                raise ModelLoadError(f"model file {path} is {size} bytes, over the {options.max_bytes}-byte cap")
+            return path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"model file {path} cannot be read: {exc.strerror or exc}") from exc
+    if scheme in ("http", "https"):
+        return _fetch_http(uri, options)
+    if scheme in ("s3", "gs"):
+        return _fetch_object_store(uri, scheme, options)
+    raise ModelLoadError(f"model URI {uri!r}: unsupported scheme {scheme!r}; use file:, http(s)://, s3:// or gs://")
+
+
+def _fetch_http(uri: str, options: RuntimeOptions) -> bytes:
+    import httpx
+
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        with (
+            httpx.Client(timeout=options.http_timeout_s, follow_redirects=True) as client,
+            client.stream("GET", uri) as response,
+        ):
+            if response.status_code != 200:
+                raise ModelLoadError(f"model URI {uri}: HTTP {response.status_code}")
+            declared = response.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > options.max_bytes:
+                raise ModelLoadError(f"model URI {uri}: {declared} bytes, over the {options.max_bytes}-byte cap")
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if total > options.max_bytes:
+                    raise ModelLoadError(f"model URI {uri}: more than the {options.max_bytes}-byte cap")
+                chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise ModelLoadError(f"model URI {uri}: download failed: {type(exc).__name__}: {exc}") from exc
+    return b"".join(chunks)
+
+
+def _fetch_object_store(uri: str, scheme: str, options: RuntimeOptions) -> bytes:
+    """s3:// through boto3 (extra `s3`); gs:// through gcsfs when installed. Both optional by design."""
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if scheme == "s3":
+        try:
+            import boto3  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"model URI {uri}: s3:// needs boto3; install the extra: pip install 'sluice[s3]'"
+            ) from exc
+        try:
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+            data: bytes = body.read(options.max_bytes + 1)
+        except Exception as exc:
+            raise ModelLoadError(f"model URI {uri}: S3 download failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            import gcsfs  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise ModelLoadError(f"model URI {uri}: gs:// needs gcsfs; install it: pip install gcsfs") from exc
+        try:
+            with gcsfs.GCSFileSystem().open(f"{bucket}/{key}", "rb") as f:
+                data = f.read(options.max_bytes + 1)
+        except Exception as exc:
+            raise ModelLoadError(f"model URI {uri}: GCS download failed: {type(exc).__name__}: {exc}") from exc
+    if len(data) > options.max_bytes:
+        raise ModelLoadError(f"model URI {uri}: more than the {options.max_bytes}-byte cap")
+    return data
+
+
+def verify_sha256(data: bytes, expected: str | None, uri: str) -> str:
+    """The file's sha256; raises ModelLoadError naming both hashes when an expected one does not match."""
+    actual = hashlib.sha256(data).hexdigest()
+    if expected is not None and actual != expected.lower():
+        raise ModelLoadError(f"model {uri}: sha256 mismatch: expected {expected.lower()}, got {actual}")
+    return actual
+
+
+def choose_providers(prefer_gpu: bool) -> list[str]:
+    """CUDA first when this onnxruntime build has it (the `gpu` extra); the session itself says if it was usable."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if prefer_gpu and CUDA in available:
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def _spec(arg: Any) -> TensorSpec:
+    datatype = ORT_TO_V2.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(f"tensor {arg.name!r} has type {arg.type}, which Sluice cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def zeros_for(spec: TensorSpec, batch: int = 1) -> npt.NDArray[Any]:
+    """A zero tensor of the declared shape, dynamic dimensions = batch (warm-up and tests)."""
+    shape = tuple(batch if d < 0 else d for d in spec.shape)
+    if spec.datatype == "BYTES":
+        return np.full(shape, b"", dtype=np.object_)
+    return np.zeros(shape, dtype=V2_TO_NUMPY[spec.datatype])
+
+
+class OnnxModel:
+    """One loaded model version. `load()` never raises: a failure leaves `ready` False and `error` set."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        uri: str,
+        *,
+        sha256: str | None = None,
+        base_dir: Path | None = None,
+        options: RuntimeOptions = RuntimeOptions(),
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.uri = uri
+        self.sha256 = sha256
+        self.base_dir = base_dir
+        self.options = options
+        self.error: str | None = None
+        self._session: Any = None
+        self._metadata: ModelMetadata | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None and self.error is None
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        if self._metadata is None:
+            raise ModelLoadError(self.error or f"model {self.name} {self.version} is not loaded")
+        return self._metadata
+
+    @property
+    def provider(self) -> str:
+        return self._metadata.provider if self._metadata else "none"
+
+    def load(self) -> bool:
+        """Fetch, verify, open and warm up; True when ready. Idempotent once loaded."""
+        with self._lock:
+            if self.ready:
+                return True
+            try:
+                self._load()
+            except ModelLoadError as exc:
+                self._fail(str(exc))
+            except Exception as exc:  # onnxruntime raises its own types for corrupt files
+                self._fail(f"model {self.name} {self.version} ({self.uri}): {type(exc).__name__}: {exc}")
+            return self.ready
+
+    def _fail(self, reason: str) -> None:
+        self._session = None
+        self.error = reason
+        log.error("model not ready: %s", reason)
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        self.error = None
+        data = fetch(self.uri, self.base_dir, self.options)
+        verify_sha256(data, self.sha256, self.uri)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, self.options.intra_op_threads)
+        so.inter_op_num_threads = max(1, self.options.inter_op_threads)
+        so.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(data, sess_options=so, providers=choose_providers(self.options.prefer_gpu))
+        except Exception as exc:
+            raise ModelLoadError(f"model {self.uri}: onnxruntime cannot open it: {exc}") from exc
+        provider = session.get_providers()[0]  # what is really used, not what is compiled in
+        meta = ModelMetadata(
+            name=self.name,
+            version=self.version,
+            platform="onnxruntime_onnx",
+            inputs=tuple(_spec(i) for i in session.get_inputs()),
+            outputs=tuple(_spec(o) for o in session.get_outputs()),
+            provider=provider,
+        )
+        feeds = {spec.name: zeros_for(spec) for spec in meta.inputs}
+        try:
+            session.run(None, feeds)
+        except Exception as exc:
+            raise ModelLoadError(f"model {self.uri}: warm-up inference failed: {exc}") from exc
+        self._metadata = meta
+        self._session = session
+        log.info("model %s %s ready on %s (pid %d)", self.name, self.version, provider, os.getpid())
+
+    def predict(self, inputs: dict[str, npt.NDArray[Any]]) -> tuple[Tensor, ...]:
+        """Run one (already batched) call; outputs in the model's declared order."""
+        session = self._session
+        if session is None:
+            raise ModelLoadError(self.error or f"model {self.name} {self.version} is not loaded")
+        names = [o.name for o in self.metadata.outputs]
+        results = session.run(names, inputs)
+        return tuple(Tensor(n, np.asarray(r)) for n, r in zip(names, results, strict=True))
