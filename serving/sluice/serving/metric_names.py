@@ -18,6 +18,8 @@ BATCH_SIZE = f"{PREFIX}_batch_size"
 PREDICTION_SCORE = f"{PREFIX}_prediction_score"
 # Counter of shadow comparisons, extra label `outcome` in {agree, disagree, error}.
 SHADOW_COMPARISONS_TOTAL = f"{PREFIX}_shadow_comparisons_total"
+# Counter of shadow copies dropped because too many were in flight (labels of the mirror variant).
+SHADOW_DROPPED_TOTAL = f"{PREFIX}_shadow_dropped_total"
 # Histogram of |shadow score - primary score|.
 SHADOW_SCORE_DIFF = f"{PREFIX}_shadow_score_difference"
 # Gauge 1/0: model loaded and warmed up, extra label `provider` (onnxruntime execution provider).
@@ -26,3 +28,11 @@ MODEL_LOADED = f"{PREFIX}_model_loaded"
 VARIANT_WEIGHT = f"{PREFIX}_variant_weight_percent"
 
 LABELS = ("model", "version", "variant")
+
+# Bucket edges, identical for every variant: PSI between canary and stable is computed from these buckets.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+SCORE_BUCKETS = tuple(round(i * 0.05, 2) for i in range(1, 21))  # 0.05, 0.10, ..., 1.0 (+Inf)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)

@@ -21,6 +21,8 @@ V2_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    # BYTES travels as a numpy object array of `bytes` (UTF-8 strings in JSON).
+    "BYTES": np.dtype(np.object_),
 }
 NUMPY_TO_V2: dict[np.dtype[np.generic], str] = {v: k for k, v in V2_TO_NUMPY.items()}
 
@@ -64,13 +66,18 @@ class ModelMetadata:
 
 @dataclass(frozen=True, slots=True)
 class InferRequest:
+    """One inference call; `parameters` are the protocol's free-form request parameters, passed through."""
+
     inputs: tuple[Tensor, ...]
     id: str | None = None
     outputs: tuple[str, ...] = ()  # requested output names; empty means all
+    parameters: dict[str, str | int | float | bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class InferResponse:
+    """A backend's answer; a backend may set `parameters["batch_size"]` to the batch it ran this request in."""
+
     model_name: str
     model_version: str
     outputs: tuple[Tensor, ...]

@@ -1,0 +1,185 @@
+"""The router's HTTP face: a Starlette app serving the Open Inference Protocol, plain predict, metrics, admin.
+
+Used as-is by the standalone host (uvicorn) and wrapped by the Ray Serve ingress. The app holds no routing logic:
+it reads bodies (bounded), headers and path parameters and hands them to `DataPlane`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sluice.serving.config import ServingConfig
+from sluice.serving.errors import InvalidInput, PayloadTooLarge, ServingError, Unauthorized, UnsupportedMediaType
+from sluice.serving.metrics import CONTENT_TYPE_LATEST
+from sluice.serving.protocol.dataplane import DataPlane, Reply, parse_json
+from sluice.serving.router import Router
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_ENV = "SLUICE_ADMIN_TOKEN"
+_JSON_TYPES = ("application/json", "text/json")
+
+
+class _Json(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _error(exc: ServingError) -> Response:
+    return _Json(exc.to_json(), status_code=exc.status_code)
+
+
+def _check_content_type(request: Request) -> None:
+    if "inference-header-content-length" in request.headers:
+        raise UnsupportedMediaType("the binary tensor data extension is not supported; send JSON (binary_data=False)")
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        return  # tritonclient sends none; the body must still parse as JSON
+    base = ctype.split(";", 1)[0].strip().lower()
+    if base not in _JSON_TYPES and not base.endswith("+json"):
+        raise UnsupportedMediaType(f"content type {base!r} is not supported; send application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing with 413 as soon as it is known to exceed `limit` (header first, then while streaming)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInput(f"invalid Content-Length {declared!r}")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reply(reply: Reply) -> Response:
+    return _Json(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guard(fn: Handler) -> Handler:
+    """Any ServingError becomes its JSON error; anything else a logged 500 (never a crash, never the payload)."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except ServingError as exc:
+            return _error(exc)
+        except Exception:
+            log.exception("unhandled error on %s", request.url.path)
+            return _Json({"error": "internal error"}, status_code=500)
+
+    return wrapped
+
+
+def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> Starlette:
+    """The ASGI app over `router`; `app.state.dataplane.router` may be swapped to re-point it."""
+    plane = DataPlane(router)
+
+    def dp() -> DataPlane:
+        return plane
+
+    async def live(_: Request) -> Response:
+        return _Json(DataPlane.live())
+
+    async def ready(_: Request) -> Response:
+        body = await dp().ready()
+        return _Json(body, status_code=200 if body["ready"] else 503)
+
+    async def server_meta(_: Request) -> Response:
+        return _Json(dp().server_metadata())
+
+    async def model_meta(request: Request) -> Response:
+        p = request.path_params
+        return _Json(await dp().model_metadata(p["name"], p.get("version")))
+
+    async def model_ready(request: Request) -> Response:
+        p = request.path_params
+        body = await dp().model_ready(p["name"], p.get("version"))
+        return _Json(body, status_code=200 if body["ready"] else 503)
+
+    async def infer(request: Request) -> Response:
+        t0 = time.perf_counter()
+        _check_content_type(request)
+        raw = await read_body(request, dp().router.config.max_request_bytes)
+        p = request.path_params
+        return _reply(await dp().infer(p["name"], p.get("version"), raw, request.headers, t0))
+
+    async def predict(request: Request) -> Response:
+        t0 = time.perf_counter()
+        _check_content_type(request)
+        raw = await read_body(request, dp().router.config.max_request_bytes)
+        return _reply(await dp().predict(request.path_params["name"], raw, request.headers, t0))
+
+    async def metrics(_: Request) -> Response:
+        return Response(dp().router.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def get_config(_: Request) -> Response:
+        return _Json(dp().router.config.model_dump(mode="json"))
+
+    async def put_config(request: Request) -> Response:
+        token = os.environ.get(ADMIN_TOKEN_ENV)
+        if token:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise Unauthorized("admin endpoint needs 'Authorization: Bearer <token>'")
+        _check_content_type(request)
+        raw = await read_body(request, 1024 * 1024)
+        try:
+            config = ServingConfig.model_validate(parse_json(raw))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+            raise InvalidInput(f"invalid ServingConfig: {problems}") from exc
+        await dp().router.apply(config)
+        log.info("applied config: %s", {v.name: v.weight for v in config.variants})
+        return _Json({"applied": True, "weights": {v.name: v.weight for v in config.variants}})
+
+    routes = [
+        Route("/v2/health/live", _guard(live), methods=["GET"]),
+        Route("/v2/health/ready", _guard(ready), methods=["GET"]),
+        Route("/v2", _guard(server_meta), methods=["GET"]),
+        Route("/v2/models/{name}", _guard(model_meta), methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}", _guard(model_meta), methods=["GET"]),
+        Route("/v2/models/{name}/ready", _guard(model_ready), methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", _guard(model_ready), methods=["GET"]),
+        Route("/v2/models/{name}/infer", _guard(infer), methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", _guard(infer), methods=["POST"]),
+        Route("/v1/models/{name}:predict", _guard(predict), methods=["POST"]),
+        Route("/metrics", _guard(metrics), methods=["GET"]),
+        Route("/admin/config", _guard(get_config), methods=["GET"]),
+        Route("/admin/config", _guard(put_config), methods=["PUT"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await router.ready()  # fills the model-loaded gauge before the first scrape
+        try:
+            yield
+        finally:
+            if close_router_on_shutdown:
+                await router.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.dataplane = plane
+    return app

@@ -1,0 +1,344 @@
+"""The router core: picks a variant per request, calls its backend, mirrors shadows, falls back, counts.
+
+Transport-free (hosts feed it decoded requests and header values) so the Ray ingress and the standalone
+router share it. The live configuration is one immutable `_State`; `update()` swaps the reference atomically and
+every request keeps the state it started with, so a weight change never fails or drops an in-flight request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from sluice.serving.backends.base import Backend
+from sluice.serving.config import STABLE, ServingConfig, VariantConfig
+from sluice.serving.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidInput,
+    ModelNotFound,
+    ServingError,
+)
+from sluice.serving.metrics import RouterMetrics
+from sluice.serving.protocol.validation import validate_request
+from sluice.serving.scores import Scored, compare, score_outputs
+from sluice.serving.split import EveryNth, SmoothWeighted, sticky_pick
+from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata
+
+log = logging.getLogger(__name__)
+
+BackendFactory = Callable[[VariantConfig, ServingConfig], Backend]
+
+# Errors after which a canary request is retried on stable when `fallback_to_stable` is on (5xx-class only).
+_FALLBACK_ERRORS = (BackendError, BackendUnavailable, BackendTimeout)
+
+
+def _backend_key(v: VariantConfig) -> tuple[str, str, str, str | None, str | None]:
+    """Two variant configs with the same key can share one backend (weights do not matter)."""
+    return (v.name, v.version, v.uri, v.sha256, v.endpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A primary response and who served it."""
+
+    response: InferResponse
+    variant: str
+    version: str
+    fell_back_from: str | None = None
+
+
+@dataclass(eq=False)
+class _State:
+    config: ServingConfig
+    backends: dict[str, Backend]
+    splitter: SmoothWeighted
+    mirror: EveryNth | None
+    names: tuple[str, ...]
+    weights: tuple[int, ...]
+    metadata: dict[str, ModelMetadata] = field(default_factory=dict)
+    inflight: int = 0
+
+
+def _make_state(config: ServingConfig, backends: Mapping[str, Backend]) -> _State:
+    missing = [v.name for v in config.variants if v.name not in backends]
+    if missing:
+        raise InvalidInput(f"no backend for variant(s) {missing}")
+    names = tuple(v.name for v in config.variants)
+    weights = tuple(v.weight for v in config.variants)
+    mirror = EveryNth(config.mirror.percent) if config.mirror and config.mirror.percent > 0 else None
+    return _State(
+        config=config,
+        backends={n: backends[n] for n in names},
+        splitter=SmoothWeighted(names, weights),
+        mirror=mirror,
+        names=names,
+        weights=weights,
+    )
+
+
+class Router:
+    """Routes requests of one model across its variants (stable, canary, experiment arms, shadow)."""
+
+    def __init__(
+        self,
+        config: ServingConfig,
+        backends: Mapping[str, Backend],
+        *,
+        factory: BackendFactory | None = None,
+        metrics: RouterMetrics | None = None,
+        max_shadow_in_flight: int = 64,
+    ) -> None:
+        self._state = _make_state(config, backends)
+        self._factory = factory
+        self.metrics = metrics if metrics is not None else RouterMetrics(config.model_name)
+        self.max_shadow_in_flight = max_shadow_in_flight
+        self._shadows: set[asyncio.Task[None]] = set()
+        self._closers: set[asyncio.Task[None]] = set()
+        self._publish_weights()
+
+    @property
+    def config(self) -> ServingConfig:
+        return self._state.config
+
+    # ---- assignment -------------------------------------------------------------------------------------------
+
+    def choose(self, *, sticky_key: str | None = None, override: str | None = None, version: str | None = None) -> str:
+        """The variant for one request: override > URL version > sticky bucket > weighted split."""
+        return self._choose(self._state, sticky_key, override, version)
+
+    @staticmethod
+    def _choose(state: _State, sticky_key: str | None, override: str | None, version: str | None) -> str:
+        if override is not None:
+            if override not in state.backends:
+                raise InvalidInput(
+                    f"header {state.config.override_header!r}: unknown variant {override!r}; "
+                    f"allowed: {list(state.names)}"
+                )
+            return override
+        if version is not None:
+            matches = [v for v in state.config.variants if v.version == version]
+            if not matches:
+                served = [v.version for v in state.config.variants]
+                raise ModelNotFound(f"model {state.config.model_name!r} has no version {version!r}; served: {served}")
+            return max(matches, key=lambda v: v.weight).name
+        if sticky_key is not None:
+            return sticky_pick(sticky_key, state.names, state.weights)
+        return state.splitter.pick()
+
+    # ---- serving ----------------------------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        request: InferRequest,
+        *,
+        sticky_key: str | None = None,
+        override: str | None = None,
+        version: str | None = None,
+    ) -> Routed:
+        """Route, validate against the chosen variant's metadata, call it; mirror and fall back as configured."""
+        state = self._state
+        state.inflight += 1
+        try:
+            variant = self._choose(state, sticky_key, override, version)
+            deadline = time.monotonic() + state.config.request_timeout_s
+            started = time.perf_counter()
+            try:
+                response = await self._call(state, variant, request, deadline)
+                routed = Routed(response, variant, state.config.variant(variant).version)
+            except _FALLBACK_ERRORS as exc:
+                if not (state.config.fallback_to_stable and override is None and variant != STABLE):
+                    raise
+                if STABLE not in state.backends:
+                    raise
+                # The canary's failure still counts against it, or fallback would hide a bad canary from analysis.
+                self.metrics.request(
+                    state.config.variant(variant).version, variant, exc.status_code, time.perf_counter() - started
+                )
+                log.warning("variant %s failed (%s); falling back to %s", variant, exc.message, STABLE)
+                response = await self._call(state, STABLE, request, deadline)
+                routed = Routed(response, STABLE, state.config.variant(STABLE).version, fell_back_from=variant)
+            self._observe(routed)
+            self._maybe_shadow(state, routed, request)
+            return routed
+        finally:
+            state.inflight -= 1
+
+    async def _call(self, state: _State, variant: str, request: InferRequest, deadline: float) -> InferResponse:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BackendTimeout(f"variant {variant!r}: no time left of request_timeout_s")
+        backend = state.backends[variant]
+        try:
+            async with asyncio.timeout(remaining):
+                meta = await self._metadata(state, variant)
+                validate_request(request, meta)
+                return await backend.infer(request)
+        except ServingError:
+            raise
+        except TimeoutError as exc:
+            raise BackendTimeout(
+                f"variant {variant!r} did not answer within {state.config.request_timeout_s:g} s"
+            ) from exc
+        except Exception as exc:
+            log.exception("backend of variant %s failed", variant)
+            raise BackendError(f"variant {variant!r}: backend failed: {type(exc).__name__}") from exc
+
+    async def _metadata(self, state: _State, variant: str) -> ModelMetadata:
+        meta = state.metadata.get(variant)
+        if meta is None:
+            try:
+                meta = await state.backends[variant].metadata()
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise BackendUnavailable(f"variant {variant!r}: metadata unavailable: {type(exc).__name__}") from exc
+            state.metadata[variant] = meta
+        return meta
+
+    def _observe(self, routed: Routed) -> None:
+        scored = score_outputs(routed.response.outputs)
+        if scored is not None:
+            self.metrics.scores(routed.version, routed.variant, scored.scores.tolist())
+        batch = routed.response.parameters.get("batch_size")
+        if batch is not None and str(batch).isdigit():
+            self.metrics.batch_size(routed.version, routed.variant, int(batch))
+
+    # ---- shadow -----------------------------------------------------------------------------------------------
+
+    def _maybe_shadow(self, state: _State, routed: Routed, request: InferRequest) -> None:
+        mirror = state.config.mirror
+        if mirror is None or state.mirror is None or mirror.variant == routed.variant:
+            return
+        if not state.mirror.sample():
+            return
+        version = state.config.variant(mirror.variant).version
+        if len(self._shadows) >= self.max_shadow_in_flight:
+            self.metrics.shadow_drop(version, mirror.variant)
+            return
+        primary = score_outputs(routed.response.outputs)
+        state.inflight += 1
+        task = asyncio.get_running_loop().create_task(self._shadow(state, mirror.variant, version, request, primary))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self, state: _State, variant: str, version: str, request: InferRequest, primary: Scored | None
+    ) -> None:
+        try:
+            deadline = time.monotonic() + state.config.request_timeout_s
+            response = await self._call(state, variant, request, deadline)
+        except Exception as exc:
+            self.metrics.shadow_outcome(version, variant, "error")
+            log.debug("shadow %s failed: %s", variant, exc)
+            return
+        finally:
+            state.inflight -= 1
+        shadow = score_outputs(response.outputs)
+        agree, diffs = compare(primary, shadow)
+        self.metrics.shadow_outcome(version, variant, "agree" if agree else "disagree", diffs.tolist())
+
+    async def drain_shadows(self) -> None:
+        """Wait for in-flight shadow calls (tests and graceful shutdown)."""
+        while self._shadows:
+            await asyncio.gather(*list(self._shadows), return_exceptions=True)
+
+    # ---- status -----------------------------------------------------------------------------------------------
+
+    async def metadata(self, version: str | None = None) -> tuple[str, ModelMetadata]:
+        """(variant, metadata) of the given version, or of the variant with the largest weight."""
+        state = self._state
+        if version is None:
+            variant = max(state.config.variants, key=lambda v: v.weight).name
+        else:
+            variant = self._choose(state, None, None, version)
+        return variant, await self._metadata(state, variant)
+
+    async def ready(self, version: str | None = None) -> bool:
+        """Every variant with traffic (or the given version) is loaded; also refreshes the loaded gauge."""
+        state = self._state
+        variants = [v for v in state.config.variants if (v.version == version if version else v.weight > 0)]
+        if not variants:
+            if version is not None:
+                raise ModelNotFound(f"model {state.config.model_name!r} has no version {version!r}")
+            return False
+        results = await asyncio.gather(*(self._ready_one(state, v) for v in state.config.variants))
+        by_name = dict(zip([v.name for v in state.config.variants], results, strict=True))
+        return all(by_name[v.name] for v in variants)
+
+    async def _ready_one(self, state: _State, v: VariantConfig) -> bool:
+        try:
+            ok = await asyncio.wait_for(state.backends[v.name].ready(), timeout=state.config.request_timeout_s)
+            provider = (await self._metadata(state, v.name)).provider if ok else "none"
+        except Exception as exc:
+            log.debug("readiness of %s failed: %s", v.name, exc)
+            ok, provider = False, "none"
+        self.metrics.set_loaded(v.version, v.name, provider, ok)
+        return ok
+
+    # ---- live configuration -----------------------------------------------------------------------------------
+
+    def update(self, config: ServingConfig, backends: Mapping[str, Backend] | None = None) -> None:
+        """Swap in new weights/mirror/variants atomically; backends no longer used close once their requests end."""
+        old = self._state
+        new = _make_state(config, backends if backends is not None else old.backends)
+        self._state = new
+        self.metrics.model = config.model_name
+        self._publish_weights()
+        retired = [b for b in old.backends.values() if all(b is not nb for nb in new.backends.values())]
+        if retired:
+            self._retire(old, retired)
+
+    async def apply(self, config: ServingConfig) -> None:
+        """Like update(), creating backends for new or changed variants with the factory."""
+        old = self._state
+        by_key = {_backend_key(old.config.variant(n)): b for n, b in old.backends.items()}
+        backends: dict[str, Backend] = {}
+        for v in config.variants:
+            existing = by_key.get(_backend_key(v))
+            if existing is not None:
+                backends[v.name] = existing
+            elif self._factory is None:
+                raise InvalidInput(f"variant {v.name!r} is new and this router has no backend factory to create it")
+            else:
+                backends[v.name] = self._factory(v, config)
+        self.update(config, backends)
+
+    def _publish_weights(self) -> None:
+        self.metrics.set_weights({(v.version, v.name): v.weight for v in self._state.config.variants})
+
+    def _retire(self, old: _State, backends: list[Backend]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (configured before serving): nothing can be in flight; leave closing to close()
+
+        async def close_when_idle() -> None:
+            give_up = time.monotonic() + 2 * old.config.request_timeout_s
+            # A counter polled at 50 ms keeps the hot path free of per-request Event bookkeeping.
+            while old.inflight > 0 and time.monotonic() < give_up:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            for b in backends:
+                try:
+                    await b.close()
+                except Exception:
+                    log.exception("closing a retired backend failed")
+
+        task = loop.create_task(close_when_idle())
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    async def close(self) -> None:
+        """Wait for shadows and retirements, then close every backend."""
+        await self.drain_shadows()
+        if self._closers:
+            await asyncio.gather(*list(self._closers), return_exceptions=True)
+        for b in self._state.backends.values():
+            try:
+                await b.close()
+            except Exception:
+                log.exception("closing a backend failed")
