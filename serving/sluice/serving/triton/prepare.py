@@ -4,9 +4,9 @@
         --version v1 --uri https://example.org/iris-v1.onnx --sha256 <hex> [--version v2 --uri ...]
 
 ``--version``/``--uri``/``--sha256`` repeat once per version, in the same order (``--sha256`` for all or none).
-Fetching is a small local implementation for ``file:`` and ``http(s)://`` URIs (object stores need their own
-credentials and are left to a future loader); the download goes to a temporary file next to its destination and is
-renamed only after its sha256 matched, so a half-written or tampered model is never served.
+Fetching reuses the model runtime's loader (``file:``, ``http(s)://``, ``s3://``, ``gs://``; relative ``file:`` URIs
+resolve against the working directory); the file is written to a temporary name next to its destination and renamed
+only after its sha256 matched, so a half-written or tampered model is never served.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import argparse
 import os
 import sys
 import tempfile
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,56 +24,31 @@ from sluice.serving.triton.repository import (
     ModelVersion,
     RepositoryError,
     RepositorySpec,
-    sha256_of,
     version_numbers,
     write_model,
 )
-
-_CHUNK = 1 << 20
 
 
 class FetchError(RuntimeError):
     """A model file could not be fetched or did not match its checksum."""
 
 
-def local_path(uri: str, base: Path | None = None) -> Path | None:
-    """The local path of a ``file:`` URI (``file:///abs`` or ``file:relative`` against ``base``), else None."""
-    if not uri.startswith("file:"):
-        return None
-    parsed = urllib.parse.urlparse(uri)
-    path = Path(urllib.parse.unquote(parsed.path if parsed.netloc in ("", "localhost") else uri.removeprefix("file:")))
-    if not path.is_absolute():
-        path = (base or Path.cwd()) / path
-    return path
+def fetch(uri: str, dest: Path, *, sha256: str | None = None, base_dir: Path | None = None) -> Path:
+    """Fetch ``uri`` with the shared model runtime's loader, verify ``sha256``, write ``dest`` atomically."""
+    from sluice.serving.runtime import ModelLoadError, verify_sha256
+    from sluice.serving.runtime import fetch as fetch_bytes
 
-
-def fetch(uri: str, dest: Path, *, sha256: str | None = None, timeout_s: float = 60.0) -> Path:
-    """Copy or download ``uri`` to ``dest`` atomically; verifies ``sha256`` when given."""
+    try:
+        data = fetch_bytes(uri, base_dir or Path.cwd())
+        verify_sha256(data, sha256, uri)
+    except ModelLoadError as exc:
+        raise FetchError(str(exc)) from exc
     dest.parent.mkdir(parents=True, exist_ok=True)
-    source = local_path(uri)
-    if source is None and not uri.startswith(("http://", "https://")):
-        raise FetchError(f"cannot fetch {uri!r}: only file: and http(s):// URIs are supported here")
-    if source is not None and not source.is_file():
-        raise FetchError(f"model file {source} (from {uri!r}) does not exist")
     handle, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as out:
-            if source is not None:
-                with source.open("rb") as src:
-                    while chunk := src.read(_CHUNK):
-                        out.write(chunk)
-            else:
-                try:
-                    with urllib.request.urlopen(uri, timeout=timeout_s) as response:
-                        while chunk := response.read(_CHUNK):
-                            out.write(chunk)
-                except OSError as exc:
-                    raise FetchError(f"downloading {uri!r} failed: {exc}") from exc
-        if sha256 is not None:
-            actual = sha256_of(tmp)
-            if actual != sha256.lower():
-                raise FetchError(f"sha256 of {uri!r} is {actual}, expected {sha256.lower()}")
+            out.write(data)
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,75 @@
+"""The local tritonserver launcher: clear errors, the log on failure, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from sluice.serving.triton.repository import ModelVersion, RepositorySpec, TensorSignature, write_model
+from sluice.serving.triton.server import TritonNotInstalledError, TritonServer, TritonServerError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_missing_wheel_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pytriton", None)  # import now fails as if the wheel were absent
+    with pytest.raises(TritonNotInstalledError, match=r"pip install 'sluice\[triton-local\]'"):
+        TritonServer(tmp_path).start()
+
+
+def test_missing_repository_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TritonServerError, match="not a directory"):
+        TritonServer(tmp_path / "nope")
+
+
+@pytest.mark.triton
+@pytest.mark.timeout(120)
+def test_failed_start_surfaces_the_log_and_leaves_nothing(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    spec = RepositorySpec(model_name="broken", versions=(ModelVersion("v1", "file:garbage.onnx"),))
+    write_model(
+        spec,
+        tmp_path / "repo",
+        {"v1": garbage},
+        inputs=(TensorSignature("X", "TYPE_FP32", (4,)),),
+        outputs=(TensorSignature("y", "TYPE_FP32", (1,)),),
+    )
+    server = TritonServer(tmp_path / "repo", startup_timeout_s=90)
+    with pytest.raises(TritonServerError, match=r"exited with code \d+ while starting:(.|\n)*broken"):
+        server.start()
+    assert not server.running()
+
+
+@pytest.mark.triton
+def test_stop_leaves_no_process(triton: TritonServer) -> None:
+    """Uses a second server on the session repository: stop() must take the server and its stubs down."""
+    second = TritonServer(triton.model_repository, model_control_mode="explicit", load_models=("lr",))
+    with second:
+        pid = second.pid
+        assert pid is not None
+        assert second.running()
+        assert {second.http_port, second.grpc_port, second.metrics_port}.isdisjoint(
+            {triton.http_port, triton.grpc_port, triton.metrics_port}
+        )
+        stubs = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pid and int(p) != pid]
+        assert stubs, "the python backend stubs run in the server's process group"
+    assert not _alive(pid)
+    assert not [p for p in stubs if _alive(int(p))]
+    second.stop()  # idempotent
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
