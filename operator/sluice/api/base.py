@@ -7,12 +7,16 @@ what `kubectl explain` shows.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 GROUP = "sluice.dev"
 VERSION = "v1alpha1"
@@ -39,6 +43,29 @@ def parse_duration(text: str) -> float:
     return sum(float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text))
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One cross-field rule, written twice side by side: as CEL for the API server and as Python for the models.
+
+    Keeping both in one place is what makes `sluice run` on a laptop refuse exactly what the cluster refuses;
+    tests evaluate every rule both ways on the same table of objects.
+    """
+
+    cel: str  # evaluated by the API server with `self` = this object (after defaulting)
+    message: str  # shown by both sides
+    field: str  # JSON path of the offending field relative to this object, e.g. ".query"; "" for the object
+    violation: Callable[[Any], str | None]  # None when valid, else the precise relative path (e.g. ".steps[1].weight")
+
+
+class RuleViolation(ValueError):
+    """A broken cross-field rule; `path` continues the pydantic location so messages name the exact field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path.lstrip('.') or '(object)'}: {message}")
+        self.path = path
+        self.message = message
+
+
 class ApiModel(BaseModel):
     """Base of every API object: camelCase on the wire, unknown fields refused (they would be pruned)."""
 
@@ -49,6 +76,27 @@ class ApiModel(BaseModel):
         validate_assignment=False,
         use_enum_values=False,
     )
+
+    # Cross-field rules of this object: checked here after validation, emitted as x-kubernetes-validations.
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        for rule in type(self).rules:
+            path = rule.violation(self)
+            if path is not None:
+                raise RuleViolation(path, rule.message)
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        if cls.rules:
+            schema["x-kubernetes-validations"] = [
+                {"rule": r.cel, "message": r.message, **({"fieldPath": r.field} if r.field else {})}
+                for r in cls.rules
+            ]
+        return schema
 
 
 class ConditionStatus(StrEnum):

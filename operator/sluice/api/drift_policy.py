@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta
+from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta, Rule
 
 _NAME = r"^[A-Za-z0-9_.-]+$"
 
@@ -33,6 +33,15 @@ class ReferenceProfile(ApiModel):
         description="Use what the stable version saw during its first window after promotion instead of a file.",
     )
 
+    rules = (
+        Rule(
+            cel="has(self.uri) != self.fromStableVersion",
+            message="reference needs exactly one of uri or fromStableVersion: true",
+            field="",
+            violation=lambda r: "" if (r.uri is not None) == r.from_stable_version else None,
+        ),
+    )
+
 
 class Feature(ApiModel):
     """One input feature (or the prediction) to watch."""
@@ -42,6 +51,15 @@ class Feature(ApiModel):
     type: Literal["numeric", "categorical"] = Field(default="numeric", description="numeric or categorical.")
     method: DriftMethod | None = Field(default=None, description="Overrides the policy's method for this feature.")
 
+    rules = (
+        Rule(
+            cel="self.type != 'categorical' || !has(self.method) || self.method != 'ks'",
+            message="ks compares numeric samples; a categorical feature needs psi, js or chi2",
+            field=".method",
+            violation=lambda f: ".method" if f.type == "categorical" and f.method == DriftMethod.KS else None,
+        ),
+    )
+
 
 class Thresholds(ApiModel):
     """Scores at which drift is reported."""
@@ -49,6 +67,15 @@ class Thresholds(ApiModel):
     warning: float = Field(default=0.1, ge=0, description="Score at or above which status is Warning.")
     critical: float = Field(
         default=0.25, ge=0, description="Score at or above which status is Drifted and the action runs."
+    )
+
+    rules = (
+        Rule(
+            cel="self.warning <= self.critical",
+            message="warning must not exceed critical",
+            field=".warning",
+            violation=lambda t: ".warning" if t.warning > t.critical else None,
+        ),
     )
 
 
@@ -68,6 +95,21 @@ class Action(ApiModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
     )
     cooldown: Duration = Field(default="1h", description="Least time between two actions.")
+
+    rules = (
+        Rule(
+            cel="self.type != 'retrain' || has(self.jobTemplate)",
+            message="action retrain needs jobTemplate",
+            field=".jobTemplate",
+            violation=lambda a: ".jobTemplate" if a.type == ActionType.RETRAIN and a.job_template is None else None,
+        ),
+        Rule(
+            cel="self.type == 'retrain' || !has(self.jobTemplate)",
+            message="jobTemplate is only used by action retrain",
+            field=".jobTemplate",
+            violation=lambda a: ".jobTemplate" if a.type != ActionType.RETRAIN and a.job_template is not None else None,
+        ),
+    )
 
 
 class DriftPolicySpec(ApiModel):

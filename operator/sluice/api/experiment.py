@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta
-from sluice.api.model_deployment import ModelSpec
+from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta, Rule
+from sluice.api.model_deployment import ModelSpec, _first_duplicate
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -59,7 +59,22 @@ class Guardrail(ApiModel):
     name: str = Field(description="Guardrail name.", pattern=_NAME)
     type: Literal["error-rate", "latency-p99", "promql"] = Field(description="What is measured.")
     max: float | None = Field(default=None, description="Stop the arm when the value is above this.")
-    query: str | None = Field(default=None, description="PromQL for type promql.")
+    query: str | None = Field(default=None, description="PromQL for type promql.", max_length=4096)
+
+    rules = (
+        Rule(
+            cel="self.type != 'promql' || has(self.query)",
+            message="a guardrail of type promql needs query",
+            field=".query",
+            violation=lambda g: ".query" if g.type == "promql" and not g.query else None,
+        ),
+        Rule(
+            cel="self.type == 'promql' || !has(self.query)",
+            message="query is only used by guardrails of type promql",
+            field=".query",
+            violation=lambda g: ".query" if g.type != "promql" and g.query is not None else None,
+        ),
+    )
 
 
 class Method(StrEnum):
@@ -82,15 +97,6 @@ class ExperimentSpec(ApiModel):
         min_length=2,
         max_length=10,
         description="Arms; the first is the control. Weights must sum to 100.",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "self.map(v, v.weight).sum() == 100", "message": "variant weights must sum to 100"},
-                {
-                    "rule": "self.all(v, self.exists_one(w, w.name == v.name))",
-                    "message": "variant names must be unique",
-                },
-            ]
-        },
     )
     assignment: Assignment = Field(default_factory=Assignment, description="Sticky assignment of units to arms.")
     primary_metric: OutcomeMetric = Field(description="The metric the verdict is about.")
@@ -103,6 +109,27 @@ class ExperimentSpec(ApiModel):
     minimum_samples: int = Field(default=1000, ge=1, description="Units per arm before any verdict.")
     maximum_duration: Duration = Field(default="168h", description="Stop with no verdict after this long.")
     end_policy: EndPolicy = Field(default=EndPolicy.MANUAL, description="What happens at a verdict.")
+
+    rules = (
+        Rule(
+            cel="self.variants.map(v, v.weight).sum() == 100",
+            message="variant weights must sum to 100",
+            field=".variants",
+            violation=lambda s: ".variants" if sum(v.weight for v in s.variants) != 100 else None,
+        ),
+        Rule(
+            cel="self.variants.all(v, self.variants.exists_one(w, w.name == v.name))",
+            message="variant names must be unique",
+            field=".variants",
+            violation=lambda s: _first_duplicate(".variants", [v.name for v in s.variants]),
+        ),
+        Rule(
+            cel="!has(self.guardrails) || self.guardrails.all(g, self.guardrails.exists_one(h, h.name == g.name))",
+            message="guardrail names must be unique",
+            field=".guardrails",
+            violation=lambda s: _first_duplicate(".guardrails", [g.name for g in s.guardrails]),
+        ),
+    )
 
 
 class ExperimentPhase(StrEnum):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from sluice.api.base import ApiModel, Duration, ObjectMeta
+from sluice.api.base import ApiModel, Duration, ObjectMeta, Rule
 from sluice.api.status import ModelDeploymentStatus
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -60,6 +60,15 @@ class Toleration(ApiModel):
     )
     toleration_seconds: int | None = Field(default=None, ge=0, description="How long a NoExecute taint is tolerated.")
 
+    rules = (
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value)",
+            message="a toleration with operator Exists must not set value",
+            field=".value",
+            violation=lambda t: ".value" if t.operator == "Exists" and t.value is not None else None,
+        ),
+    )
+
 
 class Resources(ApiModel):
     """Compute for each replica of each model version."""
@@ -89,6 +98,15 @@ class Autoscaling(ApiModel):
         default=4.0, gt=0, le=1000, description="In-flight requests per replica the autoscaler aims for."
     )
 
+    rules = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must not exceed maxReplicas",
+            field=".minReplicas",
+            violation=lambda a: ".minReplicas" if a.min_replicas > a.max_replicas else None,
+        ),
+    )
+
 
 class Scaling(ApiModel):
     """How many replicas serve each version."""
@@ -110,10 +128,22 @@ class Batching(ApiModel):
         le=1000,
         description="Longest a request waits for others to fill a batch, in milliseconds.",
     )
-    preferred_batch_sizes: list[int] = Field(
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
         default_factory=list,
         max_length=16,
-        description="Batch sizes the scheduler prefers to form (Triton dynamic_batching).",
+        description="Batch sizes the scheduler prefers to form (Triton dynamic_batching), each <= maxBatchSize.",
+    )
+
+    rules = (
+        Rule(
+            cel="!has(self.preferredBatchSizes) || self.preferredBatchSizes.all(b, b <= self.maxBatchSize)",
+            message="every preferred batch size must be at most maxBatchSize",
+            field=".preferredBatchSizes",
+            violation=lambda b: next(
+                (f".preferredBatchSizes[{i}]" for i, n in enumerate(b.preferred_batch_sizes) if n > b.max_batch_size),
+                None,
+            ),
+        ),
     )
 
 
@@ -169,15 +199,19 @@ class CanaryStrategy(ApiModel):
         min_length=1,
         max_length=20,
         description="Weights in strictly increasing order, each within 1..100.",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.all(s, self.exists_one(t, t.weight == s.weight)) && self.map(s, s.weight).isSorted()",
-                    "message": "canary step weights must be strictly increasing",
-                    "fieldPath": ".weight",
-                }
-            ]
-        },
+    )
+
+    rules = (
+        Rule(
+            cel="self.steps.all(s, self.steps.exists_one(t, t.weight == s.weight))"
+            " && self.steps.map(s, s.weight).isSorted()",
+            message="canary step weights must be strictly increasing",
+            field=".steps",
+            violation=lambda c: next(
+                (f".steps[{i}].weight" for i in range(1, len(c.steps)) if c.steps[i].weight <= c.steps[i - 1].weight),
+                None,
+            ),
+        ),
     )
 
 
@@ -216,13 +250,50 @@ class StrategyType(StrEnum):
     BLUE_GREEN = "blueGreen"
 
 
+DEFAULT_CANARY_STEPS = (10, 50)
+
+
+def _other_strategy(attr: str, strategy: StrategyType) -> Rule:
+    alias = ".blueGreen" if attr == "blue_green" else f".{attr}"
+    return Rule(
+        cel=f"self.strategy == '{strategy.value}' || !has(self{alias})",
+        message=f"{alias[1:]} settings are only used with strategy {strategy.value}; set strategy or remove them",
+        field=alias,
+        violation=lambda r: alias if r.strategy != strategy and getattr(r, attr) is not None else None,
+    )
+
+
 class Rollout(ApiModel):
     """How a new model version reaches production."""
 
     strategy: StrategyType = Field(default=StrategyType.CANARY, description="canary, shadow or blueGreen.")
-    canary: CanaryStrategy | None = Field(default=None, description="Settings of the canary strategy.")
-    shadow: ShadowStrategy | None = Field(default=None, description="Settings of the shadow strategy.")
-    blue_green: BlueGreenStrategy | None = Field(default=None, description="Settings of the blueGreen strategy.")
+    canary: CanaryStrategy | None = Field(
+        default=None,
+        description="Settings of the canary strategy. Omitted with strategy canary: steps of 10 and 50 percent.",
+    )
+    shadow: ShadowStrategy | None = Field(
+        default=None, description="Settings of the shadow strategy. Omitted with strategy shadow: the defaults."
+    )
+    blue_green: BlueGreenStrategy | None = Field(
+        default=None, description="Settings of the blueGreen strategy. Omitted with strategy blueGreen: the defaults."
+    )
+
+    rules = (
+        _other_strategy("canary", StrategyType.CANARY),
+        _other_strategy("shadow", StrategyType.SHADOW),
+        _other_strategy("blue_green", StrategyType.BLUE_GREEN),
+    )
+
+    @model_validator(mode="after")
+    def _default_chosen_strategy(self) -> Self:
+        """Fill the chosen strategy's settings when omitted, so the engine never meets a missing sub-object."""
+        if self.strategy == StrategyType.CANARY and self.canary is None:
+            self.canary = CanaryStrategy(steps=[CanaryStep(weight=w) for w in DEFAULT_CANARY_STEPS])
+        elif self.strategy == StrategyType.SHADOW and self.shadow is None:
+            self.shadow = ShadowStrategy()
+        elif self.strategy == StrategyType.BLUE_GREEN and self.blue_green is None:
+            self.blue_green = BlueGreenStrategy()
+        return self
 
 
 class CheckType(StrEnum):
@@ -255,6 +326,67 @@ class Check(ApiModel):
         "{{interval}} are substituted.",
     )
 
+    rules = (
+        Rule(
+            cel="self.type != 'promql' || has(self.query)",
+            message="a check of type promql needs query",
+            field=".query",
+            violation=lambda c: ".query" if c.type == CheckType.PROMQL and not c.query else None,
+        ),
+        Rule(
+            cel="self.type == 'promql' || !has(self.query)",
+            message="query is only used by checks of type promql",
+            field=".query",
+            violation=lambda c: ".query" if c.type != CheckType.PROMQL and c.query is not None else None,
+        ),
+        Rule(
+            cel="has(self.max) || has(self.min) || has(self.maxRatioToStable)",
+            message="a check needs at least one bound: max, min or maxRatioToStable",
+            field="",
+            violation=lambda c: "" if c.max is None and c.min is None and c.max_ratio_to_stable is None else None,
+        ),
+        Rule(
+            cel="!has(self.maxRatioToStable) || self.type in ['error-rate', 'latency-p99']",
+            message="maxRatioToStable applies only to checks of type error-rate or latency-p99",
+            field=".maxRatioToStable",
+            violation=lambda c: ".maxRatioToStable"
+            if c.max_ratio_to_stable is not None and c.type not in _RATIO_TYPES
+            else None,
+        ),
+        Rule(
+            cel="!has(self.min) || self.type == 'promql'",
+            message="built-in checks are lower-is-better: use max (min applies only to type promql)",
+            field=".min",
+            violation=lambda c: ".min" if c.min is not None and c.type != CheckType.PROMQL else None,
+        ),
+        Rule(
+            cel="!has(self.min) || !has(self.max) || self.min <= self.max",
+            message="min must not exceed max",
+            field=".min",
+            violation=lambda c: ".min" if c.min is not None and c.max is not None and c.min > c.max else None,
+        ),
+        Rule(
+            cel="!has(self.max) || !(self.type in ['error-rate', 'shadow-disagreement'])"
+            " || (self.max >= 0.0 && self.max <= 1.0)",
+            message="max of an error-rate or shadow-disagreement check is a fraction within 0..1",
+            field=".max",
+            violation=lambda c: ".max"
+            if c.max is not None and c.type in _FRACTION_TYPES and not 0.0 <= c.max <= 1.0
+            else None,
+        ),
+        Rule(
+            cel="!has(self.max) || !(self.type in ['latency-p99', 'prediction-drift']) || self.max >= 0.0",
+            message="max of a latency-p99 or prediction-drift check must not be negative",
+            field=".max",
+            violation=lambda c: ".max" if c.max is not None and c.type in _NONNEG_TYPES and c.max < 0.0 else None,
+        ),
+    )
+
+
+_RATIO_TYPES = frozenset({CheckType.ERROR_RATE, CheckType.LATENCY_P99})
+_FRACTION_TYPES = frozenset({CheckType.ERROR_RATE, CheckType.SHADOW_DISAGREEMENT})
+_NONNEG_TYPES = frozenset({CheckType.LATENCY_P99, CheckType.PREDICTION_DRIFT})
+
 
 class ProviderType(StrEnum):
     BUILTIN = "builtin"  # reads the router's own /metrics
@@ -269,6 +401,16 @@ class MetricProvider(ApiModel):
         default=None,
         description="Prometheus base URL, e.g. http://prometheus.monitoring:9090 (type prometheus).",
         pattern=r"^https?://.+",
+        max_length=2048,
+    )
+
+    rules = (
+        Rule(
+            cel="self.type != 'prometheus' || has(self.address)",
+            message="provider prometheus needs address",
+            field=".address",
+            violation=lambda p: ".address" if p.type == ProviderType.PROMETHEUS and not p.address else None,
+        ),
     )
 
 
@@ -294,6 +436,39 @@ class Analysis(ApiModel):
         max_length=32,
         description="Checks run at every analysis. Empty means the built-in error-rate and latency-p99 defaults.",
     )
+
+    rules = (
+        Rule(
+            cel="!has(self.checks) || self.checks.all(c, self.checks.exists_one(d, d.name == c.name))",
+            message="check names must be unique",
+            field=".checks",
+            violation=lambda a: _first_duplicate(".checks", [c.name for c in a.checks]),
+        ),
+        Rule(
+            cel="!has(self.checks) || self.checks.all(c, c.type != 'promql')"
+            " || (has(self.provider) && self.provider.type == 'prometheus')",
+            message="checks of type promql need provider type prometheus",
+            field=".checks",
+            violation=lambda a: next(
+                (
+                    f".checks[{i}].type"
+                    for i, c in enumerate(a.checks)
+                    if c.type == CheckType.PROMQL and a.provider.type != ProviderType.PROMETHEUS
+                ),
+                None,
+            ),
+        ),
+    )
+
+
+def _first_duplicate(prefix: str, names: list[str]) -> str | None:
+    """Path of the first name seen before, e.g. `.checks[2].name`."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            return f"{prefix}[{i}].name"
+        seen.add(name)
+    return None
 
 
 class RollbackPolicy(ApiModel):
@@ -327,6 +502,23 @@ class ModelDeploymentSpec(ApiModel):
         default=None,
         description="tritonserver image for backend triton; the chart's default when empty.",
         max_length=512,
+    )
+
+    rules = (
+        Rule(
+            cel="self.rollout.strategy != 'canary' || !has(self.analysis.checks)"
+            " || self.analysis.checks.all(c, c.type != 'shadow-disagreement')",
+            message="shadow-disagreement needs mirrored traffic: use strategy shadow or blueGreen",
+            field=".analysis.checks",
+            violation=lambda s: next(
+                (
+                    f".analysis.checks[{i}].type"
+                    for i, c in enumerate(s.analysis.checks)
+                    if c.type == CheckType.SHADOW_DISAGREEMENT and s.rollout.strategy == StrategyType.CANARY
+                ),
+                None,
+            ),
+        ),
     )
 
 

@@ -11,14 +11,17 @@ from sluice.api.base import ApiModel, Condition
 
 
 class Phase(StrEnum):
-    """Where a ModelDeployment is in its life. Terminal phases hold until the spec changes."""
+    """Where a ModelDeployment is in its life.
+
+    Terminal phases hold until the spec changes or a manual `retry`/`undo` starts a new rollout.
+    """
 
     PENDING = "Pending"  # accepted; nothing deployed yet
     INITIALIZING = "Initializing"  # first version starting; gets all traffic once ready, no analysis
     STABLE = "Stable"  # one version serves all traffic; no rollout in progress
-    PROGRESSING = "Progressing"  # new version deployed and analysed; traffic shifting step by step
-    PAUSED = "Paused"  # holding: a manual gate, a timed pause or no data; analysis keeps running
-    PROMOTING = "Promoting"  # analysis passed: all traffic moving to the new version
+    PROGRESSING = "Progressing"  # new version deployed and analysed; traffic shifting, timed pauses, no-data holds
+    PAUSED = "Paused"  # waiting for a human (manual gate, blue-green without autoPromote); analysis keeps running
+    PROMOTING = "Promoting"  # analysis passed: all traffic moved to the new version, old one being retired
     SUCCEEDED = "Succeeded"  # terminal: the new version is stable
     ROLLED_BACK = "RolledBack"  # terminal: analysis failed or deadline passed; stable serves everything
     ABORTED = "Aborted"  # terminal: a human aborted; stable serves everything
@@ -62,6 +65,16 @@ class AnalysisRun(ApiModel):
     step_index: int = Field(default=0, ge=0, description="Canary step during the analysis.")
     canary_weight: int = Field(default=0, ge=0, le=100, description="Canary weight during the analysis.")
     results: list[CheckResult] = Field(default_factory=list, description="One result per check.")
+
+
+class CheckState(ApiModel):
+    """Evidence a sequential check carries from one analysis to the next within one rollout."""
+
+    name: str = Field(description="Check name.")
+    log_likelihood_ratio: float = Field(
+        default=0.0, description="Cumulative log likelihood ratio of 'canary worse' against 'canary as good'."
+    )
+    analyses: int = Field(default=0, ge=0, description="Analyses that added evidence.")
 
 
 class RevisionOutcome(StrEnum):
@@ -110,6 +123,23 @@ class ModelDeploymentStatus(ApiModel):
         description="The last manual command carried out (value of the sluice.dev/command annotation), so that "
         "each is carried out once.",
     )
+    observed_revision: str | None = Field(
+        default=None,
+        description="Hash of the spec's model and rollout settings last seen; a different one means the spec changed.",
+    )
+    canary_ready_at: datetime | None = Field(
+        default=None, description="When the new version became ready and got its share; empty while it starts."
+    )
+    consecutive_errored_analyses: int = Field(
+        default=0, ge=0, description="Errored analyses in a row; enough of them count as one failed analysis."
+    )
+    check_states: list[CheckState] = Field(
+        default_factory=list, description="Sequential-test evidence per check for the current rollout."
+    )
+    scale_down_version: VersionRef | None = Field(
+        default=None, description="The replaced version kept running after a blue-green switch, for a fast undo."
+    )
+    scale_down_at: datetime | None = Field(default=None, description="When scaleDownVersion is scaled down.")
     ready: str = Field(default="0/0", description="Ready replicas / desired replicas, all versions.")
     history: list[Revision] = Field(default_factory=list, description="Past rollouts, newest first.")
     conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-convention conditions.")
