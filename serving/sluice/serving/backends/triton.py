@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sluice.serving.config import ServingConfig, VariantConfig
 from sluice.serving.errors import (
     BackendError,
     BackendTimeout,
@@ -85,6 +86,8 @@ class TritonBackend:
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if "://" in url.removeprefix("grpc://") or not url.rpartition(":")[2].isdigit():
+            raise ValueError(f"triton endpoint {url!r} must be the gRPC address host:port (or grpc://host:port)")
         self.url = url.removeprefix("grpc://")
         self.model_name = model_name
         self.version = version
@@ -262,3 +265,14 @@ class TritonBackend:
             for m in entries
         ]
         return "; ".join(reasons)
+
+
+def from_variant(variant: VariantConfig, config: ServingConfig) -> TritonBackend:
+    """Registry entry: ``variant.endpoint`` is the tritonserver's gRPC address; the version label is the variant's."""
+    if not variant.endpoint:
+        raise ValueError(
+            f"variant {variant.name!r}: the triton backend needs 'endpoint' (the tritonserver gRPC address host:port)"
+        )
+    return TritonBackend(
+        variant.endpoint, config.model_name, version=variant.version, timeout_s=config.request_timeout_s
+    )
