@@ -7,6 +7,7 @@ Every backend that runs ONNX in Python (the in-process backend, the Ray Serve mo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import threading
@@ -281,3 +282,44 @@ class OnnxModel:
         names = [o.name for o in self.metadata.outputs]
         results = session.run(names, inputs)
         return tuple(Tensor(n, np.asarray(r)) for n, r in zip(names, results, strict=True))
+
+
+def merge_inputs(requests: list[dict[str, npt.NDArray[Any]]]) -> tuple[dict[str, npt.NDArray[Any]], list[int]] | None:
+    """Concatenate several requests' inputs along the batch axis; None when their shapes cannot be stacked."""
+    if not requests:
+        return None
+    names = set(requests[0])
+    sizes: list[int] = []
+    for r in requests:
+        if set(r) != names or any(a.ndim == 0 for a in r.values()):
+            return None
+        rows = {a.shape[0] for a in r.values()}
+        if len(rows) != 1:
+            return None
+        sizes.append(rows.pop())
+    merged: dict[str, npt.NDArray[Any]] = {}
+    for name in names:
+        parts = [r[name] for r in requests]
+        if len({(p.dtype, p.shape[1:]) for p in parts}) != 1:
+            return None
+        merged[name] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    return merged, sizes
+
+
+def split_outputs(outputs: tuple[Tensor, ...], sizes: list[int]) -> list[tuple[Tensor, ...]]:
+    """Undo merge_inputs on the outputs: one tuple of tensors per request, in order."""
+    total = sum(sizes)
+    for t in outputs:
+        if t.data.ndim == 0 or t.data.shape[0] != total:
+            raise ModelLoadError(f"output {t.name!r} has shape {list(t.data.shape)}, not batch-major over {total} rows")
+    bounds = np.cumsum([0, *sizes])
+    return [tuple(Tensor(t.name, t.data[int(lo) : int(hi)]) for t in outputs) for lo, hi in itertools.pairwise(bounds)]
+
+
+def predict_many(model: OnnxModel, requests: list[dict[str, npt.NDArray[Any]]]) -> list[tuple[Tensor, ...]]:
+    """Run several requests as one call when they stack, else one by one (the result is the same either way)."""
+    merged = merge_inputs(requests)
+    if merged is None or len(requests) == 1:
+        return [model.predict(r) for r in requests]
+    feeds, sizes = merged
+    return split_outputs(model.predict(feeds), sizes)

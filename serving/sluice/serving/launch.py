@@ -1,0 +1,232 @@
+"""A data plane on this machine, started and stopped from Python: `sluice serve`, `sluice run`, tests, benchmarks.
+
+    plane = start_data_plane(config, "ray", base_dir=Path("manifests/examples"))
+    ...  # POST {plane.url}/v2/models/NAME/infer, scrape plane.metrics_url
+    plane.update(new_config)  # live weights / mirror
+    plane.stop()              # idempotent; nothing left running
+
+Backends: "ray" (local Ray Serve running the Sluice application, updated through user_config exactly as a
+RayService would be), "triton" (the local tritonserver with the standalone router in front) and "onnx" (the router
+and in-process onnxruntime in this process: no extra processes at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from sluice.serving.config import ServingConfig, VariantConfig
+
+log = logging.getLogger(__name__)
+
+BackendKind = Literal["ray", "triton", "onnx"]
+KINDS: tuple[str, ...] = ("ray", "triton", "onnx")
+
+
+class LaunchError(RuntimeError):
+    """The data plane could not start; the message says which part and why."""
+
+
+class DataPlane(Protocol):
+    """A running local data plane."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def metrics_url(self) -> str: ...
+
+    def update(self, config: ServingConfig) -> None:
+        """Apply new weights / mirror (and, where the backend allows, new versions) without dropping requests."""
+        ...
+
+    def stop(self) -> None:
+        """Stop everything this data plane started; safe to call twice."""
+        ...
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start_data_plane(
+    config: ServingConfig,
+    backend: BackendKind,
+    base_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ready_timeout_s: float = 120.0,
+    ray_args: dict[str, Any] | None = None,
+) -> DataPlane:
+    """Start serving `config`; returns once every variant answers ready (or raises LaunchError and cleans up)."""
+    if backend == "ray":
+        from sluice.serving.ray.local import start_ray_plane
+
+        return start_ray_plane(
+            config, base_dir, host, port or free_port(host), ready_timeout_s=ready_timeout_s, args=ray_args or {}
+        )
+    if backend == "onnx":
+        return _start_onnx_plane(config, base_dir, host, port, ready_timeout_s)
+    if backend == "triton":
+        return _start_triton_plane(config, base_dir, host, port, ready_timeout_s)
+    raise LaunchError(f"unknown backend {backend!r}; choose one of {', '.join(KINDS)}")
+
+
+# ---- the router in this process (uvicorn in a background thread) -------------------------------------------------
+
+
+class _RouterServer:
+    """uvicorn serving `build_app(router)` on a background thread with its own event loop."""
+
+    def __init__(self, router: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        from sluice.serving.app import build_app
+
+        self.router = router
+        cfg = uvicorn.Config(
+            build_app(router, close_router_on_shutdown=True),
+            host=host,
+            port=port,
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=int(router.config.request_timeout_s) + 1,
+        )
+        self.server = uvicorn.Server(cfg)
+        self.host = host
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="sluice-router", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:
+            self._error = exc
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve()
+
+    def start(self, timeout_s: float) -> int:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise LaunchError(f"router did not start: {self._error or 'timed out'}")
+            time.sleep(0.02)
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    def call(self, coro: Any, timeout_s: float = 30.0) -> Any:
+        if self.loop is None:
+            raise LaunchError("router is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+
+@dataclass
+class _LocalPlane:
+    """A router in this process over in-process or tritonserver backends."""
+
+    server: _RouterServer
+    host: str
+    port: int
+    cleanups: list[Any] = field(default_factory=list)
+    _stopped: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.url}/metrics"
+
+    def update(self, config: ServingConfig) -> None:
+        self.server.call(self.server.router.apply(config))
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.server.stop()
+        for cleanup in reversed(self.cleanups):
+            try:
+                cleanup()
+            except Exception:
+                log.exception("cleanup failed")
+
+
+def _serve_router(
+    config: ServingConfig, factory: Any, host: str, port: int, *, ready_timeout_s: float, cleanups: list[Any]
+) -> _LocalPlane:
+    from sluice.serving.router import Router
+
+    router = Router(config, {v.name: factory(v, config) for v in config.variants}, factory=factory)
+    server = _RouterServer(router, host, port)
+    plane = _LocalPlane(server, host, 0, cleanups)
+    try:
+        plane.port = server.start(ready_timeout_s)
+        _wait_ready(plane.url, config.model_name, ready_timeout_s)
+    except BaseException:
+        plane.stop()
+        raise
+    return plane
+
+
+def _start_onnx_plane(
+    config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float
+) -> _LocalPlane:
+    from sluice.serving.backends.onnx_local import OnnxLocalBackend
+
+    def factory(v: VariantConfig, c: ServingConfig) -> OnnxLocalBackend:
+        return OnnxLocalBackend.for_variant(v, c, base_dir)
+
+    return _serve_router(config, factory, host, port, ready_timeout_s=ready_timeout_s, cleanups=[])
+
+
+def _start_triton_plane(
+    config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float
+) -> _LocalPlane:
+    raise LaunchError("the Triton backend is not available in this build yet; use --backend ray")
+
+
+def _wait_ready(url: str, model: str, timeout_s: float) -> None:
+    """Poll /v2/models/NAME/ready; on timeout the error carries the server's last answer (the not-ready reason)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            r = httpx.get(f"{url}/v2/models/{model}/ready", timeout=5)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}: {r.text[:500]}"
+        time.sleep(0.1)
+    raise LaunchError(f"model {model} did not become ready within {timeout_s:g} s ({last})")
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
