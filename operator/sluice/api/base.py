@@ -30,6 +30,7 @@ Duration = Annotated[
     str,
     Field(
         pattern=DURATION_PATTERN,
+        max_length=32,
         description="A duration such as 30s, 5m, 1h30m or 250ms.",
         json_schema_extra={"example": "30s"},
     ),

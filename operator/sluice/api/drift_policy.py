@@ -27,6 +27,7 @@ class ReferenceProfile(ApiModel):
         default=None,
         description="A profile JSON (per-feature bin edges and counts) at file://, http(s)://, s3:// or gs://.",
         pattern=r"^(file|https?|s3|gs)://.+",
+        max_length=2048,
     )
     from_stable_version: bool = Field(
         default=False,
@@ -46,7 +47,7 @@ class ReferenceProfile(ApiModel):
 class Feature(ApiModel):
     """One input feature (or the prediction) to watch."""
 
-    name: str = Field(description="Input tensor name, or 'prediction' for the model output.", pattern=_NAME)
+    name: str = Field(description="Input tensor name, or 'prediction' for the model output.", pattern=_NAME, max_length=253)
     index: int | None = Field(default=None, ge=0, description="Column of a 2-D input tensor.")
     type: Literal["numeric", "categorical"] = Field(default="numeric", description="numeric or categorical.")
     method: DriftMethod | None = Field(default=None, description="Overrides the policy's method for this feature.")

@@ -29,9 +29,12 @@ class Assignment(ApiModel):
         default="x-user-id",
         description="Request header carrying the unit id (user, session). Requests without it are not enrolled.",
         pattern=r"^[A-Za-z0-9-]+$",
+        max_length=128,
     )
     salt: str | None = Field(
-        default=None, description="Hash salt; defaults to the experiment's uid so experiments are independent."
+        default=None,
+        description="Hash salt; defaults to the experiment's uid so experiments are independent.",
+        max_length=256,
     )
 
 
@@ -43,20 +46,24 @@ class MetricKind(StrEnum):
 class OutcomeMetric(ApiModel):
     """The number the experiment is about."""
 
-    name: str = Field(description="Metric name reported with outcomes (POST /v2/outcomes).", pattern=_NAME)
+    name: str = Field(
+        description="Metric name reported with outcomes (POST /v2/outcomes).", pattern=_NAME, max_length=63
+    )
     kind: MetricKind = Field(default=MetricKind.CONVERSION, description="conversion or mean.")
     direction: Literal["increase", "decrease"] = Field(
         default="increase", description="Whether larger values are better."
     )
     query: str | None = Field(
-        default=None, description="PromQL returning the per-variant value instead of reported outcomes."
+        default=None,
+        description="PromQL returning the per-variant value instead of reported outcomes.",
+        max_length=4096,
     )
 
 
 class Guardrail(ApiModel):
     """A metric that must not get worse, whatever the primary metric does."""
 
-    name: str = Field(description="Guardrail name.", pattern=_NAME)
+    name: str = Field(description="Guardrail name.", pattern=_NAME, max_length=63)
     type: Literal["error-rate", "latency-p99", "promql"] = Field(description="What is measured.")
     max: float | None = Field(default=None, description="Stop the arm when the value is above this.")
     query: str | None = Field(default=None, description="PromQL for type promql.", max_length=4096)

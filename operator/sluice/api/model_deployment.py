@@ -28,7 +28,9 @@ class ModelFormat(StrEnum):
 class ModelSpec(ApiModel):
     """The model version this resource should serve. Changing it starts a rollout."""
 
-    name: str = Field(description="Model name, as clients address it (/v2/models/NAME).", pattern=_NAME)
+    name: str = Field(
+        description="Model name, as clients address it (/v2/models/NAME).", pattern=_NAME, max_length=63
+    )
     format: ModelFormat = Field(default=ModelFormat.ONNX, description="Model file format. Only onnx for now.")
     uri: str = Field(
         description="Where the model file lives: file:///abs/path, file:relative/path (resolved against the "
@@ -46,15 +48,18 @@ class ModelSpec(ApiModel):
         default=None,
         description="Expected SHA-256 of the model file (hex). Loading fails when it does not match.",
         pattern=r"^[a-f0-9]{64}$",
+        max_length=64,
     )
 
 
 class Toleration(ApiModel):
     """A Pod toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.", max_length=316)
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value to match when operator is Equal.")
+    value: str | None = Field(
+        default=None, description="Taint value to match when operator is Equal.", max_length=63
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
@@ -73,16 +78,20 @@ class Toleration(ApiModel):
 class Resources(ApiModel):
     """Compute for each replica of each model version."""
 
-    cpu: str = Field(default="1", description="CPU request per replica (Kubernetes quantity).", pattern=_QUANTITY)
-    memory: str = Field(default="2Gi", description="Memory request and limit per replica.", pattern=_QUANTITY)
+    cpu: str = Field(
+        default="1", description="CPU request per replica (Kubernetes quantity).", pattern=_QUANTITY, max_length=32
+    )
+    memory: str = Field(
+        default="2Gi", description="Memory request and limit per replica.", pattern=_QUANTITY, max_length=32
+    )
     gpu: int = Field(
         default=0,
         ge=0,
         le=16,
         description="NVIDIA GPUs per replica (nvidia.com/gpu). 0 runs on CPU.",
     )
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels the replicas must be scheduled on."
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32, description="Node labels the replicas must be scheduled on."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Taints the replicas tolerate (e.g. GPU nodes)."

@@ -1,0 +1,125 @@
+"""Validate objects against the generated CRD schemas the way the API server does, offline.
+
+Order as in kube-apiserver: defaults applied, structural validation (jsonschema, Draft 4 = OpenAPI v3 bounds,
+unknown fields refused as with kubectl's strict field validation), then every x-kubernetes-validations CEL rule
+evaluated with `self` = the node (cel-python, plus the Kubernetes list functions the rules use).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import yaml
+from celpy import celtypes
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO / "crds"
+PLURALS = {"ModelDeployment": "modeldeployments", "Experiment": "experiments", "DriftPolicy": "driftpolicies"}
+
+
+@cache
+def crd(kind: str) -> dict[str, Any]:
+    return yaml.safe_load((CRD_DIR / f"{PLURALS[kind]}.sluice.dev.yaml").read_text())
+
+
+def schema(kind: str) -> dict[str, Any]:
+    return crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def apply_defaults(node: dict[str, Any], value: Any) -> Any:
+    """Structural defaulting: absent properties with a default get it, recursively (like the API server)."""
+    if isinstance(value, dict) and "properties" in node:
+        for name, sub in node["properties"].items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = apply_defaults(sub, value[name])
+    elif isinstance(value, list) and "items" in node:
+        return [apply_defaults(node["items"], v) for v in value]
+    return value
+
+
+def _strict(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {k: _strict(v) for k, v in node.items()}
+        if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+def structural_errors(kind: str, obj: dict[str, Any]) -> list[str]:
+    """Schema violations as 'path: message'."""
+    validator = jsonschema.Draft4Validator(_strict(schema(kind)))
+    out = []
+    for err in validator.iter_errors(obj):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
+        out.append(f"{path}: {err.message}")
+    return out
+
+
+def _is_sorted(lst: Any) -> celtypes.BoolType:
+    items = list(lst)
+    return celtypes.BoolType(all(a <= b for a, b in zip(items, items[1:], strict=False)))
+
+
+def _sum(lst: Any) -> Any:
+    items = list(lst)
+    if items and isinstance(items[0], celtypes.DoubleType):
+        return celtypes.DoubleType(sum(items))
+    return celtypes.IntType(sum(items))
+
+
+_ENV = celpy.Environment()
+_FUNCTIONS = {"isSorted": _is_sorted, "sum": _sum}
+
+
+@cache
+def _program(rule: str) -> Any:
+    return _ENV.program(_ENV.compile(rule), functions=_FUNCTIONS)
+
+
+def _typed(node: dict[str, Any], value: Any) -> Any:
+    """Numbers as the schema types them: CEL compares int and double only explicitly."""
+    if node.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict) and "properties" in node:
+        return {k: _typed(node["properties"].get(k, {}), v) for k, v in value.items()}
+    if isinstance(value, list) and "items" in node:
+        return [_typed(node["items"], v) for v in value]
+    return value
+
+
+def cel_errors(node: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """Every failing CEL rule below `node` as 'path: message' (fieldPath appended, like the API server)."""
+    out = []
+    for rule in node.get("x-kubernetes-validations", []):
+        try:
+            result = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(_typed(node, value))})
+        except celpy.CELEvalError as exc:  # e.g. a field the rule reads is absent: the API server refuses too
+            result = exc
+        if isinstance(result, Exception) or not bool(result):
+            out.append(f"{(path + rule.get('fieldPath', '')).lstrip('.')}: {rule['message']}")
+    if isinstance(value, dict) and "properties" in node:
+        for name, sub in node["properties"].items():
+            if name in value:
+                out += cel_errors(sub, value[name], f"{path}.{name}")
+    elif isinstance(value, list) and "items" in node:
+        for i, item in enumerate(value):
+            out += cel_errors(node["items"], item, f"{path}[{i}]")
+    return out
+
+
+def server_errors(obj: dict[str, Any]) -> list[str]:
+    """What the API server would refuse in `obj` (after defaulting); empty when it would be accepted."""
+    kind = obj["kind"]
+    obj = apply_defaults(schema(kind), copy.deepcopy(obj))
+    errors = structural_errors(kind, obj)
+    return errors or cel_errors(schema(kind), obj)
