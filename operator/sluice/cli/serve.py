@@ -1,0 +1,178 @@
+"""`sluice serve -f FILE [--backend ray|triton|onnx] [--port N]`: serve a ModelDeployment's versions on this machine.
+
+One document: its model is stable at 100 %. Several documents of the same ModelDeployment, in order: the last is
+the canary at its first canary-step weight (shadow/blueGreen: weight 0, mirrored at their mirror percent) and the
+one before it is stable. `file:` URIs resolve against the YAML file's directory. Ctrl-C or SIGTERM stops
+everything this command started (Ray included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+from sluice.api import ModelDeployment
+from sluice.api.loading import load_file
+from sluice.api.model_deployment import StrategyType
+from sluice.serving.config import CANARY, STABLE, ServingConfig
+
+# Canary weight when the newest document has no canary steps (strategy canary with defaults).
+DEFAULT_CANARY_WEIGHT = 10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--filename", required=True, metavar="FILE", help="ModelDeployment YAML")
+    parser.add_argument(
+        "--backend", choices=["ray", "triton", "onnx"], default=None, help="default: spec.backend of the YAML"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (0 picks a free one; default 8000)")
+
+
+def serving_config(deployments: list[ModelDeployment]) -> ServingConfig:
+    """The data-plane config for one ModelDeployment (stable) or the last two revisions of it (stable + new)."""
+    if not deployments:
+        raise ValueError("no ModelDeployment documents")
+    names = {d.metadata.name for d in deployments}
+    if len(names) != 1:
+        raise ValueError(f"all documents must be the same ModelDeployment, got {sorted(names)}")
+    new = deployments[-1]
+    spec = new.spec
+    model_names = {d.spec.model.name for d in deployments}
+    if len(model_names) != 1:
+        raise ValueError(f"spec.model.name must be the same in every document, got {sorted(model_names)}")
+
+    def variant(d: ModelDeployment, name: str, weight: int) -> dict[str, Any]:
+        m = d.spec.model
+        return {"name": name, "version": m.version, "uri": m.uri, "sha256": m.sha256, "weight": weight}
+
+    mirror = None
+    if len(deployments) == 1:
+        variants = [variant(new, STABLE, 100)]
+    else:
+        old = deployments[-2]
+        if old.spec.model.version == new.spec.model.version:
+            raise ValueError(f"the last two documents both have version {new.spec.model.version!r}")
+        rollout = spec.rollout
+        weight, mirror_percent = DEFAULT_CANARY_WEIGHT, 0
+        if rollout.strategy == StrategyType.CANARY and rollout.canary is not None:
+            weight = rollout.canary.steps[0].weight
+        elif rollout.strategy == StrategyType.SHADOW:
+            weight, mirror_percent = 0, rollout.shadow.mirror_percent if rollout.shadow else 100
+        elif rollout.strategy == StrategyType.BLUE_GREEN:
+            weight, mirror_percent = 0, rollout.blue_green.preview_mirror_percent if rollout.blue_green else 0
+        variants = [variant(old, STABLE, 100 - weight), variant(new, CANARY, weight)]
+        if mirror_percent > 0:
+            mirror = {"variant": CANARY, "percent": mirror_percent}
+    from sluice.api import parse_duration
+
+    return ServingConfig.model_validate(
+        {
+            "model_name": spec.model.name,
+            "variants": variants,
+            "mirror": mirror,
+            "sticky_header": spec.traffic.sticky_header,
+            "override_header": spec.traffic.override_header,
+            "fallback_to_stable": spec.traffic.fallback_to_stable,
+            "request_timeout_s": parse_duration(spec.traffic.request_timeout),
+            "max_request_bytes": spec.traffic.max_request_bytes,
+            "batching": spec.batching.model_dump(),
+            "gpus_per_replica": spec.resources.gpu,
+        }
+    )
+
+
+def load_deployments(path: Path) -> list[ModelDeployment]:
+    """Every ModelDeployment in the file; ValueError lists each invalid field."""
+    docs = load_file(path)
+    problems: list[str] = []
+    found: list[ModelDeployment] = []
+    for doc in docs:
+        if doc.error is not None:
+            problems += [f"{doc.source}: {e}" for e in doc.error.errors]
+        elif isinstance(doc.obj, ModelDeployment):
+            found.append(doc.obj)
+    if problems:
+        raise ValueError("invalid YAML:\n  " + "\n  ".join(problems))
+    if not found:
+        raise ValueError(f"{path}: no ModelDeployment documents")
+    return found
+
+
+def example_curl(url: str, config: ServingConfig, inputs: list[dict[str, Any]]) -> str:
+    body = json.dumps({"inputs": inputs}, separators=(",", ":"))
+    return f"curl -s -H 'content-type: application/json' -d '{body}' {url}/v2/models/{config.model_name}/infer"
+
+
+def _example_inputs(url: str, model: str) -> list[dict[str, Any]]:
+    """One zero row per input, from the served model's own metadata."""
+    import httpx
+
+    meta = httpx.get(f"{url}/v2/models/{model}", timeout=10).json()
+    inputs = []
+    for spec in meta.get("inputs", []):
+        shape = [1 if d < 0 else d for d in spec["shape"]]
+        size = 1
+        for d in shape:
+            size *= d
+        zero: Any = "" if spec["datatype"] == "BYTES" else 0
+        inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"], "data": [zero] * size})
+    return inputs
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT so startup and the wait loop unwind through `finally`."""
+
+
+def run(args: argparse.Namespace) -> int:
+    from sluice.serving.launch import BackendKind, LaunchError, start_data_plane
+
+    path = Path(args.filename)
+    try:
+        deployments = load_deployments(path)
+        config = serving_config(deployments)
+    except OSError as exc:
+        print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    backend = cast(BackendKind, args.backend or deployments[-1].spec.backend.value)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            raise _Stop(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    plane = None
+    try:
+        print(f"starting {config.model_name} on {backend}: {[(v.version, v.weight) for v in config.variants]}")
+        sys.stdout.flush()
+        plane = start_data_plane(config, backend, path.resolve().parent, host=args.host, port=args.port)
+        print(f"serving {config.model_name} at {plane.url}  (metrics: {plane.metrics_url})")
+        print(example_curl(plane.url, config, _example_inputs(plane.url, config.model_name)))
+        print("Ctrl-C or SIGTERM stops it.")
+        sys.stdout.flush()
+        while not stopping.wait(3600):
+            pass
+    except _Stop as sig:
+        print(f"received {sig}, shutting down")
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stopping.set()
+        if plane is not None:
+            plane.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        sys.stdout.flush()
+    return 0
