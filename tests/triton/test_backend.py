@@ -16,9 +16,11 @@ import tritonclient.grpc as grpcclient
 from tests.triton.conftest import BROKEN, MODEL
 from tritonclient.utils import InferenceServerException
 
+from sluice.serving.backends import make_backend
 from sluice.serving.backends.base import Backend
 from sluice.serving.backends.triton import TritonBackend
-from sluice.serving.errors import BackendUnavailable, InvalidInput, ModelNotFound
+from sluice.serving.config import ServingConfig
+from sluice.serving.errors import BackendTimeout, BackendUnavailable, InvalidInput, ModelNotFound
 from sluice.serving.tensors import InferRequest, Tensor
 from sluice.serving.triton.repository import Flavour, ModelVersion, RepositorySpec, write_model
 from sluice.serving.triton.server import TritonServer
@@ -184,3 +186,39 @@ async def test_server_death_raises_unavailable_quickly(tmp_path: Path, onnx_mode
     finally:
         await backend.close()
         server.stop()
+
+
+async def test_deadline_is_504(triton: TritonServer) -> None:
+    backend = TritonBackend(triton.grpc_url, MODEL, version="v1", timeout_s=10)
+    try:
+        await backend.metadata()  # model info fetched with the normal timeout
+        backend.timeout_s = 1e-5  # no server answers within 10 µs
+        with pytest.raises(BackendTimeout, match="Deadline"):
+            await backend.infer(_request(np.zeros((1, 4))))
+    finally:
+        await backend.close()
+
+
+async def test_registry_builds_the_triton_backend(triton: TritonServer) -> None:
+    config = ServingConfig.model_validate(
+        {
+            "model_name": MODEL,
+            "request_timeout_s": 3,
+            "variants": [
+                {"name": "stable", "version": "v2", "uri": "file:v2.onnx", "weight": 100, "endpoint": triton.grpc_url}
+            ],
+        }
+    )
+    backend = make_backend("triton", config.variants[0], config)
+    try:
+        assert isinstance(backend, TritonBackend)
+        assert backend.timeout_s == 3
+        response = await backend.infer(_request(np.zeros((2, 4))))
+        assert response.model_version == "v2"
+    finally:
+        await backend.close()
+    no_endpoint = config.variants[0].model_copy(update={"endpoint": None})
+    with pytest.raises(ValueError, match="needs 'endpoint'"):
+        make_backend("triton", no_endpoint, config)
+    with pytest.raises(ValueError, match="gRPC address"):
+        TritonBackend("http://127.0.0.1:8000", MODEL)

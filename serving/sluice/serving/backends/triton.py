@@ -30,8 +30,6 @@ from sluice.serving.errors import (
 from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 from sluice.serving.triton.repository import labels_from_config
 
-# Extra time beyond the gRPC deadline before the asyncio guard gives up (a wedged channel must not hang a request).
-_GUARD_SLACK_S = 1.0
 _PROBE_TIMEOUT_S = 2.0
 
 
@@ -197,18 +195,17 @@ class TritonBackend:
                 raise InvalidInput(f"input {tensor.name!r}: {exc}") from exc
             inputs.append(item)
         outputs = [grpcclient.InferRequestedOutput(name) for name in request.outputs] or None
-        call = client.infer(
-            self.model_name,
-            inputs,
-            model_version=info.number,
-            outputs=outputs,
-            request_id=request.id or "",
-            client_timeout=self.timeout_s,
-        )
         try:
-            result = await asyncio.wait_for(call, self.timeout_s + _GUARD_SLACK_S)
-        except TimeoutError as exc:
-            raise BackendTimeout(f"triton did not answer within {self.timeout_s} s") from exc
+            # The gRPC deadline bounds the call (no asyncio.wait_for: it costs a task per request); a dead server
+            # fails fast with UNAVAILABLE because calls do not wait for the channel to become ready.
+            result = await client.infer(
+                self.model_name,
+                inputs,
+                model_version=info.number,
+                outputs=outputs,
+                request_id=request.id or "",
+                client_timeout=self.timeout_s,
+            )
         except Exception as exc:
             raise _map_error(exc, f"inference on {self.model_name!r}") from exc
         response = result.get_response()

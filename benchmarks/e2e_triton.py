@@ -1,0 +1,249 @@
+"""Sluice router + Triton vs direct tritonserver, side by side in one run, on the same model and server.
+
+    .venv/bin/python benchmarks/e2e_triton.py [--seconds 8] [--concurrency 16] [--rounds 2]
+
+One tritonserver (the nvidia-pytriton wheel's, python backend running onnxruntime) serves a skl2onnx
+LogisticRegression (4 float features). Scenarios, each driven by `--concurrency` closed-loop clients sending one
+row per request:
+
+* ``direct_http``   — v2 REST JSON straight to tritonserver;
+* ``direct_grpc``   — tritonclient.grpc.aio straight to tritonserver;
+* ``router_http``   — the same v2 REST JSON to the Sluice router (standalone host process, `--backend triton`),
+  which forwards over gRPC with `TritonBackend`;
+* ``backend_inproc`` — `TritonBackend` called in-process (no HTTP hop), the floor of the router's overhead.
+
+Scenarios run in interleaved rounds (A B C D A B C D ...) so background load hits all alike; the best round of each
+counts. The headline is ``router_http / direct_http`` (goal >= 0.8). Results go to benchmarks/results/e2e_triton.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sluice.serving.backends.triton import TritonBackend
+from sluice.serving.tensors import InferRequest, Tensor
+from sluice.serving.triton.repository import Flavour, ModelVersion, RepositorySpec, write_model
+from sluice.serving.triton.server import TritonServer
+
+MODEL = "lr"
+RESULTS = Path(__file__).parent / "results" / "e2e_triton.json"
+
+
+def _model(path: Path) -> Path:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    path.write_bytes(to_onnx(LogisticRegression().fit(x, y), x[:1], options={"zipmap": False}).SerializeToString())
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+
+
+async def _drive(call: Callable[[], Awaitable[None]], concurrency: int, seconds: float) -> dict[str, float]:
+    """Closed loop: `concurrency` workers call back to back for `seconds`; latencies of successful calls."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            try:
+                await call()
+            except Exception:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+    }
+
+
+async def _measure(
+    args: argparse.Namespace, triton: TritonServer, router_url: str
+) -> dict[str, list[dict[str, float]]]:
+    """Drive every scenario in interleaved rounds against the already running servers."""
+    import aiohttp
+    import tritonclient.grpc.aio as grpcclient
+
+    x = np.random.default_rng(1).normal(size=(1, 4)).astype(np.float32)
+    body = json.dumps(
+        {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    ).encode()
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        def http_call(base: str) -> Callable[[], Awaitable[None]]:
+            url = f"http://{base}/v2/models/{MODEL}/infer"
+
+            async def call() -> None:
+                async with session.post(url, data=body, headers={"content-type": "application/json"}) as response:
+                    payload = await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(payload[:200])
+
+            return call
+
+        grpc = grpcclient.InferenceServerClient(triton.grpc_url)
+
+        async def grpc_call() -> None:
+            item = grpcclient.InferInput("X", [1, 4], "FP32")
+            item.set_data_from_numpy(x)
+            result = await grpc.infer(MODEL, [item])
+            result.as_numpy("label")  # parse the answer, as the backend does
+            result.as_numpy("probabilities")
+
+        backend = TritonBackend(triton.grpc_url, MODEL, version="v1")
+        request = InferRequest(inputs=(Tensor("X", x),))
+
+        async def backend_call() -> None:
+            await backend.infer(request)
+
+        scenarios: dict[str, Callable[[], Awaitable[None]]] = {
+            "direct_http": http_call(triton.http_url),
+            "router_http": http_call(router_url),
+            "direct_grpc": grpc_call,
+            "backend_inproc": backend_call,
+        }
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
+        try:
+            for call in scenarios.values():  # warm every path once
+                await _drive(call, args.concurrency, 1.0)
+            for _ in range(args.rounds):
+                for name, call in scenarios.items():
+                    result = await _drive(call, args.concurrency, args.seconds)
+                    print(name, result, flush=True)
+                    rounds[name].append(result)
+        finally:
+            await grpc.close()
+            await backend.close()
+    return rounds
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start tritonserver and the router (its own process, `--backend triton`), measure, always stop both."""
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
+        root = Path(tmp)
+        spec = RepositorySpec(
+            model_name=MODEL,
+            versions=(ModelVersion("v1", "file:model.onnx"),),
+            flavour=Flavour.PYTHON,
+            max_batch_size=32,
+            max_queue_delay_us=args.queue_delay_us,
+        )
+        write_model(spec, root / "repo", {"v1": _model(root / "model.onnx")})
+        with TritonServer(root / "repo") as triton:
+            config = {
+                "model_name": MODEL,
+                "variants": [{"name": "stable", "version": "v1", "uri": "file:model.onnx", "weight": 100,
+                              "endpoint": triton.grpc_url}],
+            }  # fmt: skip
+            (root / "serving.json").write_text(json.dumps(config))
+            port = _free_port()
+            router = subprocess.Popen(
+                [sys.executable, "-m", "sluice.serving.host_standalone", "--config", str(root / "serving.json"),
+                 "--port", str(port), "--backend", "triton"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                _wait_http(f"http://127.0.0.1:{port}/v2/health/ready", router)
+                rounds = asyncio.run(_measure(args, triton, f"127.0.0.1:{port}"))
+            finally:
+                router.terminate()
+                try:
+                    router.wait(10)
+                except subprocess.TimeoutExpired:
+                    router.kill()
+                    router.wait(5)
+    best = {name: max(results, key=lambda r: r["rps"]) for name, results in rounds.items()}
+    return {
+        "benchmark": "e2e_triton",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
+        "setup": {
+            "model": "skl2onnx LogisticRegression, 4 float features, 1 row per request",
+            "server": "tritonserver 2.51 (nvidia-pytriton wheel), python backend running onnxruntime, 1 CPU instance",
+            "max_batch_size": 32,
+            "max_queue_delay_us": args.queue_delay_us,
+            "concurrency": args.concurrency,
+            "seconds_per_round": args.seconds,
+            "rounds": args.rounds,
+            "client": "aiohttp (v2 REST JSON) / tritonclient.grpc.aio, closed loop, one process",
+        },
+        "best": best,
+        "rounds": rounds,
+        "ratios": {
+            "router_http_vs_direct_http": round(best["router_http"]["rps"] / best["direct_http"]["rps"], 3),
+            "router_http_vs_direct_grpc": round(best["router_http"]["rps"] / best["direct_grpc"]["rps"], 3),
+            "backend_inproc_vs_direct_grpc": round(best["backend_inproc"]["rps"] / best["direct_grpc"]["rps"], 3),
+        },
+        "goal": "router_http_vs_direct_http >= 0.8",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--queue-delay-us", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    report = _run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({"best": report["best"], "ratios": report["ratios"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
