@@ -1,0 +1,64 @@
+"""pytest fixtures around the API emulator; other test folders import them into their conftest.py:
+
+    from tests.kube.fixtures import kube_emulator, kubeconfig, kube_client  # noqa: F401
+
+`kube_emulator` is session-scoped (one server for the whole run, always stopped), with the Sluice CRDs from
+`crds/*.yaml`, KubeRay's RayService CRD (when `../shared/schemas` exists) and this folder's test CRDs loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.kube.emulator import EmulatorThread, SluiceKubeEmulator, load_crd_files
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SLUICE_CRDS = REPO_ROOT / "crds"
+RAY_CRD = REPO_ROOT.parent / "shared" / "schemas" / "ray.io_rayservices.yaml"
+TEST_CRDS = Path(__file__).parent / "crds"
+
+
+def crd_files() -> list[Path]:
+    files = sorted(SLUICE_CRDS.glob("*.yaml")) + sorted(TEST_CRDS.glob("*.yaml"))
+    if RAY_CRD.exists():
+        files.append(RAY_CRD)
+    return files
+
+
+def start_emulator() -> EmulatorThread:
+    """A running emulator with every known CRD served; the caller stops it."""
+    emulator = SluiceKubeEmulator()
+    for crd in load_crd_files(crd_files()):
+        emulator.register_crd(crd)
+    thread = EmulatorThread(emulator)
+    thread.start()
+    return thread
+
+
+@pytest.fixture(scope="session")
+def kube_emulator() -> Iterator[EmulatorThread]:
+    thread = start_emulator()
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(kube_emulator: EmulatorThread, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return kube_emulator.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
+
+
+@pytest.fixture(scope="session")
+def kube_client(kubeconfig: Path) -> Iterator[object]:
+    """An official `kubernetes.client.ApiClient` bound to the emulator (not the process-wide default)."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+    del client
