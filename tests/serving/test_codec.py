@@ -1,0 +1,127 @@
+"""The v2 REST codec and validation against model metadata: every accepted form and every refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sluice.serving.errors import InvalidInput
+from sluice.serving.protocol.v2_codec import (
+    decode_infer_request,
+    decode_response,
+    encode_infer_response,
+    encode_request,
+)
+from sluice.serving.protocol.validation import validate_request
+from sluice.serving.tensors import InferResponse, ModelMetadata, Tensor, TensorSpec
+
+META = ModelMetadata("m", "v1", "onnx", (TensorSpec("X", "FP32", (-1, 4)),), (TensorSpec("label", "INT64", (-1,)),))
+
+
+def _req(**inp: object) -> dict[str, object]:
+    base: dict[str, object] = {"name": "X", "shape": [2, 4], "datatype": "FP32", "data": list(range(8))}
+    base.update(inp)
+    return {"inputs": [base]}
+
+
+def test_flat_and_nested_data_decode_to_the_same_row_major_array() -> None:
+    flat = decode_infer_request(_req(data=[float(i) for i in range(8)]))
+    nested = decode_infer_request(_req(data=[[0, 1, 2, 3], [4, 5, 6, 7]]))
+    assert flat.inputs[0].data.dtype == np.float32
+    assert flat.inputs[0].shape == (2, 4)
+    np.testing.assert_array_equal(flat.inputs[0].data, nested.inputs[0].data)
+    assert nested.inputs[0].data[1, 0] == 4
+
+
+def test_id_outputs_and_parameters_pass_through() -> None:
+    body = {**_req(), "id": "r-1", "outputs": [{"name": "label"}], "parameters": {"priority": 2}}
+    req = decode_infer_request(body)
+    assert (req.id, req.outputs, req.parameters) == ("r-1", ("label",), {"priority": 2})
+    again = decode_infer_request(encode_request(req))
+    assert again.outputs == ("label",)
+    assert again.id == "r-1"
+
+
+def test_bytes_inputs_round_trip() -> None:
+    req = decode_infer_request({"inputs": [{"name": "s", "shape": [2], "datatype": "BYTES", "data": ["a", "é"]}]})
+    assert req.inputs[0].data.tolist() == [b"a", "é".encode()]
+    assert req.inputs[0].datatype == "BYTES"
+    assert encode_request(req)["inputs"][0]["data"] == ["a", "é"]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ([], "JSON object"),
+        ({"inputs": []}, "non-empty 'inputs'"),
+        ({"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]}, "no 'name'"),
+        (_req(shape=[3, 4]), "shape [3, 4] needs 12 elements, data has 8"),
+        (_req(datatype="FP33"), "unknown datatype 'FP33'"),
+        (_req(data=["a"] * 8), "does not match datatype FP32 (got strings)"),
+        (_req(datatype="INT32", data=[1.5] * 8), "does not match datatype INT32 (got floats)"),
+        (_req(datatype="INT8", data=[300] * 8), "out of range for datatype INT8"),
+        (_req(data=[[1, 2, 3, 4], [5, 6, 7]]), "ragged"),
+        (_req(shape=[2, "4"]), "'shape' must be a list of integers"),
+        (_req(shape=[-2, -4]), "negative dimension"),
+        ({"inputs": [_req()["inputs"][0]] * 2}, "duplicate input names"),  # type: ignore[index]
+        ({**_req(), "outputs": ["label"]}, "'outputs' must be an object"),
+        ({**_req(), "id": 5}, "'id' must be a string"),
+        (_req(parameters={"binary_data_size": 32}), "binary tensor data extension is not supported"),
+    ],
+)
+def test_malformed_requests_name_the_problem(body: object, needle: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        decode_infer_request(body)
+    assert needle in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "needle"),
+    [
+        ([{"name": "Y", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}], [], "missing input 'X'"),
+        ([{"name": "X", "shape": [1, 4], "datatype": "FP64", "data": [0] * 4}], [], "datatype FP64 does not match"),
+        ([{"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [0] * 3}], [], "input 'X': shape [1, 3]"),
+        ([{"name": "X", "shape": [4], "datatype": "FP32", "data": [0] * 4}], [], "input 'X': shape [4]"),
+        (
+            [
+                {"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4},
+                {"name": "Z", "shape": [1], "datatype": "FP32", "data": [0]},
+            ],
+            [],
+            "unknown input(s) ['Z']",
+        ),
+        ([{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}], [{"name": "nope"}], "['nope']"),
+    ],
+)
+def test_validation_against_metadata_names_the_input(inputs: object, outputs: object, needle: str) -> None:
+    req = decode_infer_request({"inputs": inputs, "outputs": outputs})
+    with pytest.raises(InvalidInput) as err:
+        validate_request(req, META)
+    assert needle in err.value.message
+
+
+def test_variable_batch_dimension_is_accepted() -> None:
+    validate_request(decode_infer_request(_req(shape=[2, 4])), META)
+    validate_request(decode_infer_request(_req(shape=[1, 4], data=[1, 2, 3, 4])), META)
+
+
+def test_response_encoding_selects_outputs_in_requested_order() -> None:
+    resp = InferResponse(
+        "m",
+        "v1",
+        (Tensor("label", np.array([1, 0])), Tensor("probabilities", np.array([[0.1, 0.9], [0.8, 0.2]], np.float32))),
+        id="x",
+        parameters={"batch_size": "2"},
+    )
+    body = encode_infer_response(resp, ("probabilities",))
+    assert [o["name"] for o in body["outputs"]] == ["probabilities"]
+    assert body["outputs"][0]["shape"] == [2, 2]
+    assert body["outputs"][0]["datatype"] == "FP32"
+    assert body["id"] == "x"
+    assert body["parameters"] == {"batch_size": "2"}
+    full = encode_infer_response(resp)
+    decoded = decode_response(full)
+    np.testing.assert_array_equal(decoded.outputs[0].data, [1, 0])
+    assert decoded.outputs[0].datatype == "INT64"
+    with pytest.raises(InvalidInput, match=r"\['nope'\] do not exist"):
+        encode_infer_response(resp, ("nope",))
