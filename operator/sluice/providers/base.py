@@ -1,0 +1,65 @@
+"""The MetricProvider seam, and the assembly of raw series into what the built-in checks need."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from sluice.rollout.measurements import Histogram, Measurement, TrafficSample, VariantSample
+from sluice.serving.config import CANARY, STABLE
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which series to read and over how long: the router labels every series with model/version/variant."""
+
+    model: str
+    interval_s: float
+    selector: str = ""  # extra PromQL label matchers, e.g. 'namespace="prod"' (prometheus only)
+
+
+@runtime_checkable
+class MetricProvider(Protocol):
+    """Reads one analysis interval's measurements. Failures are returned as data (NoData/MetricError), not raised."""
+
+    async def sample(self, window: Window) -> Measurement[TrafficSample]:
+        """Requests, 5xx errors, latency and score histograms per variant, and shadow comparisons, over the window."""
+        ...
+
+    async def query(self, promql: str) -> Measurement[float]:
+        """One number from a custom query (checks of type promql)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
+def parse_le(text: str) -> float:
+    return math.inf if text in ("+Inf", "Inf", "inf") else float(text)
+
+
+def assemble(
+    requests: Mapping[tuple[str, str], float],
+    latency: Mapping[str, Mapping[float, float]],
+    scores: Mapping[str, Mapping[float, float]],
+    shadow: Mapping[str, float],
+) -> TrafficSample:
+    """Build a TrafficSample from per-interval series: requests by (variant, code), cumulative buckets by variant."""
+
+    def variant(name: str) -> VariantSample:
+        total = sum(v for (var, _), v in requests.items() if var == name)
+        errors = sum(v for (var, code), v in requests.items() if var == name and code.startswith("5"))
+        lat = Histogram.from_cumulative(dict(latency[name])) if latency.get(name) else None
+        sc = Histogram.from_cumulative(dict(scores[name])) if scores.get(name) else None
+        return VariantSample(requests=total, errors=errors, latency=lat, scores=sc)
+
+    return TrafficSample(
+        stable=variant(STABLE),
+        canary=variant(CANARY),
+        shadow_agree=shadow.get("agree", 0.0),
+        shadow_disagree=shadow.get("disagree", 0.0),
+        shadow_errors=shadow.get("error", 0.0),
+    )
