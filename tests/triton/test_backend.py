@@ -222,3 +222,15 @@ async def test_registry_builds_the_triton_backend(triton: TritonServer) -> None:
         make_backend("triton", no_endpoint, config)
     with pytest.raises(ValueError, match="gRPC address"):
         TritonBackend("http://127.0.0.1:8000", MODEL)
+
+
+async def test_batch_above_max_batch_size_is_split_and_rejoined(
+    backend_v1: TritonBackend, onnx_models: dict[str, Path]
+) -> None:
+    x = RNG.normal(size=(75, 4))  # the model's max_batch_size is 32: three Triton calls
+    response = await backend_v1.infer(_request(x))
+    expected = _onnxruntime(onnx_models["v1"], x)
+    got = {t.name: t.data for t in response.outputs}
+    np.testing.assert_array_equal(got["label"], expected["label"])
+    np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=1e-6)
+    assert response.model_version == "v1"

@@ -13,6 +13,7 @@ anything else Triton reports -> BackendError (500).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ class _ModelInfo:
 
     number: str  # Triton version number asked for ("" lets Triton pick the latest)
     labels: dict[str, str]  # Triton version number -> Sluice label
-    batched: bool
+    max_batch_size: int  # 0: the model does not batch
     input_reshape: dict[str, tuple[int, ...]]  # tensors whose model shape differs from the client-visible one
     output_reshape: dict[str, tuple[int, ...]]
     metadata: ModelMetadata
@@ -140,7 +141,8 @@ class TritonBackend:
             meta = await client.get_model_metadata(self.model_name, number, as_json=True, client_timeout=self.timeout_s)
         except Exception as exc:
             raise _map_error(exc, f"metadata of {self.model_name!r}") from exc
-        batched = int(config.get("max_batch_size", 0)) > 0
+        max_batch_size = int(config.get("max_batch_size", 0))
+        batched = max_batch_size > 0
         input_reshape = {
             t["name"]: tuple(int(d) for d in t["reshape"].get("shape", ()))
             for t in config.get("input", ())
@@ -171,22 +173,38 @@ class TritonBackend:
             outputs=specs(meta.get("outputs", []), output_reshape),
             provider="CUDAExecutionProvider" if "KIND_GPU" in kinds else "CPUExecutionProvider",
         )
-        return _ModelInfo(number, labels, batched, input_reshape, output_reshape, metadata)
+        return _ModelInfo(number, labels, max_batch_size, input_reshape, output_reshape, metadata)
 
     # -- Backend protocol ----------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
+        info = await self._model_info()
+        limit = info.max_batch_size
+        rows = {t.data.shape[0] if t.data.ndim else -1 for t in request.inputs}
+        if limit and len(rows) == 1 and (n := rows.pop()) > limit:
+            # Triton refuses batches above max_batch_size; other backends take any size, so split and rejoin.
+            parts = [
+                dataclasses.replace(
+                    request, inputs=tuple(Tensor(t.name, t.data[i : i + limit]) for t in request.inputs)
+                )
+                for i in range(0, n, limit)
+            ]
+            answers = await asyncio.gather(*(self._infer_once(info, part) for part in parts))
+            merged = tuple(
+                Tensor(t.name, np.concatenate([a.outputs[k].data for a in answers]))
+                for k, t in enumerate(answers[0].outputs)
+            )
+            return dataclasses.replace(answers[0], outputs=merged)
+        return await self._infer_once(info, request)
+
+    async def _infer_once(self, info: _ModelInfo, request: InferRequest) -> InferResponse:
         import tritonclient.grpc.aio as grpcclient
 
-        info = await self._model_info()
         client = self._get_client()
+        batched = info.max_batch_size > 0
         inputs = []
         for tensor in request.inputs:
             data = tensor.data
-            if (
-                tensor.name in info.input_reshape
-                and info.batched
-                and data.ndim == 1 + len(info.input_reshape[tensor.name])
-            ):
+            if tensor.name in info.input_reshape and batched and data.ndim == 1 + len(info.input_reshape[tensor.name]):
                 data = data.reshape(data.shape[0], -1)  # the client-visible shape Triton expects
             try:
                 item = grpcclient.InferInput(tensor.name, list(data.shape), tensor.datatype)
@@ -215,7 +233,7 @@ class TritonBackend:
             if array is None:
                 raise BackendError(f"triton returned no data for output {output.name!r}")
             shape = info.output_reshape.get(output.name)
-            if shape is not None and info.batched:
+            if shape is not None and batched:
                 array = array.reshape((array.shape[0], *shape))
             tensors.append(Tensor(output.name, np.asarray(array)))
         version = str(response.model_version)
