@@ -8,6 +8,7 @@ evaluated with `self` = the node (cel-python, plus the Kubernetes list functions
 from __future__ import annotations
 
 import copy
+import itertools
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def structural_errors(kind: str, obj: dict[str, Any]) -> list[str]:
 
 def _is_sorted(lst: Any) -> celtypes.BoolType:
     items = list(lst)
-    return celtypes.BoolType(all(a <= b for a, b in zip(items, items[1:], strict=False)))
+    return celtypes.BoolType(all(a <= b for a, b in itertools.pairwise(items)))
 
 
 def _sum(lst: Any) -> Any:

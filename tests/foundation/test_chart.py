@@ -14,7 +14,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from tests.foundation.crd_tools import REPO
 
 CHART_DIR = REPO / "helm" / "sluice"
@@ -40,7 +39,8 @@ def test_lint_is_clean() -> None:
     for values in ({}, {"watchNamespaces": ["a", "b"], "metrics": {"serviceMonitor": {"enabled": True}}}):
         report = helm.lint(CHART_DIR, values, strict=True)
         problems = [m for m in report["messages"] if m["severity"] >= 2]
-        assert not problems and not report["errors"], report
+        assert not problems, report
+        assert not report["errors"], report
 
 
 @pytest.mark.parametrize(
@@ -147,7 +147,9 @@ def test_service_monitor_matches_prometheus_operator_schema(chart: helm.Chart) -
         ({"unknownKey": True}, "unknownKey"),
     ],
 )
-def test_values_breaking_the_schema_are_refused_by_name(chart: helm.Chart, overrides: dict[str, Any], named: str) -> None:
+def test_values_breaking_the_schema_are_refused_by_name(
+    chart: helm.Chart, overrides: dict[str, Any], named: str
+) -> None:
     with pytest.raises(helm.HelmValuesError, match=re.escape(named)):
         chart.render(overrides, name="sluice", namespace="sluice-system")
 
@@ -191,7 +193,8 @@ def test_chart_images_are_the_ones_the_dockerfiles_build() -> None:
 
 def _load_render_install() -> Any:
     spec = importlib.util.spec_from_file_location("render_install", REPO / "helm" / "render_install.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -203,6 +206,7 @@ def test_install_manifest_is_up_to_date_and_valid() -> None:
     assert current == text, "manifests/install.yaml is out of date: run `python helm/render_install.py`"
     objects = list(yaml.safe_load_all(current))
     kinds = [o["kind"] for o in objects]
-    assert kinds[0] == "Namespace" and kinds.count("CustomResourceDefinition") == 3
+    assert kinds[0] == "Namespace"
+    assert kinds.count("CustomResourceDefinition") == 3
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

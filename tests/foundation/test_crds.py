@@ -9,11 +9,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from pydantic import ValidationError
+from tests.foundation.crd_tools import CRD_DIR, REPO, _program, cel_errors, crd, schema, server_errors
 
 from sluice.api import DriftPolicy, Experiment, ModelDeployment
 from sluice.api.crd import CRDS, render_all
 from sluice.api.loading import ApiValidationError, parse_object
-from tests.foundation.crd_tools import CRD_DIR, REPO, _program, cel_errors, crd, schema, server_errors
 
 K8S_VERSION = "1.33"
 
@@ -48,7 +48,9 @@ def test_crd_is_a_valid_kubernetes_object(info: Any) -> None:
 
 @pytest.mark.parametrize("info", CRDS, ids=lambda i: i.kind)
 def test_every_property_has_a_description(info: Any) -> None:
-    missing = [p for p, node in _walk(schema(info.kind)) if p and not p.endswith(("[]", "{}")) and not node.get("description")]
+    missing = [
+        p for p, node in _walk(schema(info.kind)) if p and not p.endswith(("[]", "{}")) and not node.get("description")
+    ]
     assert not missing, f"properties without description (kubectl explain shows nothing): {missing}"
 
 
@@ -60,7 +62,9 @@ def test_schema_is_structural(info: Any) -> None:
         if node.get("x-kubernetes-preserve-unknown-fields"):
             continue
         assert "type" in node, f"{path} has no type"
-        assert not ("properties" in node and "additionalProperties" in node), f"{path}: properties + additionalProperties"
+        assert not ("properties" in node and "additionalProperties" in node), (
+            f"{path}: properties + additionalProperties"
+        )
         if node["type"] == "array" and path.startswith(".spec"):
             assert "maxItems" in node, f"{path}: array without maxItems (CEL cost estimation)"
         if node["type"] == "string" and path.startswith(".spec"):
@@ -167,7 +171,10 @@ INVALID = {
         _with(MD, "spec.rollout.canary.steps", [{"weight": 10}, {"weight": 101}]),
         "spec.rollout.canary.steps[1].weight",
     ),
-    "step-weight-zero": (_with(MD, "spec.rollout.canary.steps", [{"weight": 0}]), "spec.rollout.canary.steps[0].weight"),
+    "step-weight-zero": (
+        _with(MD, "spec.rollout.canary.steps", [{"weight": 0}]),
+        "spec.rollout.canary.steps[0].weight",
+    ),
     "no-steps": (_with(MD, "spec.rollout.canary.steps", []), "spec.rollout.canary.steps"),
     "mirror-percent-over-100": (
         _with(MD, "spec.rollout", {"strategy": "shadow", "shadow": {"mirrorPercent": 150}}),
@@ -260,7 +267,10 @@ INVALID = {
         _with(DP, "spec.reference", {"uri": "s3://b/p.json", "fromStableVersion": True}),
         "spec.reference",
     ),
-    "warning-above-critical": (_with(DP, "spec.thresholds", {"warning": 0.5, "critical": 0.2}), "spec.thresholds.warning"),
+    "warning-above-critical": (
+        _with(DP, "spec.thresholds", {"warning": 0.5, "critical": 0.2}),
+        "spec.thresholds.warning",
+    ),
     "retrain-without-job": (_with(DP, "spec.action", {"type": "retrain"}), "spec.action.jobTemplate"),
     "job-without-retrain": (
         _with(DP, "spec.action", {"type": "alert", "jobTemplate": {"spec": {}}}),

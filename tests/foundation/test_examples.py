@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.foundation.crd_tools import REPO, server_errors
 
 from sluice.api.loading import load_file
 from sluice.cli.main import main
-from tests.foundation.crd_tools import REPO, server_errors
 
 EXAMPLES = REPO / "manifests" / "examples"
 VALID = sorted(EXAMPLES.glob("*.yaml"))
@@ -22,7 +22,8 @@ def _expectations(path: Path) -> tuple[str, str]:
     text = path.read_text()
     field = re.search(r"^# expect-field: (\S+)$", text, re.MULTILINE)
     error = re.search(r"^# expect-error: (.+)$", text, re.MULTILINE)
-    assert field and error, f"{path.name} must say `# expect-field:` and `# expect-error:`"
+    assert field, f"{path.name} must say `# expect-field: PATH`"
+    assert error, f"{path.name} must say `# expect-error: MESSAGE`"
     return field.group(1), error.group(1).strip()
 
 
@@ -30,7 +31,9 @@ def test_there_are_examples_for_every_kind_and_strategy() -> None:
     docs = [d for p in OWN for d in yaml.safe_load_all(p.read_text()) if d]
     kinds = {d["kind"] for d in docs}
     assert kinds == {"ModelDeployment", "Experiment", "DriftPolicy"}
-    strategies = {d["spec"].get("rollout", {}).get("strategy", "canary") for d in docs if d["kind"] == "ModelDeployment"}
+    strategies = {
+        d["spec"].get("rollout", {}).get("strategy", "canary") for d in docs if d["kind"] == "ModelDeployment"
+    }
     assert strategies == {"canary", "shadow", "blueGreen"}
     assert len(INVALID) >= 10
 
@@ -53,7 +56,8 @@ def test_invalid_example_is_refused_naming_the_field(path: Path, capsys: pytest.
     field, error = _expectations(path)
     assert main(["validate", "-f", str(path)]) == 1
     err = capsys.readouterr().err
-    assert f" {field}" in err and error in err, f"sluice validate said {err!r}; expected {field}: ...{error}..."
+    assert f" {field}" in err, f"sluice validate said {err!r}; expected the field {field}"
+    assert error in err, f"sluice validate said {err!r}; expected ...{error}..."
     (raw,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
     crd_errors = server_errors(raw)
     assert any(e.startswith(field) for e in crd_errors), f"CRD errors {crd_errors} do not name {field}"
@@ -93,7 +97,10 @@ def test_validate_reports_each_document_and_exits_nonzero_on_any_error(
     assert out.strip() == "OK ModelDeployment/fraud-shadow"
     assert "spec.rollout.canary.steps[1].weight: canary step weights must be strictly increasing" in err
     assert main(["validate", "-f", str(EXAMPLES / "11-shadow.yaml"), "-f", str(EXAMPLES / "14-experiment.yaml")]) == 0
-    assert capsys.readouterr().out.splitlines() == ["OK ModelDeployment/fraud-shadow", "OK Experiment/fraud-threshold-ab"]
+    assert capsys.readouterr().out.splitlines() == [
+        "OK ModelDeployment/fraud-shadow",
+        "OK Experiment/fraud-threshold-ab",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -101,9 +108,15 @@ def test_validate_reports_each_document_and_exits_nonzero_on_any_error(
     [
         ("kind: ModelDeployment\nmetadata: {name: x}\nspec: [unclosed", "invalid YAML at line 3"),
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "kind: unknown kind 'Pod'"),
-        ("apiVersion: sluice.dev/v1\nkind: Experiment\nmetadata: {name: e}\n", "apiVersion: expected sluice.dev/v1alpha1"),
+        (
+            "apiVersion: sluice.dev/v1\nkind: Experiment\nmetadata: {name: e}\n",
+            "apiVersion: expected sluice.dev/v1alpha1",
+        ),
         ("- just\n- a list\n", "expected a mapping"),
-        ("apiVersion: sluice.dev/v1alpha1\nkind: DriftPolicy\nmetadata: {name: d}\nspec: {targett: {}}\n", "spec.targett"),
+        (
+            "apiVersion: sluice.dev/v1alpha1\nkind: DriftPolicy\nmetadata: {name: d}\nspec: {targett: {}}\n",
+            "spec.targett",
+        ),
         ("", "no YAML documents"),
     ],
 )

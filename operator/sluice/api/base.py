@@ -94,8 +94,7 @@ class ApiModel(BaseModel):
         schema = handler.resolve_ref_schema(handler(core_schema))
         if cls.rules:
             schema["x-kubernetes-validations"] = [
-                {"rule": r.cel, "message": r.message, **({"fieldPath": r.field} if r.field else {})}
-                for r in cls.rules
+                {"rule": r.cel, "message": r.message, **({"fieldPath": r.field} if r.field else {})} for r in cls.rules
             ]
         return schema
 

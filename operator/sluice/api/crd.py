@@ -54,7 +54,12 @@ CRDS: tuple[CrdInfo, ...] = (
         short_names=("md", "mdep"),
         columns=(
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
-            {"name": "Stable", "type": "string", "jsonPath": ".status.stable.version", "description": "Stable version."},
+            {
+                "name": "Stable",
+                "type": "string",
+                "jsonPath": ".status.stable.version",
+                "description": "Stable version.",
+            },
             {"name": "Canary", "type": "string", "jsonPath": ".status.canary.version", "description": "New version."},
             {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight", "description": "Canary percent."},
             {"name": "Ready", "type": "string", "jsonPath": ".status.ready", "description": "Ready/desired replicas."},

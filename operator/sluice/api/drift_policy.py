@@ -47,7 +47,9 @@ class ReferenceProfile(ApiModel):
 class Feature(ApiModel):
     """One input feature (or the prediction) to watch."""
 
-    name: str = Field(description="Input tensor name, or 'prediction' for the model output.", pattern=_NAME, max_length=253)
+    name: str = Field(
+        description="Input tensor name, or 'prediction' for the model output.", pattern=_NAME, max_length=253
+    )
     index: int | None = Field(default=None, ge=0, description="Column of a 2-D input tensor.")
     type: Literal["numeric", "categorical"] = Field(default="numeric", description="numeric or categorical.")
     method: DriftMethod | None = Field(default=None, description="Overrides the policy's method for this feature.")

@@ -109,7 +109,9 @@ def load_documents(text: str, source: str = "<string>") -> Iterator[LoadedDocume
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        yield LoadedDocument(source, None, ApiValidationError("?", "?", [FieldError("", f"invalid YAML{where}: {problem}")]))
+        yield LoadedDocument(
+            source, None, ApiValidationError("?", "?", [FieldError("", f"invalid YAML{where}: {problem}")])
+        )
         return
     for index, doc in enumerate(docs):
         try:

@@ -28,9 +28,7 @@ class ModelFormat(StrEnum):
 class ModelSpec(ApiModel):
     """The model version this resource should serve. Changing it starts a rollout."""
 
-    name: str = Field(
-        description="Model name, as clients address it (/v2/models/NAME).", pattern=_NAME, max_length=63
-    )
+    name: str = Field(description="Model name, as clients address it (/v2/models/NAME).", pattern=_NAME, max_length=63)
     format: ModelFormat = Field(default=ModelFormat.ONNX, description="Model file format. Only onnx for now.")
     uri: str = Field(
         description="Where the model file lives: file:///abs/path, file:relative/path (resolved against the "
@@ -57,9 +55,7 @@ class Toleration(ApiModel):
 
     key: str | None = Field(default=None, description="Taint key the toleration applies to.", max_length=316)
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(
-        default=None, description="Taint value to match when operator is Equal.", max_length=63
-    )
+    value: str | None = Field(default=None, description="Taint value to match when operator is Equal.", max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
@@ -315,6 +311,11 @@ class CheckType(StrEnum):
     PROMQL = "promql"  # a custom PromQL query returning one number
 
 
+_RATIO_TYPES = frozenset({CheckType.ERROR_RATE, CheckType.LATENCY_P99})
+_FRACTION_TYPES = frozenset({CheckType.ERROR_RATE, CheckType.SHADOW_DISAGREEMENT})
+_NONNEG_TYPES = frozenset({CheckType.LATENCY_P99, CheckType.PREDICTION_DRIFT})
+
+
 class Check(ApiModel):
     """One metric the new version must satisfy at every analysis."""
 
@@ -358,9 +359,9 @@ class Check(ApiModel):
             cel="!has(self.maxRatioToStable) || self.type in ['error-rate', 'latency-p99']",
             message="maxRatioToStable applies only to checks of type error-rate or latency-p99",
             field=".maxRatioToStable",
-            violation=lambda c: ".maxRatioToStable"
-            if c.max_ratio_to_stable is not None and c.type not in _RATIO_TYPES
-            else None,
+            violation=lambda c: (
+                ".maxRatioToStable" if c.max_ratio_to_stable is not None and c.type not in _RATIO_TYPES else None
+            ),
         ),
         Rule(
             cel="!has(self.min) || self.type == 'promql'",
@@ -379,9 +380,9 @@ class Check(ApiModel):
             " || (self.max >= 0.0 && self.max <= 1.0)",
             message="max of an error-rate or shadow-disagreement check is a fraction within 0..1",
             field=".max",
-            violation=lambda c: ".max"
-            if c.max is not None and c.type in _FRACTION_TYPES and not 0.0 <= c.max <= 1.0
-            else None,
+            violation=lambda c: (
+                ".max" if c.max is not None and c.type in _FRACTION_TYPES and not 0.0 <= c.max <= 1.0 else None
+            ),
         ),
         Rule(
             cel="!has(self.max) || !(self.type in ['latency-p99', 'prediction-drift']) || self.max >= 0.0",
@@ -390,11 +391,6 @@ class Check(ApiModel):
             violation=lambda c: ".max" if c.max is not None and c.type in _NONNEG_TYPES and c.max < 0.0 else None,
         ),
     )
-
-
-_RATIO_TYPES = frozenset({CheckType.ERROR_RATE, CheckType.LATENCY_P99})
-_FRACTION_TYPES = frozenset({CheckType.ERROR_RATE, CheckType.SHADOW_DISAGREEMENT})
-_NONNEG_TYPES = frozenset({CheckType.LATENCY_P99, CheckType.PREDICTION_DRIFT})
 
 
 class ProviderType(StrEnum):
