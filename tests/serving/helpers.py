@@ -92,7 +92,7 @@ class FailingBackend(OnnxBackend):
 
     async def infer(self, request: InferRequest) -> InferResponse:
         self.calls += 1
-        raise self.exc
+        raise type(self.exc)(*self.exc.args)  # a fresh exception: re-raising one instance grows its traceback
 
 
 class NotReadyBackend(OnnxBackend):

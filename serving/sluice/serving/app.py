@@ -177,6 +177,8 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> Star
         try:
             yield
         finally:
+            # Shadow tasks live on this loop: finish them (each bounded by request_timeout_s) before it stops.
+            await router.drain_shadows()
             if close_router_on_shutdown:
                 await router.close()
 

@@ -11,6 +11,9 @@ class ServingError(Exception):
     """Base class: a message safe to show the client and the HTTP status it maps to."""
 
     status_code = 500
+    # Set by the router once a variant was chosen, so the request is counted against the variant that failed.
+    variant: str | None = None
+    version: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -150,17 +150,21 @@ class Router:
             try:
                 response = await self._call(state, variant, request, deadline)
                 routed = Routed(response, variant, state.config.variant(variant).version)
-            except _FALLBACK_ERRORS as exc:
-                if not (state.config.fallback_to_stable and override is None and variant != STABLE):
-                    raise
-                if STABLE not in state.backends:
+            except ServingError as exc:
+                can_fall_back = state.config.fallback_to_stable and override is None and variant != STABLE
+                if not (isinstance(exc, _FALLBACK_ERRORS) and can_fall_back and STABLE in state.backends):
+                    exc.variant, exc.version = variant, state.config.variant(variant).version
                     raise
                 # The canary's failure still counts against it, or fallback would hide a bad canary from analysis.
                 self.metrics.request(
                     state.config.variant(variant).version, variant, exc.status_code, time.perf_counter() - started
                 )
                 log.warning("variant %s failed (%s); falling back to %s", variant, exc.message, STABLE)
-                response = await self._call(state, STABLE, request, deadline)
+                try:
+                    response = await self._call(state, STABLE, request, deadline)
+                except ServingError as stable_exc:
+                    stable_exc.variant, stable_exc.version = STABLE, state.config.variant(STABLE).version
+                    raise
                 routed = Routed(response, STABLE, state.config.variant(STABLE).version, fell_back_from=variant)
             self._observe(routed)
             self._maybe_shadow(state, routed, request)
@@ -185,8 +189,9 @@ class Router:
                 f"variant {variant!r} did not answer within {state.config.request_timeout_s:g} s"
             ) from exc
         except Exception as exc:
+            # An unexpected exception means the backend is unusable right now: 503, like an unreachable one.
             log.exception("backend of variant %s failed", variant)
-            raise BackendError(f"variant {variant!r}: backend failed: {type(exc).__name__}") from exc
+            raise BackendUnavailable(f"variant {variant!r}: backend failed: {type(exc).__name__}") from exc
 
     async def _metadata(self, state: _State, variant: str) -> ModelMetadata:
         meta = state.metadata.get(variant)

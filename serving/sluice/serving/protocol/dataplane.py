@@ -121,6 +121,9 @@ class DataPlane:
             reply = self._plain_reply(routed) if plain else self._v2_reply(routed, request)
         except ServingError as exc:
             reply = Reply(exc.status_code, exc.to_json())
+            if exc.variant is not None and exc.version is not None:
+                variant, model_version = exc.variant, exc.version
+                reply.headers.update({VARIANT_HEADER: variant, VERSION_HEADER: model_version})
         self.router.metrics.request(model_version, variant, reply.status, time.perf_counter() - t0)
         return reply
 
