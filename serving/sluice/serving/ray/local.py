@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,13 @@ class RayPlane:
                 remove_tree(self.tmp)
 
 
+def _python_signal_handlers() -> dict[int, Any]:
+    """SIGTERM/SIGINT handlers set from Python, when called on the main thread (only there can they be reset)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: h for s in (signal.SIGTERM, signal.SIGINT) if (h := signal.getsignal(s)) is not None}
+
+
 def start_ray_plane(
     config: ServingConfig, base_dir: Path, host: str, port: int, *, ready_timeout_s: float, args: dict[str, Any]
 ) -> RayPlane:
@@ -103,9 +112,14 @@ def start_ray_plane(
     if own:
         tmp = temp_dir("sluice-ray-")
         num_cpus = int(os.environ.get("SLUICE_RAY_NUM_CPUS", "2"))
+        # Ray's core worker installs a C-level SIGTERM handler that aborts the process; keep the caller's handlers
+        # (`sluice serve` shuts down cleanly on SIGTERM) by putting them back once Ray is up.
+        handlers = _python_signal_handlers()
         ray.init(
             _temp_dir=str(tmp), num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="sluice"
         )
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     plane = RayPlane(host, port, base_dir, args, own, tmp)
     try:
         serve.start(http_options={"host": host, "port": port})

@@ -1,0 +1,162 @@
+"""`sluice serve`: config from ModelDeployment documents, and the real process lifecycle (SIGTERM leaves nothing)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sluice.api import ModelDeployment
+from sluice.cli.serve import load_deployments, serving_config
+
+MODELS = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "models"
+
+ONE = """
+apiVersion: sluice.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: fraud}
+spec:
+  model: {name: fraud, uri: "file:fraud-v1.onnx", version: v1}
+  batching: {maxBatchSize: 8, maxWaitMs: 5}
+"""
+CANARY = """
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: fraud}
+spec:
+  model: {name: fraud, uri: "file:fraud-v2.onnx", version: v2}
+  rollout:
+    strategy: canary
+    canary: {steps: [{weight: 20}, {weight: 50}]}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    for f in ("fraud-v1.onnx", "fraud-v2.onnx"):
+        shutil.copy(MODELS / f, tmp_path / f)
+    path = tmp_path / "fraud.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_one_document_is_stable_at_100(tmp_path: Path) -> None:
+    config = serving_config(load_deployments(_write(tmp_path, ONE)))
+    assert [(v.name, v.version, v.weight) for v in config.variants] == [("stable", "v1", 100)]
+    assert config.batching.max_batch_size == 8
+
+
+def test_last_document_is_the_canary_at_its_first_step(tmp_path: Path) -> None:
+    config = serving_config(load_deployments(_write(tmp_path, ONE + CANARY)))
+    assert [(v.name, v.version, v.weight) for v in config.variants] == [("stable", "v1", 80), ("canary", "v2", 20)]
+
+
+def test_shadow_strategy_mirrors_instead_of_splitting(tmp_path: Path) -> None:
+    text = ONE + CANARY.replace("strategy: canary", "strategy: shadow\n    shadow: {mirrorPercent: 50}").replace(
+        "    canary: {steps: [{weight: 20}, {weight: 50}]}\n", ""
+    )
+    config = serving_config(load_deployments(_write(tmp_path, text)))
+    assert [v.weight for v in config.variants] == [100, 0]
+    assert config.mirror is not None
+    assert (config.mirror.variant, config.mirror.percent) == ("canary", 50)
+
+
+def test_mixed_names_and_invalid_yaml_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="same ModelDeployment"):
+        serving_config(
+            [
+                *load_deployments(_write(tmp_path, ONE)),
+                ModelDeployment.model_validate(
+                    {
+                        "metadata": {"name": "other"},
+                        "spec": {"model": {"name": "fraud", "uri": "file:x", "version": "2"}},
+                    }
+                ),
+            ]
+        )
+    with pytest.raises(ValueError, match="invalid YAML"):
+        load_deployments(_write(tmp_path, ONE.replace("version: v1", "version: '-bad-'")))
+
+
+def test_cli_reports_bad_file_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sluice.cli.main", "serve", "-f", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "cannot read" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _psutil() -> Any:
+    """psutil ships inside Ray (ray/thirdparty_files), which `import ray` puts on sys.path."""
+    import importlib
+
+    import ray  # noqa: F401
+
+    return importlib.import_module("psutil")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_serve_on_ray_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
+    psutil = _psutil()
+    path = _write(tmp_path, ONE + CANARY)
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sluice.cli.main", "serve", "-f", str(path), "--backend", "ray", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    tree: list[Any] = []
+    try:
+        deadline = time.monotonic() + 240
+        while "Ctrl-C or SIGTERM" not in (tmp_path / "serve.log").read_text():
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "sluice serve did not come up"
+            time.sleep(0.5)
+        out = (tmp_path / "serve.log").read_text()
+        assert f"http://127.0.0.1:{port}" in out
+        assert "curl -s" in out
+        body = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]}
+        r = httpx.post(f"http://127.0.0.1:{port}/v2/models/fraud/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        parent = psutil.Process(proc.pid)
+        tree = [parent, *parent.children(recursive=True)]
+        assert any("raylet" in " ".join(p.cmdline()) for p in tree[1:]), "expected Ray processes under sluice serve"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        _gone, alive = psutil.wait_procs(tree, timeout=30)
+        # A zombie holds nothing but its exit status (orphans wait for PID 1 to reap them): it counts as gone.
+        running = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert running == [], [(p.pid, p.name()) for p in running]
+        assert "shutting down" in (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for p in tree:
+            if p.is_running():
+                p.kill()
+        log.close()
