@@ -490,6 +490,8 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
                 found = self._discovery(path)
                 if found is not None:
                     return aiohttp.web.json_response(found)
+            if path.startswith("/openapi/"):
+                return aiohttp.web.json_response(self._openapi(path))
             route = self._route(path)
             if route is None:
                 return await super().__call__(raw_request)
@@ -584,6 +586,47 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
             "apiVersion": "v1",
             "groupVersion": chosen[0].api_version,
             "resources": resources,
+        }
+
+    def _openapi(self, path: str) -> Obj:
+        """OpenAPI v3 documents from the CRD schemas: enough for `kubectl explain` and server-side validation."""
+        by_gv: dict[str, list[ResourceType]] = {}
+        for rt in self._types.values():
+            prefix = f"apis/{rt.group}/{rt.version}" if rt.group else f"api/{rt.version}"
+            by_gv.setdefault(prefix, []).append(rt)
+        if path == "/openapi/v3":
+            return {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}?hash={self._rv}"} for gv in by_gv}}
+        chosen = by_gv.get(path.removeprefix("/openapi/v3/"))
+        if not path.startswith("/openapi/v3/") or chosen is None:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        schemas: Obj = {}
+        paths: Obj = {}
+        for rt in chosen:
+            gvk = [{"group": rt.group, "version": rt.version, "kind": rt.kind}]
+            reversed_group = ".".join(reversed(rt.group.split("."))) if rt.group else "io.k8s.api.core"
+            schema = (
+                copy.deepcopy(rt.schema)
+                if rt.schema
+                else {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+            )
+            schema["x-kubernetes-group-version-kind"] = gvk
+            schemas[f"{reversed_group}.{rt.version}.{rt.kind}"] = schema
+            base = f"/apis/{rt.group}/{rt.version}" if rt.group else f"/api/{rt.version}"
+            where = (
+                f"{base}/namespaces/{{namespace}}/{rt.plural}/{{name}}"
+                if rt.namespaced
+                else f"{base}/{rt.plural}/{{name}}"
+            )
+            parameters = [
+                {"name": name, "in": "query", "schema": {"type": "string"}} for name in ("fieldValidation", "dryRun")
+            ]
+            operation = {"x-kubernetes-group-version-kind": gvk[0], "parameters": parameters, "responses": {}}
+            paths[where] = {"patch": operation, "put": operation}
+        return {
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes (Sluice API emulator)", "version": "v1.32.0"},
+            "paths": paths,
+            "components": {"schemas": schemas},
         }
 
     # -- request dispatch ------------------------------------------------------------------------------------

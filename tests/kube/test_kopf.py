@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-
 from tests.kube.emulator import EmulatorThread
 from tests.kube.helpers import WIDGETS, widget
 

@@ -1,0 +1,80 @@
+"""kubectl 1.32 against the emulator through a kubeconfig the fixture writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="the kubectl client is not installed")
+
+MANIFEST = """\
+apiVersion: test.sluice.dev/v1
+kind: Widget
+metadata:
+  name: {name}
+  labels: {{app: kubectl-test}}
+spec:
+  model: {model}
+"""
+
+
+def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    result = subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_get_namespaces(kubeconfig: Path) -> None:
+    names = kubectl(kubeconfig, "get", "namespaces", "-o", "name").stdout.split()
+    assert "namespace/default" in names
+
+
+def test_apply_get_and_delete_a_custom_resource(kubeconfig: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "w.yaml"
+    manifest.write_text(MANIFEST.format(name="kc1", model="v1"))
+    assert "created" in kubectl(kubeconfig, "apply", "-f", str(manifest)).stdout
+    manifest.write_text(MANIFEST.format(name="kc1", model="v2"))
+    assert "configured" in kubectl(kubeconfig, "apply", "-f", str(manifest)).stdout
+    obj = json.loads(kubectl(kubeconfig, "get", "wd", "kc1", "-o", "json").stdout)
+    assert obj["spec"]["model"] == "v2"
+    assert obj["metadata"]["generation"] == 2
+    assert "kubectl.kubernetes.io/last-applied-configuration" in obj["metadata"]["annotations"]
+    listed = kubectl(kubeconfig, "get", "widgets", "-l", "app=kubectl-test").stdout
+    assert "kc1" in listed
+    assert "widget.test.sluice.dev" in kubectl(kubeconfig, "delete", "-f", str(manifest)).stdout
+    gone = kubectl(kubeconfig, "get", "wd", "kc1", check=False)
+    assert gone.returncode != 0
+    assert "NotFound" in gone.stderr
+
+
+def test_server_side_apply(kubeconfig: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "w.yaml"
+    manifest.write_text(MANIFEST.format(name="kc2", model="v1"))
+    kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest))
+    manifest.write_text(MANIFEST.format(name="kc2", model="v3"))
+    kubectl(kubeconfig, "apply", "--server-side", "-f", str(manifest))
+    assert kubectl(kubeconfig, "get", "wd", "kc2", "-o", "jsonpath={.spec.model}").stdout == "v3"
+
+
+def test_apply_of_an_invalid_object_names_the_field(kubeconfig: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(
+        MANIFEST.format(name="kc3", model="m") + "  rollout: {canary: {steps: [{weight: 5}, {weight: 101}]}}\n"
+    )
+    result = kubectl(kubeconfig, "apply", "-f", str(manifest), check=False)
+    assert result.returncode != 0
+    assert "spec.rollout.canary.steps[1].weight" in result.stderr
+
+
+def test_explain_uses_the_crd_schema(kubeconfig: Path) -> None:
+    out = kubectl(kubeconfig, "explain", "widget.spec").stdout
+    assert "KIND:       Widget" in out or "KIND: Widget" in out
+    assert "model\t<string> -required-" in out
+    assert "maxReplicas" in out
