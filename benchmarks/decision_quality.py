@@ -1,0 +1,230 @@
+"""Decision quality of Sluice's rollout analysis against a bare-threshold policy, by seeded simulation.
+
+Each simulated rollout drives the REAL `sluice.rollout.step()`; every interval's checks run through the real
+`sluice.rollout.analysis.evaluate()` (Sluice) or a bare-threshold evaluation (naive) on the same simulated counts.
+Per interval the simulation draws, at a given request rate: the canary/stable split from the canary weight the
+core set, 5xx errors per variant, a latency histogram and a prediction-score histogram on the router's buckets.
+
+Scenarios: A/A (identical canary), 2x the stable error rate, a prediction shift with PSI >= 0.25.
+Run: .venv/bin/python benchmarks/decision_quality.py [--runs 200] [--seed 1]
+Writes benchmarks/results/decision_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+from sluice.api.model_deployment import ModelDeploymentSpec
+from sluice.api.status import CheckResult, ModelDeploymentStatus, Phase, Verdict
+from sluice.rollout import Observations, revision_hash, step
+from sluice.rollout import statistics as st
+from sluice.rollout.analysis import AnalysisOutcome, evaluate
+from sluice.rollout.measurements import Histogram, TrafficSample, Value, VariantSample
+from sluice.serving.metric_names import LATENCY_BUCKETS, SCORE_BUCKETS
+
+INTERVAL_S = 30
+MAX_INTERVALS = 20
+STABLE_ERROR_RATE = 0.01
+PSI_LIMIT = 0.2
+RATIO_LIMIT = 2.0
+SCORE_EDGES = (*SCORE_BUCKETS, math.inf)
+LATENCY_EDGES = (*LATENCY_BUCKETS, math.inf)
+
+
+def make_spec(version: str) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate(
+        {
+            "model": {"name": "fraud", "uri": f"file:models/{version}.onnx", "version": version},
+            "rollout": {"strategy": "canary", "canary": {"steps": [{"weight": w} for w in (5, 25, 50, 75)]}},
+            "analysis": {
+                "interval": f"{INTERVAL_S}s",
+                "failureThreshold": 2,
+                "minRequests": 50,
+                "progressDeadline": "15m",
+                "checks": [
+                    {"name": "error-rate", "type": "error-rate", "maxRatioToStable": RATIO_LIMIT},
+                    {"name": "latency-p99", "type": "latency-p99", "maxRatioToStable": 2.0},
+                    {"name": "prediction-drift", "type": "prediction-drift", "max": PSI_LIMIT},
+                ],
+            },
+        }
+    )
+
+
+def bucket_probs(cdf: Any, edges: tuple[float, ...]) -> npt.NDArray[np.float64]:
+    upper = np.array([min(e, 1e9) for e in edges])
+    c = cdf(upper)
+    c[-1] = 1.0
+    return np.diff(np.concatenate([[0.0], c]))
+
+
+STABLE_SCORES = bucket_probs(stats.beta(2, 5).cdf, SCORE_EDGES)
+SHIFTED_SCORES = bucket_probs(stats.beta(2.5, 4.2).cdf, SCORE_EDGES)  # PSI 0.278 vs stable
+LATENCY = bucket_probs(stats.lognorm(s=0.5, scale=0.02).cdf, LATENCY_EDGES)
+_USED = STABLE_SCORES > 0
+TRUE_SHIFT_PSI = float(
+    np.sum((SHIFTED_SCORES[_USED] - STABLE_SCORES[_USED]) * np.log(SHIFTED_SCORES[_USED] / STABLE_SCORES[_USED]))
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    canary_error_rate: float
+    canary_scores: npt.NDArray[np.float64]
+    bad: bool
+
+
+SCENARIOS = (
+    Scenario("aa-identical", STABLE_ERROR_RATE, STABLE_SCORES, bad=False),
+    Scenario("error-rate-2x", 2 * STABLE_ERROR_RATE, STABLE_SCORES, bad=True),
+    Scenario("prediction-shift", STABLE_ERROR_RATE, SHIFTED_SCORES, bad=True),
+)
+
+
+def draw(rng: np.random.Generator, rps: float, weight: int, sc: Scenario) -> TrafficSample:
+    total = rng.poisson(rps * INTERVAL_S)
+    nc = int(rng.binomial(total, weight / 100))
+    ns = int(total - nc)
+
+    def variant(n: int, error_rate: float, scores: npt.NDArray[np.float64]) -> VariantSample:
+        return VariantSample(
+            requests=n,
+            errors=int(rng.binomial(n, error_rate)),
+            latency=Histogram(LATENCY_EDGES, tuple(float(x) for x in rng.multinomial(n, LATENCY))),
+            scores=Histogram(SCORE_EDGES, tuple(float(x) for x in rng.multinomial(n, scores))),
+        )
+
+    return TrafficSample(
+        stable=variant(ns, STABLE_ERROR_RATE, STABLE_SCORES), canary=variant(nc, sc.canary_error_rate, sc.canary_scores)
+    )
+
+
+def naive_evaluate(spec: ModelDeploymentSpec, sample: TrafficSample, now: datetime) -> AnalysisOutcome:
+    """A bare-threshold policy: point estimates against the same limits, no sample-size awareness."""
+    c, s = sample.canary, sample.stable
+    if c.requests < spec.analysis.min_requests:
+        return AnalysisOutcome(now, (CheckResult(name="naive", verdict=Verdict.NO_DATA),))
+    fail = []
+    if c.errors / c.requests > RATIO_LIMIT * (s.errors / s.requests if s.requests else 0.0):
+        fail.append("error-rate")
+    if not (c.latency and s.latency and c.scores and s.scores):
+        return AnalysisOutcome(now, (CheckResult(name="naive", verdict=Verdict.NO_DATA),))
+    p99c = st.histogram_quantile(0.99, c.latency.upper_bounds, c.latency.counts) or 0.0
+    p99s = st.histogram_quantile(0.99, s.latency.upper_bounds, s.latency.counts) or 0.0
+    if p99c > 2.0 * p99s:
+        fail.append("latency-p99")
+    if st.psi(s.scores.counts, c.scores.counts) > PSI_LIMIT:
+        fail.append("prediction-drift")
+    verdict = Verdict.FAIL if fail else Verdict.PASS
+    return AnalysisOutcome(now, (CheckResult(name="naive", verdict=verdict, message=",".join(fail)),))
+
+
+def rollout(rng: np.random.Generator, rps: float, sc: Scenario, policy: str) -> tuple[str, int]:
+    """One rollout from a stable v1 to v2. Returns (outcome, analyses until it ended)."""
+    v1, v2 = make_spec("v1"), make_spec("v2")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    status = ModelDeploymentStatus()
+    for spec, canary_ready in ((v1, False), (v1, False), (v2, False), (v2, True)):
+        now += timedelta(seconds=1)
+        status, _ = step(spec, status, Observations(revision_hash(spec), 1, True, canary_ready), now)
+    if status.phase is not Phase.PROGRESSING or status.canary_weight != 5:
+        raise RuntimeError(f"rollout did not start as expected: {status.message}")
+    rev = revision_hash(v2)
+    for analyses in range(1, MAX_INTERVALS + 1):
+        now += timedelta(seconds=INTERVAL_S)
+        sample = draw(rng, rps, status.canary_weight, sc)
+        if policy == "sluice":
+            outcome = evaluate(v2, status, Value(sample), {}, now)
+        else:
+            outcome = naive_evaluate(v2, sample, now)
+        status, _ = step(v2, status, Observations(rev, 1, True, True, analysis=outcome), now)
+        if status.phase is Phase.ROLLED_BACK:
+            return "rolled-back", analyses
+        if status.phase is Phase.PROMOTING:
+            return "promoted", analyses
+    return "undecided", MAX_INTERVALS
+
+
+def summarise(results: list[tuple[str, int]], within: int) -> dict[str, Any]:
+    n = len(results)
+    rolled = [k for o, k in results if o == "rolled-back"]
+    return {
+        "runs": n,
+        "rolled_back": len(rolled) / n,
+        "rolled_back_within_threshold_plus_1": sum(1 for k in rolled if k <= within) / n,
+        "promoted": sum(1 for o, _ in results if o == "promoted") / n,
+        "mean_analyses_to_rollback": float(np.mean(rolled)) if rolled else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200, help="simulated rollouts per scenario, policy and rate")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rps", type=float, nargs="+", default=[50.0, 200.0, 500.0], help="request rates to test")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decision_quality.json")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    within = make_spec("v2").analysis.failure_threshold + 1
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "command": "python benchmarks/decision_quality.py " + f"--runs {args.runs} --seed {args.seed}",
+        "setup": {
+            "interval_s": INTERVAL_S,
+            "canary_steps": [5, 25, 50, 75],
+            "failure_threshold": within - 1,
+            "min_requests": 50,
+            "stable_error_rate": STABLE_ERROR_RATE,
+            "checks": "error-rate maxRatioToStable 2 | latency-p99 maxRatioToStable 2 | prediction-drift max 0.2",
+            "true_psi_of_prediction_shift": round(TRUE_SHIFT_PSI, 4),
+            "naive_policy": "point estimates: canary error rate > 2x stable, raw PSI > 0.2, p99 > 2x stable",
+        },
+        "results": {},
+    }
+    rng_root = np.random.default_rng(args.seed)
+    for rps in args.rps:
+        per_rate: dict[str, Any] = {}
+        for sc in SCENARIOS:
+            seed = int(rng_root.integers(2**32))
+            row: dict[str, Any] = {}
+            for policy in ("sluice", "naive"):
+                rng = np.random.default_rng(seed)  # same traffic draws for both policies
+                row[policy] = summarise([rollout(rng, rps, sc, policy) for _ in range(args.runs)], within)
+            key = "rolled_back" if not sc.bad else "rolled_back_within_threshold_plus_1"
+            naive, ours = row["naive"][key], row["sluice"][key]
+            row["naive_over_sluice"] = {key: (naive / ours) if ours else None}
+            row["target"] = "rolled_back <= 0.01" if not sc.bad else f"rolled back within {within} analyses >= 0.95"
+            row["sluice_meets_target"] = ours <= 0.01 if not sc.bad else ours >= 0.95
+            per_rate[sc.name] = row
+        report["results"][f"{rps:g}rps"] = per_rate
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for rate, per_rate in report["results"].items():
+        for name, row in per_rate.items():
+            s, n = row["sluice"], row["naive"]
+            print(
+                f"{rate:>7} {name:17} sluice: rolled back {s['rolled_back']:.3f} (within {within}: "
+                f"{s['rolled_back_within_threshold_plus_1']:.3f}) | naive: rolled back {n['rolled_back']:.3f} "
+                f"(within {within}: {n['rolled_back_within_threshold_plus_1']:.3f}) | meets target: "
+                f"{row['sluice_meets_target']}"
+            )
+    print(f"true PSI of the shift: {TRUE_SHIFT_PSI:.3f}; {report['seconds']} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
