@@ -149,6 +149,7 @@ class _LocalPlane:
     host: str
     port: int
     cleanups: list[Any] = field(default_factory=list)
+    prepare: Any = None  # ServingConfig -> ServingConfig run before the router sees an update (Triton endpoints)
     _stopped: bool = False
 
     @property
@@ -160,6 +161,8 @@ class _LocalPlane:
         return f"{self.url}/metrics"
 
     def update(self, config: ServingConfig) -> None:
+        if self.prepare is not None:
+            config = self.prepare(config)
         self.server.call(self.server.router.apply(config))
 
     def stop(self) -> None:
@@ -184,7 +187,7 @@ def _serve_router(
     plane = _LocalPlane(server, host, 0, cleanups)
     try:
         plane.port = server.start(ready_timeout_s)
-        _wait_ready(plane.url, config.model_name, ready_timeout_s)
+        _wait_ready(plane.url, config, ready_timeout_s)
     except BaseException:
         plane.stop()
         raise
@@ -205,13 +208,49 @@ def _start_onnx_plane(
 def _start_triton_plane(
     config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float
 ) -> _LocalPlane:
-    raise LaunchError("the Triton backend is not available in this build yet; use --backend ray")
+    """The triton engineer's LocalTriton (one tritonserver, every version) with the router here in front."""
+    try:
+        from sluice.serving.backends import make_backend
+        from sluice.serving.triton.local import LocalTriton
+        from sluice.serving.triton.server import TritonServerError
+    except ImportError as exc:
+        raise LaunchError(
+            f"the Triton backend is unavailable ({exc}); install the extras: sluice[triton,triton-local]"
+        ) from exc
+
+    triton = LocalTriton(base_dir=base_dir, startup_timeout_s=ready_timeout_s)
+    try:
+        served = triton.start(config)
+    except (TritonServerError, ValueError) as exc:
+        raise LaunchError(f"tritonserver did not start: {exc}") from exc
+
+    def files(c: ServingConfig) -> set[tuple[str, str, str | None]]:
+        return {(v.version, v.uri, v.sha256) for v in c.variants}
+
+    state = {"config": config}
+
+    def prepare(new: ServingConfig) -> ServingConfig:
+        """Reload Triton only when the set of model files changes; weights alone never touch the server."""
+        try:
+            ready = triton.update(new) if files(new) != files(state["config"]) else triton.with_endpoints(new)
+        except (TritonServerError, ValueError) as exc:
+            raise LaunchError(f"tritonserver could not serve the new versions: {exc}") from exc
+        state["config"] = new
+        return ready
+
+    def factory(v: VariantConfig, c: ServingConfig) -> Any:
+        return make_backend("triton", v, c)
+
+    plane = _serve_router(served, factory, host, port, ready_timeout_s=ready_timeout_s, cleanups=[triton.stop])
+    plane.prepare = prepare
+    return plane
 
 
-def _wait_ready(url: str, model: str, timeout_s: float) -> None:
-    """Poll /v2/models/NAME/ready; on timeout the error carries the server's last answer (the not-ready reason)."""
+def _wait_ready(url: str, config: ServingConfig, timeout_s: float) -> None:
+    """Poll /v2/models/NAME/ready; on timeout the error carries each weighted version's not-ready reason."""
     import httpx
 
+    model = config.model_name
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
@@ -219,9 +258,16 @@ def _wait_ready(url: str, model: str, timeout_s: float) -> None:
             r = httpx.get(f"{url}/v2/models/{model}/ready", timeout=5)
             if r.status_code == 200:
                 return
-            last = f"HTTP {r.status_code}: {r.text[:500]}"
+            last = f"HTTP {r.status_code}"
         time.sleep(0.1)
-    raise LaunchError(f"model {model} did not become ready within {timeout_s:g} s ({last})")
+    reasons = []
+    for v in config.variants:
+        if v.weight > 0:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = httpx.get(f"{url}/v2/models/{model}/versions/{v.version}", timeout=5)
+                if r.status_code != 200:
+                    reasons.append(f"{v.name} {v.version}: {r.json().get('error', r.text)}")
+    raise LaunchError(f"model {model} did not become ready within {timeout_s:g} s ({'; '.join(reasons) or last})")
 
 
 def remove_tree(path: Path) -> None:

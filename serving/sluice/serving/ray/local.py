@@ -124,7 +124,7 @@ def start_ray_plane(
     try:
         serve.start(http_options={"host": host, "port": port})
         plane.deploy(config, ready_timeout_s)
-        _wait_ready(plane.url, config.model_name, ready_timeout_s)
+        _wait_ready(plane.url, config, ready_timeout_s)
     except BaseException:
         plane.stop()
         raise
