@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from tests.foundation.crd_tools import CRD_DIR, REPO, _program, cel_errors, crd, schema, server_errors
 
 from sluice.api import DriftPolicy, Experiment, ModelDeployment
+from sluice.api.base import ApiModel
 from sluice.api.crd import CRDS, render_all
 from sluice.api.loading import ApiValidationError, parse_object
 
@@ -184,6 +185,14 @@ INVALID = {
         _with(MD, "spec.rollout", {"strategy": "blueGreen", "canary": {"steps": [{"weight": 5}]}}),
         "spec.rollout.canary",
     ),
+    "shadow-settings-with-canary": (
+        _with(MD, "spec.rollout.shadow", {"mirrorPercent": 10}),
+        "spec.rollout.shadow",
+    ),
+    "blue-green-settings-with-shadow": (
+        _with(MD, "spec.rollout", {"strategy": "shadow", "blueGreen": {"autoPromote": False}}),
+        "spec.rollout.blueGreen",
+    ),
     "promql-without-query": (
         _with(MD, _CHECK, {"name": "p", "type": "promql", "max": 1.0}),
         "spec.analysis.checks[0].query",
@@ -260,6 +269,18 @@ INVALID = {
     "guardrail-promql-without-query": (
         _with(EXP, "spec.guardrails", [{"name": "g", "type": "promql", "max": 1.0}]),
         "spec.guardrails[0].query",
+    ),
+    "query-on-builtin-guardrail": (
+        _with(EXP, "spec.guardrails", [{"name": "g", "type": "error-rate", "max": 0.1, "query": "up"}]),
+        "spec.guardrails[0].query",
+    ),
+    "guardrail-names-repeated": (
+        _with(
+            EXP,
+            "spec.guardrails",
+            [{"name": "g", "type": "error-rate", "max": 0.1}, {"name": "g", "type": "latency-p99", "max": 1.0}],
+        ),
+        "spec.guardrails",
     ),
     "alpha-too-large": (_with(EXP, "spec.alpha", 0.7), "spec.alpha"),
     "reference-with-neither": (_with(DP, "spec.reference", {}), "spec.reference"),
@@ -345,3 +366,30 @@ def test_cel_evaluator_is_not_vacuous() -> None:
     assert cel_errors(node, {"a": 5}) == ["a: a too big"]
     assert cel_errors(node, {"a": 1}) == []
     assert yaml.safe_dump(crd("ModelDeployment")).count("x-kubernetes-validations") >= 8
+
+
+def _all_rules() -> dict[str, str]:
+    """message -> model class name, for every cross-field rule of the API."""
+    found: dict[str, str] = {}
+    pending: list[type[ApiModel]] = [ApiModel]
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        found.update({rule.message: cls.__name__ for rule in cls.rules})
+    return found
+
+
+def test_every_rule_is_exercised_both_ways_by_the_table() -> None:
+    """No rule escapes the table: each one's message comes out of the model AND out of the CRD's CEL at least once."""
+    model_messages: set[str] = set()
+    crd_messages: set[str] = set()
+    for obj, _ in INVALID.values():
+        try:
+            parse_object(copy.deepcopy(obj))
+        except ApiValidationError as exc:
+            model_messages |= {e.message for e in exc.errors}
+        crd_messages |= {e.split(": ", 1)[1] for e in server_errors(obj)}
+    rules = _all_rules()
+    assert len(rules) >= 25
+    assert not set(rules) - model_messages, f"rules never refused by the model: {set(rules) - model_messages}"
+    assert not set(rules) - crd_messages, f"rules never refused by the CRD: {set(rules) - crd_messages}"
