@@ -30,7 +30,8 @@ from sluice.serving.router import Router
 log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_ENV = "SLUICE_ADMIN_TOKEN"
-_JSON_TYPES = ("application/json", "text/json")
+# application/octet-stream: tritonclient.http.aio labels its (JSON) bodies so; the body must still parse as JSON.
+_JSON_TYPES = ("application/json", "text/json", "application/octet-stream")
 
 
 class _Json(JSONResponse):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # uvicorn drains on SIGTERM, then re-raises the signal under the handler found at start: a no-op handler
+    # there makes a graceful stop exit 0 instead of "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.Server(uvicorn_config(router, args.host, args.port)).run()
     return 0
 

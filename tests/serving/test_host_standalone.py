@@ -1,0 +1,162 @@
+"""`python -m sluice.serving.host_standalone` as its own process, in front of a v2 server through the http backend."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.serving.helpers import MODEL, OnnxBackend, config, free_socket, row, serve, v2_body
+
+from sluice.serving.router import Router
+
+URL = f"/v2/models/{MODEL}/infer"
+
+
+def _free_port() -> int:
+    sock = free_socket()
+    try:
+        return int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def model_server(model_bytes: bytes) -> Iterator[str]:
+    """A plain v2 server (the Sluice app over one ONNX backend) standing in for tritonserver."""
+    cfg = config(variants=[{"name": "stable", "version": "m1", "uri": "file://m.onnx", "weight": 100}])
+    with serve(Router(cfg, {"stable": OnnxBackend(model_bytes, "m1")})) as base:
+        yield base
+
+
+def _write_config(tmp_path: Path, endpoint: str, canary_endpoint: str | None = None) -> Path:
+    cfg = {
+        "model_name": MODEL,
+        "request_timeout_s": 2,
+        "variants": [
+            {"name": "stable", "version": "v1", "uri": "file://v1.onnx", "weight": 50, "endpoint": endpoint},
+            {
+                "name": "canary",
+                "version": "v2",
+                "uri": "file://v2.onnx",
+                "weight": 50,
+                "endpoint": canary_endpoint or endpoint,
+            },
+        ],
+    }
+    path = tmp_path / "serving.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sluice.serving.host_standalone", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"router exited early: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{base}/v2/health/live", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("router did not come up within 30 s")
+
+
+def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str, tmp_path: Path) -> None:
+    port = _free_port()
+    proc = _start(["--config", str(_write_config(tmp_path, model_server)), "--port", str(port), "--backend", "http"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, proc)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.get("/v2/health/ready").json() == {"ready": True}
+            seen: Counter[str] = Counter()
+            for i in range(20):
+                r = client.post(URL, json=v2_body(row(2, seed=i)))
+                assert r.status_code == 200, r.text
+                assert r.json()["model_version"] == r.headers["x-sluice-model-version"]
+                seen[r.headers["x-sluice-variant"]] += 1
+            assert seen == Counter({"stable": 10, "canary": 10})
+            assert [o["shape"] for o in r.json()["outputs"]] == [[2], [2, 2]]
+
+            new = json.loads((tmp_path / "serving.json").read_text())
+            new["variants"][0]["weight"], new["variants"][1]["weight"] = 0, 100
+            t0 = time.monotonic()
+            assert client.put("/admin/config", json=new).status_code == 200
+            assert all(client.post(URL, json=v2_body(row())).headers["x-sluice-variant"] == "canary" for _ in range(10))
+            assert time.monotonic() - t0 < 2
+            assert 'variant="stable",version="v1"} 0.0' in client.get("/metrics").text
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        _stop(proc)
+
+
+def test_unreachable_backend_is_503_not_a_crash(model_server: str, tmp_path: Path) -> None:
+    port = _free_port()
+    dead = f"http://127.0.0.1:{_free_port()}"
+    proc = _start(["--config", str(_write_config(tmp_path, model_server, dead)), "--port", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, proc)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.get("/v2/health/ready").status_code == 503
+            r = client.post(URL, json=v2_body(row()), headers={"x-sluice-variant": "canary"})
+            assert r.status_code == 503
+            assert r.json()["error"] == f"backend {dead} unreachable: ConnectError"
+            assert client.post(URL, json=v2_body(row()), headers={"x-sluice-variant": "stable"}).status_code == 200
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("kind", "unknown backend kind 'nope'; known: ['http', 'onnx', 'triton']"),
+        ("missing", "cannot read config"),
+        ("invalid", "is not a valid ServingConfig"),
+        ("no-endpoint", "the http backend needs 'endpoint'"),
+    ],
+)
+def test_bad_startup_exits_2_naming_the_problem(tmp_path: Path, setup: str, message: str) -> None:
+    path = _write_config(tmp_path, "http://127.0.0.1:9")
+    backend = "nope" if setup == "kind" else "http"
+    if setup == "missing":
+        path = tmp_path / "absent.json"
+    elif setup == "invalid":
+        path.write_text(json.dumps({"model_name": MODEL, "variants": []}))
+    elif setup == "no-endpoint":
+        raw = json.loads(path.read_text())
+        del raw["variants"][0]["endpoint"]
+        path.write_text(json.dumps(raw))
+    proc = _start(["--config", str(path), "--port", str(_free_port()), "--backend", backend])
+    try:
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 2
+        assert message in out
+    finally:
+        _stop(proc)
