@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -15,6 +16,7 @@ from sluice.api import DriftPolicy, Experiment, ModelDeployment
 from sluice.api.base import ApiModel
 from sluice.api.crd import CRDS, render_all
 from sluice.api.loading import ApiValidationError, parse_object
+from sluice.cli.main import main
 
 K8S_VERSION = "1.33"
 
@@ -393,3 +395,16 @@ def test_every_rule_is_exercised_both_ways_by_the_table() -> None:
     assert len(rules) >= 25
     assert not set(rules) - model_messages, f"rules never refused by the model: {set(rules) - model_messages}"
     assert not set(rules) - crd_messages, f"rules never refused by the CRD: {set(rules) - crd_messages}"
+
+
+def test_sluice_crds_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "crds"
+    assert main(["crds", "--output-dir", str(out), "--chart-dir", str(tmp_path / "no-chart")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in CRD_DIR.glob("*.yaml"))
+    for path in out.iterdir():
+        assert path.read_bytes() == (CRD_DIR / path.name).read_bytes()
+    (out / "experiments.sluice.dev.yaml").write_text("stale\n")
+    capsys.readouterr()
+    assert main(["crds", "--check", "--output-dir", str(out), "--chart-dir", str(tmp_path / "no-chart")]) == 1
+    assert "run `sluice crds`" in capsys.readouterr().err
+    assert (out / "experiments.sluice.dev.yaml").read_text() == "stale\n", "--check must not write"
