@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 from tests.foundation.crd_tools import CRD_DIR, REPO, _program, cel_errors, crd, schema, server_errors
 
-from sluice.api import DriftPolicy, Experiment, ModelDeployment
+from sluice.api import ModelDeployment
 from sluice.api.base import ApiModel
 from sluice.api.crd import CRDS, render_all
 from sluice.api.loading import ApiValidationError, parse_object
@@ -340,18 +340,28 @@ def test_omitted_strategy_settings_get_defaults() -> None:
     assert server_errors(bare) == []
 
 
-def test_crd_defaults_match_model_defaults() -> None:
-    """What the API server fills in equals what the model fills in: one set of defaults."""
+def _same_where_server_has(server: Any, model: Any, path: str) -> None:
+    if isinstance(server, dict):
+        assert isinstance(model, dict), path
+        for key, value in server.items():
+            assert key in model, f"{path}.{key}: the API server defaults it, the model does not"
+            _same_where_server_has(value, model[key], f"{path}.{key}")
+    elif isinstance(server, list):
+        assert len(server) == len(model), path
+        for i, (a, b) in enumerate(zip(server, model, strict=True)):
+            _same_where_server_has(a, b, f"{path}[{i}]")
+    else:
+        assert server == model, f"{path}: API server default {server!r}, model default {model!r}"
+
+
+@pytest.mark.parametrize("obj", [MD, EXP, DP, {**MD, "spec": {"model": MODEL}}], ids=["md", "exp", "dp", "md-bare"])
+def test_crd_defaults_match_model_defaults(obj: dict[str, Any]) -> None:
+    """Everything the API server fills in equals what the model fills in: one set of defaults."""
     from tests.foundation.crd_tools import apply_defaults
 
-    for obj, model in ((MD, ModelDeployment), (EXP, Experiment), (DP, DriftPolicy)):
-        server = apply_defaults(schema(obj["kind"]), copy.deepcopy(obj))
-        parsed = model.model_validate(copy.deepcopy(obj)).model_dump(by_alias=True, mode="json", exclude_none=True)
-        for key in ("analysis", "traffic", "batching", "scaling", "rollback", "assignment", "thresholds", "action"):
-            if key in server["spec"]:
-                expected = parsed["spec"][key]
-                for field, value in server["spec"][key].items():
-                    assert expected[field] == value, f"{obj['kind']}.spec.{key}.{field}: {value} vs {expected[field]}"
+    server = apply_defaults(schema(obj["kind"]), copy.deepcopy(obj))
+    model = parse_object(copy.deepcopy(obj)).model_dump(by_alias=True, mode="json", exclude_none=True)
+    _same_where_server_has(server["spec"], model["spec"], "spec")
 
 
 def test_field_errors_name_paths_and_keep_pydantic_details() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -131,4 +132,24 @@ def test_validate_names_the_problem_with_bad_input(
 
 def test_validate_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "-f", "/nonexistent/x.yaml"]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_validate_takes_directories_and_stdin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["validate", "-f", str(EXAMPLES)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == sum(
+        1 for p in VALID for d in yaml.safe_load_all(p.read_text()) if d
+    )
+    assert main(["validate", "-f", str(EXAMPLES / "invalid")]) == 1
+    assert len(capsys.readouterr().err.splitlines()) >= len(INVALID)
+    assert main(["validate", "-f", str(tmp_path)]) == 1
+    assert "no *.yaml files" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO((EXAMPLES / "14-experiment.yaml").read_text()))
+    assert main(["validate", "-f", "-"]) == 0
+    assert capsys.readouterr().out == "OK Experiment/fraud-threshold-ab\n"
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xfb\xfc\x00\x01")
+    assert main(["validate", "-f", str(binary)]) == 1
     assert "cannot read" in capsys.readouterr().err
