@@ -10,10 +10,14 @@ row per request:
 * ``direct_grpc``   — tritonclient.grpc.aio straight to tritonserver;
 * ``router_http``   — the same v2 REST JSON to the Sluice router (standalone host process, `--backend triton`),
   which forwards over gRPC with `TritonBackend`;
-* ``backend_inproc`` — `TritonBackend` called in-process (no HTTP hop), the floor of the router's overhead.
+* ``backend_inproc`` — `TritonBackend` called in-process (no HTTP hop; it coalesces requests that arrive in the same
+  event-loop turn into one Triton call), the floor of the router's overhead.
 
 Scenarios run in interleaved rounds (A B C D A B C D ...) so background load hits all alike; the best round of each
-counts. The headline is ``router_http / direct_http`` (goal >= 0.8). Results go to benchmarks/results/e2e_triton.json.
+counts. The headline is ``router_http / direct_http`` (goal >= 0.8). Because the load generator, the router and
+tritonserver share this machine's cores, each result also carries the CPU milliseconds every process spent per
+answered request (from /proc): what a request costs where, independent of how busy the machine was.
+Results go to benchmarks/results/e2e_triton.json.
 """
 
 from __future__ import annotations
@@ -77,6 +81,36 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60
     raise RuntimeError(f"{url} not ready after {timeout_s} s")
 
 
+def _cpu_seconds(pids: Callable[[], list[int]]) -> float:
+    """user+system CPU seconds of live processes, from /proc (clock ticks); 0 for ones that vanished."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _group(pgid: int) -> Callable[[], list[int]]:
+    """The processes of one process group (tritonserver and its python-backend stubs)."""
+
+    def pids() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getpgid(int(entry)) == pgid:
+                        found.append(int(entry))
+                except ProcessLookupError:
+                    continue
+        return found
+
+    return pids
+
+
 async def _drive(call: Callable[[], Awaitable[None]], concurrency: int, seconds: float) -> dict[str, float]:
     """Closed loop: `concurrency` workers call back to back for `seconds`; latencies of successful calls."""
     latencies: list[float] = []
@@ -108,7 +142,7 @@ async def _drive(call: Callable[[], Awaitable[None]], concurrency: int, seconds:
 
 
 async def _measure(
-    args: argparse.Namespace, triton: TritonServer, router_url: str
+    args: argparse.Namespace, triton: TritonServer, router_url: str, router_pid: int
 ) -> dict[str, list[dict[str, float]]]:
     """Drive every scenario in interleaved rounds against the already running servers."""
     import aiohttp
@@ -118,6 +152,8 @@ async def _measure(
     body = json.dumps(
         {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": x.ravel().tolist()}]}
     ).encode()
+    assert triton.pid is not None
+    triton_pgid = triton.pid  # started in its own session: its pid is the group id
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -157,9 +193,16 @@ async def _measure(
         try:
             for call in scenarios.values():  # warm every path once
                 await _drive(call, args.concurrency, 1.0)
+            meters = {"triton": _group(triton_pgid), "router": lambda: [router_pid]}
             for _ in range(args.rounds):
                 for name, call in scenarios.items():
+                    before = {k: _cpu_seconds(m) for k, m in meters.items()}
+                    client_before = time.process_time()
                     result = await _drive(call, args.concurrency, args.seconds)
+                    used = {k: _cpu_seconds(m) - before[k] for k, m in meters.items()}
+                    used["client"] = time.process_time() - client_before
+                    for k, seconds in used.items():  # CPU milliseconds each process spent per answered request
+                        result[f"cpu_ms_per_req_{k}"] = round(1000 * seconds / max(result["requests"], 1), 3)
                     print(name, result, flush=True)
                     rounds[name].append(result)
         finally:
@@ -196,7 +239,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             try:
                 _wait_http(f"http://127.0.0.1:{port}/v2/health/ready", router)
-                rounds = asyncio.run(_measure(args, triton, f"127.0.0.1:{port}"))
+                rounds = asyncio.run(_measure(args, triton, f"127.0.0.1:{port}", router.pid))
             finally:
                 router.terminate()
                 try:
@@ -226,6 +269,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             "router_http_vs_direct_grpc": round(best["router_http"]["rps"] / best["direct_grpc"]["rps"], 3),
             "backend_inproc_vs_direct_grpc": round(best["backend_inproc"]["rps"] / best["direct_grpc"]["rps"], 3),
         },
+        "cpu_ms_per_request": {
+            "triton_direct_http": best["direct_http"]["cpu_ms_per_req_triton"],
+            "triton_via_router": best["router_http"]["cpu_ms_per_req_triton"],
+            "router": best["router_http"]["cpu_ms_per_req_router"],
+            "client_http": best["direct_http"]["cpu_ms_per_req_client"],
+        },
         "goal": "router_http_vs_direct_http >= 0.8",
     }
 
@@ -241,7 +290,7 @@ def main() -> int:
     report = _run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({"best": report["best"], "ratios": report["ratios"]}, indent=2))
+    print(json.dumps({k: report[k] for k in ("best", "ratios", "cpu_ms_per_request")}, indent=2))
     return 0
 
 

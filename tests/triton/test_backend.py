@@ -50,7 +50,8 @@ def _metric(text: str, name: str, model: str) -> float:
 
 @pytest.fixture
 async def backend_v1(triton: TritonServer) -> AsyncIterator[TritonBackend]:
-    backend = TritonBackend(triton.grpc_url, MODEL, version="v1", timeout_s=10)
+    """Without coalescing: every request reaches Triton on its own (so Triton's own batching can be observed)."""
+    backend = TritonBackend(triton.grpc_url, MODEL, version="v1", timeout_s=10, coalesce=False)
     try:
         yield backend
     finally:
@@ -234,3 +235,33 @@ async def test_batch_above_max_batch_size_is_split_and_rejoined(
     np.testing.assert_array_equal(got["label"], expected["label"])
     np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=1e-6)
     assert response.model_version == "v1"
+
+
+async def test_coalescing_merges_concurrent_requests_and_isolates_bad_ones(
+    triton: TritonServer, onnx_models: dict[str, Path]
+) -> None:
+    def requests_seen() -> float:
+        with urllib.request.urlopen(triton.metrics_url, timeout=5) as response:
+            return _metric(response.read().decode(), "nv_inference_request_success", MODEL)
+
+    backend = TritonBackend(triton.grpc_url, MODEL, version="v2")  # coalescing is the default
+    try:
+        await backend.infer(_request(np.zeros((1, 4))))
+        before = requests_seen()
+        n = 40
+        x = RNG.normal(size=(n, 4))
+        calls = [backend.infer(_request(x[i : i + 1], f"r{i}")) for i in range(n)]
+        calls.append(backend.infer(_request(np.zeros((1, 3)), "bad")))  # wrong width: its own call, its own error
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[-1], InvalidInput)
+        good = results[:-1]
+        assert all(not isinstance(r, BaseException) for r in good), good
+        expected = _onnxruntime(onnx_models["v2"], x)
+        got = np.concatenate([next(t.data for t in r.outputs if t.name == "probabilities") for r in good])  # type: ignore[union-attr]
+        np.testing.assert_allclose(got, expected["probabilities"], rtol=1e-6)  # every row back to its caller
+        assert [r.id for r in good] == [f"r{i}" for i in range(n)]  # type: ignore[union-attr]
+        assert max(int(r.parameters.get("batch_size", "1")) for r in good) > 1  # type: ignore[union-attr]
+        seen = requests_seen() - before
+        assert seen <= n // 2, f"{n} concurrent requests reached Triton as {seen} requests"
+    finally:
+        await backend.close()
