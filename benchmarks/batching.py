@@ -1,0 +1,155 @@
+"""Throughput at concurrency 16 with vs without dynamic batching, same model, same run, side by side.
+
+    .venv/bin/python benchmarks/batching.py [--seconds 12] [--width 2048] [--layers 8]
+
+Model: a random-weight ONNX MLP (4 -> width x layers Gemm+ReLU -> softmax 2, built by
+manifests/examples/models/make_models.py:make_mlp), where one call on 16 rows costs far less than 16 calls on one
+row. Two hosts: Sluice on a local Ray Serve (ingress + @serve.batch model deployment) and the in-process backend
+(router + asyncio batcher). Writes benchmarks/results/batching.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "manifests" / "examples" / "models"))
+
+import make_models  # noqa: E402
+import traffic  # noqa: E402
+
+from sluice.serving.config import ServingConfig  # noqa: E402
+from sluice.serving.launch import start_data_plane  # noqa: E402
+
+CONCURRENCY = 16
+
+
+async def load(
+    url: str, body: dict[str, Any], *, seconds: float, concurrency: int = CONCURRENCY, warmup_s: float = 2.0
+) -> dict[str, Any]:
+    """Closed loop: `concurrency` keep-alive clients POST `body` for warm-up + `seconds`; only the latter counts."""
+    import aiohttp
+
+    payload = json.dumps(body).encode()
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop_at = measure_from + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(
+        connector=connector, headers={"content-type": "application/json"}, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+
+        async def client() -> None:
+            nonlocal errors
+            while (t0 := time.perf_counter()) < stop_at:
+                try:
+                    async with session.post(url, data=payload) as r:
+                        await r.read()
+                        ok = r.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                t1 = time.perf_counter()
+                if t0 >= measure_from:
+                    if ok:
+                        latencies.append(t1 - t0)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": round(len(latencies) / seconds, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+    }
+
+
+def config(model_uri: str, batching: bool, max_batch_size: int = 16) -> ServingConfig:
+    return ServingConfig.model_validate(
+        {
+            "model_name": "mlp",
+            "variants": [{"name": "stable", "version": "v1", "uri": model_uri, "weight": 100}],
+            "batching": {"enabled": batching, "max_batch_size": max_batch_size, "max_wait_ms": 2.0},
+        }
+    )
+
+
+def body() -> dict[str, Any]:
+    return traffic.v2_request(traffic.features(1, seed=7))
+
+
+def measure(backend: str, model_uri: str, base_dir: Path, seconds: float) -> dict[str, Any]:
+    """Batched and unbatched on one started data plane (Ray: one Ray start, the app rebuilt in between)."""
+    out: dict[str, Any] = {}
+    plane = start_data_plane(config(model_uri, True), backend, base_dir, ready_timeout_s=300)  # type: ignore[arg-type]
+    try:
+        url = f"{plane.url}/v2/models/mlp/infer"
+        for name, batching in (("batched", True), ("unbatched", False)):
+            if name == "unbatched":
+                plane.update(config(model_uri, batching))
+            s0, c0 = _batch_totals(plane.metrics_url)
+            out[name] = asyncio.run(load(url, body(), seconds=seconds))
+            s1, c1 = _batch_totals(plane.metrics_url)
+            out[name]["mean_batch_size_reported"] = round((s1 - s0) / (c1 - c0), 2) if c1 > c0 else None
+            print(backend, name, out[name], flush=True)
+    finally:
+        plane.stop()
+    out["ratio_rps"] = round(out["batched"]["rps"] / max(out["unbatched"]["rps"], 1e-9), 2)
+    return out
+
+
+def _batch_totals(metrics_url: str) -> tuple[float, float]:
+    """(sum, count) of the router's batch-size histogram over all variants."""
+    import httpx
+
+    s = c = 0.0
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        if line.startswith("sluice_batch_size_sum{"):
+            s += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("sluice_batch_size_count{"):
+            c += float(line.rsplit(" ", 1)[1])
+    return s, c
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--backends", default="onnx,ray")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
+        model = make_models.make_mlp(Path(tmp) / "mlp.onnx", width=args.width, layers=args.layers)
+        result: dict[str, Any] = {
+            "benchmark": "dynamic batching on vs off",
+            "model": f"ONNX MLP 4->{args.width}x{args.layers} (Gemm+ReLU)->2, {model.stat().st_size // 1024} KiB",
+            "concurrency": CONCURRENCY,
+            "seconds_per_point": args.seconds,
+            "max_batch_size": 16,
+            "max_wait_ms": 2.0,
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs (shared)",
+        }
+        for backend in args.backends.split(","):
+            result[backend] = measure(backend, "file:mlp.onnx", Path(tmp), args.seconds)
+    out = ROOT / "benchmarks" / "results" / "batching.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Sluice on Ray vs a plain Ray Serve deployment vs a FastAPI + uvicorn server: same ONNX model, same run.
+
+    .venv/bin/python benchmarks/e2e_ray.py [--seconds 10]
+
+- sluice-ray: `start_data_plane(..., "ray")` — router ingress + a model deployment with @serve.batch (16, 2 ms).
+- plain-ray-serve: one deployment whose `__call__` parses the JSON and runs onnxruntime per request, the way the
+  Ray Serve docs show a model (default options: max_ongoing_requests 5, onnxruntime default threads).
+- fastapi-uvicorn: the per-request tutorial server (sync endpoint, one uvicorn worker), in its own process.
+All three on one Ray start (plain Ray Serve beside Sluice under another route prefix), for two models: the tiny
+fraud LogisticRegression and an MLP where the model call costs milliseconds. Requests/s at concurrency 16, p50/p99.
+Writes benchmarks/results/e2e_ray.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from batching import body, load, make_models  # noqa: E402
+from sluice.serving.config import ServingConfig  # noqa: E402
+from sluice.serving.launch import start_data_plane  # noqa: E402
+
+FASTAPI_APP = textwrap.dedent(
+    """
+    import os
+
+    import numpy as np
+    import onnxruntime as ort
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    session = ort.InferenceSession(os.environ["BENCH_MODEL"], providers=["CPUExecutionProvider"])
+
+
+    @app.post("/v2/models/m/infer")
+    def infer(body: dict) -> dict:
+        inp = body["inputs"][0]
+        x = np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
+        outputs = session.run(None, {inp["name"]: x})
+        return {"outputs": [o.tolist() for o in outputs]}
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port} after {timeout_s} s")
+
+
+def run_fastapi(model: Path, tmp: Path, seconds: float) -> dict[str, Any]:
+    (tmp / "fastapi_app.py").write_text(FASTAPI_APP)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(tmp), "--port", str(port)),
+            *("--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"),
+        ],
+        env={**os.environ, "BENCH_MODEL": str(model)},
+    )
+    try:
+        _wait_port(port)
+        return asyncio.run(load(f"http://127.0.0.1:{port}/v2/models/m/infer", body(), seconds=seconds))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def plain_ray_serve_app(model: Path) -> Any:
+    """The per-request deployment from the Ray Serve docs' pattern (no batching, default options)."""
+    import numpy as np
+    import onnxruntime as ort
+    from starlette.requests import Request
+
+    from ray import serve
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.5})
+    class PlainOnnx:
+        def __init__(self, path: str) -> None:
+            self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+        async def __call__(self, request: Request) -> dict[str, Any]:
+            payload = await request.json()
+            inp = payload["inputs"][0]
+            x = np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
+            outputs = self.session.run(None, {inp["name"]: x})
+            return {"outputs": [o.tolist() for o in outputs]}
+
+    return PlainOnnx.bind(str(model))  # type: ignore[attr-defined]
+
+
+def sluice_config(uri: str) -> ServingConfig:
+    return ServingConfig.model_validate(
+        {
+            "model_name": "m",
+            "variants": [{"name": "stable", "version": "v1", "uri": uri, "weight": 100}],
+            "batching": {"enabled": True, "max_batch_size": 16, "max_wait_ms": 2.0},
+        }
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--mlp-width", type=int, default=2048)
+    parser.add_argument("--mlp-layers", type=int, default=3)
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-e2e-"))
+    models = {"fraud-logreg": tmp / "fraud-v1.onnx", "mlp": tmp / "mlp.onnx"}
+    shutil.copy(ROOT / "manifests" / "examples" / "models" / "fraud-v1.onnx", models["fraud-logreg"])
+    make_models.make_mlp(models["mlp"], width=args.mlp_width, layers=args.mlp_layers)
+    result: dict[str, Any] = {
+        "benchmark": "Sluice on Ray vs plain Ray Serve vs FastAPI+uvicorn",
+        "concurrency": 16,
+        "seconds_per_point": args.seconds,
+        "models": {
+            "fraud-logreg": "LogisticRegression, 4 features (manifests/examples/models/fraud-v1.onnx)",
+            "mlp": f"ONNX MLP 4->{args.mlp_width}x{args.mlp_layers}->2 (make_models.make_mlp)",
+        },
+        "results": {},
+    }
+    ray.init(_temp_dir=str(tmp / "ray"), num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for name, path in models.items():
+            res: dict[str, Any] = {}
+            plane = start_data_plane(sluice_config(f"file:{path.name}"), "ray", tmp, ready_timeout_s=300)
+            try:
+                res["sluice-ray"] = asyncio.run(load(f"{plane.url}/v2/models/m/infer", body(), seconds=args.seconds))
+                print(name, "sluice-ray", res["sluice-ray"], flush=True)
+            finally:
+                plane.stop()  # deletes the Sluice app; Ray and Serve stay up
+            serve.run(plain_ray_serve_app(path), name="plain", route_prefix="/plain")
+            try:
+                res["plain-ray-serve"] = asyncio.run(load(f"{plane.url}/plain", body(), seconds=args.seconds))
+                print(name, "plain-ray-serve", res["plain-ray-serve"], flush=True)
+            finally:
+                serve.delete("plain")
+            res["fastapi-uvicorn"] = run_fastapi(path, tmp, args.seconds)
+            print(name, "fastapi-uvicorn", res["fastapi-uvicorn"], flush=True)
+            s, p, f = (res[k]["rps"] for k in ("sluice-ray", "plain-ray-serve", "fastapi-uvicorn"))
+            res["ratio_sluice_vs_plain_ray"] = round(s / max(p, 1e-9), 2)
+            res["ratio_sluice_vs_fastapi"] = round(s / max(f, 1e-9), 2)
+            result["results"][name] = res
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = ROOT / "benchmarks" / "results" / "e2e_ray.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
