@@ -50,18 +50,33 @@ def exporter() -> Iterator[Exporter]:
         thread.join(timeout=5)
 
 
+def _write_config(path: Path, targets: dict[str, str]) -> None:
+    jobs = "".join(f"  - job_name: {job}\n    static_configs: [{{targets: ['{t}']}}]\n" for job, t in targets.items())
+    path.write_text(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n{jobs}")
+
+
+@dataclass
+class Prometheus:
+    url: str
+    config: Path
+    targets: dict[str, str]
+
+    def scrape(self, job: str, address: str) -> None:
+        """Add a scrape target and reload the configuration through the lifecycle API."""
+        self.targets[job] = address
+        _write_config(self.config, self.targets)
+        httpx.post(f"{self.url}/-/reload", timeout=10).raise_for_status()
+
+
 @pytest.fixture(scope="session")
-def prometheus(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus scraping the exporter every second; yields its base URL."""
+def prometheus_server(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """A real Prometheus scraping the exporter every second (more targets via `scrape`)."""
     if PROMETHEUS is None:
         pytest.skip("the prometheus binary is not installed (Debian package 'prometheus')")
     root: Path = tmp_path_factory.mktemp("prometheus")
     config = root / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: router\n    static_configs: [{{targets: ['{exporter.address}']}}]\n"
-    )
+    targets = {"exporter": exporter.address}
+    _write_config(config, targets)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (root / "prometheus.log").open("wb")
@@ -87,7 +102,7 @@ def prometheus(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> 
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"prometheus did not become ready: {(root / 'prometheus.log').read_text()[-2000:]}")
             time.sleep(0.1)
-        yield url
+        yield Prometheus(url, config, targets)
     finally:
         proc.terminate()
         try:
@@ -96,3 +111,9 @@ def prometheus(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> 
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def prometheus(prometheus_server: Prometheus) -> str:
+    """Base URL of the session's Prometheus."""
+    return prometheus_server.url
