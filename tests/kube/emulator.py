@@ -16,6 +16,7 @@ import asyncio
 import collections
 import copy
 import datetime
+import itertools
 import json
 import re
 import threading
@@ -284,7 +285,11 @@ def field_path(parts: Iterable[Any]) -> str:
 
 
 class CelRules:
-    """Evaluates `x-kubernetes-validations` with cel-python; compiled programs are cached per rule."""
+    """Evaluates `x-kubernetes-validations` with cel-python; compiled programs are cached per rule.
+
+    cel-python implements standard CEL; the Kubernetes list extensions that rules commonly use (isSorted, sum,
+    min, max, indexOf, lastIndexOf) are added here. Other Kubernetes libraries (quantity, url, ip, authz) are not.
+    """
 
     def __init__(self) -> None:
         import celpy
@@ -292,6 +297,21 @@ class CelRules:
         self._celpy = celpy
         self._env = celpy.Environment()
         self._programs: dict[str, Any] = {}
+        types = celpy.celtypes
+
+        def listed(value: Any) -> list[Any]:
+            return list(value)
+
+        self._functions: dict[str, Callable[..., Any]] = {
+            "isSorted": lambda v: types.BoolType(all(a <= b for a, b in itertools.pairwise(listed(v)))),
+            "sum": lambda v: sum(listed(v)[1:], listed(v)[0]) if listed(v) else types.IntType(0),
+            "min": lambda v: min(listed(v)),
+            "max": lambda v: max(listed(v)),
+            "indexOf": lambda v, x: types.IntType(listed(v).index(x) if x in listed(v) else -1),
+            "lastIndexOf": lambda v, x: types.IntType(
+                len(listed(v)) - 1 - listed(v)[::-1].index(x) if x in listed(v) else -1
+            ),
+        }
 
     def check(self, value: Any, old: Any, schema: Obj, path: list[Any], errors: list[tuple[str, str]]) -> None:
         for rule in schema.get("x-kubernetes-validations", []):
@@ -300,20 +320,20 @@ class CelRules:
                 continue  # transition rules only run on updates
             program = self._programs.get(text)
             if program is None:
-                program = self._programs[text] = self._env.program(self._env.compile(text))
+                program = self._programs[text] = self._env.program(self._env.compile(text), functions=self._functions)
             activation = {"self": self._celpy.json_to_cel(value)}
             if old is not None:
                 activation["oldSelf"] = self._celpy.json_to_cel(old)
+            detail = ""
             try:
-                ok = program.evaluate(activation)
+                ok = bool(program.evaluate(activation))
             except Exception as exc:  # a rule that cannot be evaluated is a failed rule, as on a real server
-                ok, detail = False, str(exc)
-            else:
-                detail = ""
-            if not (isinstance(ok, bool) or hasattr(ok, "__bool__")) or not bool(ok):
-                message = rule.get("message") or f"failed rule: {text}" + (f" ({detail})" if detail else "")
-                shown = f'"{type(value).__name__}"' if isinstance(value, (dict, list)) else json.dumps(value)
-                errors.append((field_path(path), f"Invalid value: {shown}: {message}"))
+                ok, detail = False, f" (evaluation error: {exc})"
+            if not ok:
+                message = rule.get("message") or f"failed rule: {text}"
+                where = field_path(path) + rule.get("fieldPath", "")
+                shown = {dict: '"object"', list: '"array"'}.get(type(value), json.dumps(value))
+                errors.append((where, f"Invalid value: {shown}: {message}{detail}"))
         self._children(value, old, schema, path, errors)
 
     def _children(self, value: Any, old: Any, schema: Obj, path: list[Any], errors: list[tuple[str, str]]) -> None:
