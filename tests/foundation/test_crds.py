@@ -333,7 +333,7 @@ def test_omitted_strategy_settings_get_defaults() -> None:
     bare = {**MD, "spec": {"model": MODEL}}
     md = ModelDeployment.model_validate(bare)
     assert md.spec.rollout.canary is not None
-    assert [s.weight for s in md.spec.rollout.canary.steps] == [10, 50]
+    assert [s.weight for s in md.spec.rollout.canary.steps] == [10, 25, 50, 75]
     shadow = ModelDeployment.model_validate(_with(bare, "spec.rollout", {"strategy": "shadow"}))
     assert shadow.spec.rollout.shadow is not None
     assert shadow.spec.rollout.shadow.mirror_percent == 100
