@@ -34,6 +34,8 @@ from sluice.rollout.measurements import Histogram, TrafficSample, Value, Variant
 from sluice.serving.metric_names import LATENCY_BUCKETS, SCORE_BUCKETS
 
 INTERVAL_S = 30
+STEPS = (20, 40, 60, 80)
+POLICIES = ("sluice", "sluice-advance-when-inconclusive", "naive")
 MAX_INTERVALS = 20
 STABLE_ERROR_RATE = 0.01
 PSI_LIMIT = 0.2
@@ -46,7 +48,7 @@ def make_spec(version: str) -> ModelDeploymentSpec:
     return ModelDeploymentSpec.model_validate(
         {
             "model": {"name": "fraud", "uri": f"file:models/{version}.onnx", "version": version},
-            "rollout": {"strategy": "canary", "canary": {"steps": [{"weight": w} for w in (5, 25, 50, 75)]}},
+            "rollout": {"strategy": "canary", "canary": {"steps": [{"weight": w} for w in STEPS]}},
             "analysis": {
                 "interval": f"{INTERVAL_S}s",
                 "failureThreshold": 2,
@@ -139,7 +141,7 @@ def rollout(rng: np.random.Generator, rps: float, sc: Scenario, policy: str) -> 
     for spec, canary_ready in ((v1, False), (v1, False), (v2, False), (v2, True)):
         now += timedelta(seconds=1)
         status, _ = step(spec, status, Observations(revision_hash(spec), 1, True, canary_ready), now)
-    if status.phase is not Phase.PROGRESSING or status.canary_weight != 5:
+    if status.phase is not Phase.PROGRESSING or status.canary_weight != STEPS[0]:
         raise RuntimeError(f"rollout did not start as expected: {status.message}")
     rev = revision_hash(v2)
     for analyses in range(1, MAX_INTERVALS + 1):
@@ -147,6 +149,8 @@ def rollout(rng: np.random.Generator, rps: float, sc: Scenario, policy: str) -> 
         sample = draw(rng, rps, status.canary_weight, sc)
         if policy == "sluice":
             outcome = evaluate(v2, status, Value(sample), {}, now)
+        elif policy == "sluice-advance-when-inconclusive":
+            outcome = evaluate(v2, status, Value(sample), {}, now, accept_llr=math.inf)
         else:
             outcome = naive_evaluate(v2, sample, now)
         status, _ = step(v2, status, Observations(rev, 1, True, True, analysis=outcome), now)
@@ -160,11 +164,13 @@ def rollout(rng: np.random.Generator, rps: float, sc: Scenario, policy: str) -> 
 def summarise(results: list[tuple[str, int]], within: int) -> dict[str, Any]:
     n = len(results)
     rolled = [k for o, k in results if o == "rolled-back"]
+    promoted = [k for o, k in results if o == "promoted"]
     return {
         "runs": n,
         "rolled_back": len(rolled) / n,
         "rolled_back_within_threshold_plus_1": sum(1 for k in rolled if k <= within) / n,
         "promoted": sum(1 for o, _ in results if o == "promoted") / n,
+        "mean_analyses_to_promotion": float(np.mean(promoted)) if promoted else None,
         "mean_analyses_to_rollback": float(np.mean(rolled)) if rolled else None,
     }
 
@@ -184,13 +190,15 @@ def main() -> int:
         "command": "python benchmarks/decision_quality.py " + f"--runs {args.runs} --seed {args.seed}",
         "setup": {
             "interval_s": INTERVAL_S,
-            "canary_steps": [5, 25, 50, 75],
+            "canary_steps": list(STEPS),
             "failure_threshold": within - 1,
             "min_requests": 50,
             "stable_error_rate": STABLE_ERROR_RATE,
             "checks": "error-rate maxRatioToStable 2 | latency-p99 maxRatioToStable 2 | prediction-drift max 0.2",
             "true_psi_of_prediction_shift": round(TRUE_SHIFT_PSI, 4),
             "naive_policy": "point estimates: canary error rate > 2x stable, raw PSI > 0.2, p99 > 2x stable",
+            "sluice-advance-when-inconclusive": "Sluice's tests, but a step advances whenever the error-ratio SPRT "
+            "has not rejected (ablation of holding while the evidence leans towards 'worse')",
         },
         "results": {},
     }
@@ -200,12 +208,16 @@ def main() -> int:
         for sc in SCENARIOS:
             seed = int(rng_root.integers(2**32))
             row: dict[str, Any] = {}
-            for policy in ("sluice", "naive"):
+            for policy in POLICIES:
                 rng = np.random.default_rng(seed)  # same traffic draws for both policies
                 row[policy] = summarise([rollout(rng, rps, sc, policy) for _ in range(args.runs)], within)
             key = "rolled_back" if not sc.bad else "rolled_back_within_threshold_plus_1"
             naive, ours = row["naive"][key], row["sluice"][key]
-            row["naive_over_sluice"] = {key: (naive / ours) if ours else None}
+            ratios = {key: (naive / ours) if ours else None}
+            if sc.bad:  # a bad canary that reaches full traffic is the harm this exists to prevent
+                bad_naive, bad_ours = row["naive"]["promoted"], row["sluice"]["promoted"]
+                ratios["promoted"] = (bad_naive / bad_ours) if bad_ours else None
+            row["naive_over_sluice"] = ratios
             row["target"] = "rolled_back <= 0.01" if not sc.bad else f"rolled back within {within} analyses >= 0.95"
             row["sluice_meets_target"] = ours <= 0.01 if not sc.bad else ours >= 0.95
             per_rate[sc.name] = row
@@ -215,13 +227,12 @@ def main() -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for rate, per_rate in report["results"].items():
         for name, row in per_rate.items():
-            s, n = row["sluice"], row["naive"]
-            print(
-                f"{rate:>7} {name:17} sluice: rolled back {s['rolled_back']:.3f} (within {within}: "
-                f"{s['rolled_back_within_threshold_plus_1']:.3f}) | naive: rolled back {n['rolled_back']:.3f} "
-                f"(within {within}: {n['rolled_back_within_threshold_plus_1']:.3f}) | meets target: "
-                f"{row['sluice_meets_target']}"
+            cells = " | ".join(
+                f"{p}: rolled back {row[p]['rolled_back']:.3f} (within {within}: "
+                f"{row[p]['rolled_back_within_threshold_plus_1']:.3f}) promoted {row[p]['promoted']:.3f}"
+                for p in POLICIES
             )
+            print(f"{rate:>7} {name:17} {cells} | target met: {row['sluice_meets_target']}")
     print(f"true PSI of the shift: {TRUE_SHIFT_PSI:.3f}; {report['seconds']} s; wrote {args.out}")
     return 0
 

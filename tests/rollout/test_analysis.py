@@ -65,10 +65,18 @@ def test_error_ratio_accumulates_evidence_across_intervals() -> None:
         out = evaluate(spec, status, sample(nc=500, ec=12, ns=4500, es=45), {}, T0)  # 2.4% vs 1%
         status.check_states = list(out.check_states)
         verdicts.append(out.verdict)
-    assert verdicts[0] is Verdict.PASS
+    # leaning towards 'worse' but not yet decisive: hold (never a pass), then fail once the evidence suffices
+    assert verdicts[0] is Verdict.NO_DATA
+    assert "inconclusive" in evaluate(spec, ModelDeploymentStatus(), sample(nc=500, ec=12), {}, T0).results[0].message
     assert verdicts[-1] is Verdict.FAIL
     assert status.check_states[0].analyses == 4
     assert "SPRT" in out.results[0].message
+
+
+def test_advancing_while_inconclusive_is_an_explicit_choice() -> None:
+    spec = spec_with({"name": "err", "type": "error-rate", "maxRatioToStable": 1.5})
+    out = evaluate(spec, ModelDeploymentStatus(), sample(nc=500, ec=12, ns=4500, es=45), {}, T0, accept_llr=math.inf)
+    assert out.verdict is Verdict.PASS
 
 
 def test_equal_error_rates_pass_and_drive_evidence_down() -> None:

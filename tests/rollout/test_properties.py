@@ -76,7 +76,15 @@ def test_invariants_hold_over_any_sequence(rollout: dict[str, Any], events: list
             assert all(a.canary_weight <= before.canary_weight for a in actions if isinstance(a, SetTraffic))
 
         # no-data neither advances nor counts
-        if verdict is Verdict.NO_DATA and not spec_changed and not accepted and before.phase in (Phase.PROGRESSING,):
+        # (the tick in which the new version first becomes ready gives it its first step and ignores the analysis)
+        live = before.canary_ready_at is not None
+        if (
+            verdict is Verdict.NO_DATA
+            and live
+            and not spec_changed
+            and not accepted
+            and before.phase is Phase.PROGRESSING
+        ):
             assert status.step_index == before.step_index
             assert status.passing_analyses == before.passing_analyses
             assert status.failed_analyses == before.failed_analyses

@@ -21,6 +21,9 @@ from sluice.rollout.measurements import Histogram, Measurement, MetricError, NoD
 
 ALPHA = 0.01
 """False-alarm level of every statistical test (per check and rollout for the sequential one)."""
+SPRT_ACCEPT_LLR = 0.0
+"""A canary advances on the error-ratio test only once the evidence leans towards 'as good as stable' (log-LR at or
+below this); between it and the reject bound the test is inconclusive and holds the step, like too little data."""
 DEFAULT_PSI_MAX = 0.2
 """Prediction-drift threshold when a check names none (PSI above 0.2 is the usual 'significant shift')."""
 
@@ -127,7 +130,9 @@ def _result(check: Check, verdict: Verdict, value: float | None, threshold: str,
     return CheckResult(name=check.name, verdict=verdict, value=value, threshold=threshold, message=message)
 
 
-def _error_rate(check: Check, s: TrafficSample, min_requests: int, state: CheckState) -> tuple[CheckResult, CheckState]:
+def _error_rate(
+    check: Check, s: TrafficSample, min_requests: int, state: CheckState, accept_llr: float
+) -> tuple[CheckResult, CheckState]:
     n_c, e_c, n_s, e_s = s.canary.requests, s.canary.errors, s.stable.requests, s.stable.errors
     bounds = []
     if check.max is not None:
@@ -159,8 +164,12 @@ def _error_rate(check: Check, s: TrafficSample, min_requests: int, state: CheckS
                 f"canary error rate {_fmt(rate)} vs stable {_fmt(stable_rate)}: SPRT favours "
                 f"{_fmt(check.max_ratio_to_stable)}x stable (log-LR {llr:.2f} >= {bound:.2f})"
             )
-    verdict = Verdict.FAIL if failures else Verdict.PASS
-    return _result(check, verdict, rate, threshold, "; ".join(failures or notes)), state
+    if failures:
+        return _result(check, Verdict.FAIL, rate, threshold, "; ".join(failures)), state
+    if check.max_ratio_to_stable is not None and state.log_likelihood_ratio > accept_llr:
+        msg = f"inconclusive, holding for more requests: {'; '.join(notes)}"
+        return _result(check, Verdict.NO_DATA, rate, threshold, msg), state
+    return _result(check, Verdict.PASS, rate, threshold, "; ".join(notes)), state
 
 
 def _latency(check: Check, s: TrafficSample, min_requests: int) -> CheckResult:
@@ -257,8 +266,14 @@ def evaluate(
     sample: Measurement[TrafficSample],
     custom: Mapping[str, Measurement[float]],
     now: datetime,
+    *,
+    accept_llr: float = SPRT_ACCEPT_LLR,
 ) -> AnalysisOutcome:
-    """Judge every check on one interval. `custom` holds each promql check's reading by check name."""
+    """Judge every check on one interval. `custom` holds each promql check's reading by check name.
+
+    `accept_llr` is the sequential error-ratio test's pass line (see SPRT_ACCEPT_LLR); +inf passes every interval
+    the test has not rejected (the benchmark's ablation).
+    """
     min_requests = spec.analysis.min_requests
     states = {s.name: s for s in status.check_states}
     results: list[CheckResult] = []
@@ -283,7 +298,7 @@ def evaluate(
         s = sample.value
         if check.type is CheckType.ERROR_RATE:
             state = states.get(check.name, CheckState(name=check.name))
-            result, state = _error_rate(check, s, min_requests, state)
+            result, state = _error_rate(check, s, min_requests, state, accept_llr)
             results.append(result)
             if check.max_ratio_to_stable is not None:
                 new_states.append(state)
