@@ -6,6 +6,7 @@ import io
 import re
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 from tests.foundation.crd_tools import REPO, server_errors
@@ -153,3 +154,16 @@ def test_validate_takes_directories_and_stdin(
     binary.write_bytes(b"\xfb\xfc\x00\x01")
     assert main(["validate", "-f", str(binary)]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_retrain_job_templates_are_valid_jobs() -> None:
+    """jobTemplate is free-form in the CRD (preserved as-is), so check the examples' templates as real batch/v1 Jobs."""
+    checked = 0
+    for path in VALID:
+        for doc in yaml.safe_load_all(path.read_text()):
+            template = (doc or {}).get("spec", {}).get("action", {}).get("jobTemplate") if doc else None
+            if doc and doc["kind"] == "DriftPolicy" and template:
+                job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "retrain"}, **template}
+                kubernetes_validate.validate(job, "1.33", strict=True)
+                checked += 1
+    assert checked >= 1
