@@ -60,3 +60,20 @@ def test_operator_pod_is_admitted_under_restricted_pod_security(installed: Kube)
     )
     events = installed.ok("get", "events", "-n", "sluice-system", "-o", "jsonpath={.items[*].message}")
     assert "violates PodSecurity" not in events
+
+
+def test_chart_installs_with_the_helm_engine(installed: Kube, namespace: str) -> None:
+    """The chart itself (not the pre-rendered manifest), namespaced mode: the API server accepts every object."""
+    import helm_python as helm
+
+    config = helm.Config(kubeconfig_path=installed.env.get("KUBECONFIG"), namespace=namespace)
+    release = "sluice-helm"
+    try:
+        config.install(
+            REPO / "helm" / "sluice", release, {"watchNamespaces": [namespace]}, namespace=namespace, timeout=120
+        )
+        roles = installed.ok("get", "role", "-n", namespace, "-o", "name")
+        assert f"role.rbac.authorization.k8s.io/{release}" in roles
+        installed.ok("get", "deployment", release, "-n", namespace)
+    finally:
+        config.uninstall(release, ignore_not_found=True)
