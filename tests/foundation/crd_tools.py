@@ -17,6 +17,8 @@ import celpy
 import jsonschema
 import yaml
 from celpy import celtypes
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
@@ -25,11 +27,13 @@ PLURALS = {"ModelDeployment": "modeldeployments", "Experiment": "experiments", "
 
 @cache
 def crd(kind: str) -> dict[str, Any]:
-    return yaml.safe_load((CRD_DIR / f"{PLURALS[kind]}.sluice.dev.yaml").read_text())
+    loaded: dict[str, Any] = yaml.safe_load((CRD_DIR / f"{PLURALS[kind]}.sluice.dev.yaml").read_text())
+    return loaded
 
 
 def schema(kind: str) -> dict[str, Any]:
-    return crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    found: dict[str, Any] = crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return found
 
 
 def apply_defaults(node: dict[str, Any], value: Any) -> Any:
@@ -103,8 +107,8 @@ def cel_errors(node: dict[str, Any], value: Any, path: str = "") -> list[str]:
     out = []
     for rule in node.get("x-kubernetes-validations", []):
         try:
-            result = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(_typed(node, value))})
-        except celpy.CELEvalError as exc:  # e.g. a field the rule reads is absent: the API server refuses too
+            result = _program(rule["rule"]).evaluate({"self": json_to_cel(_typed(node, value))})
+        except CELEvalError as exc:  # e.g. a field the rule reads is absent: the API server refuses too
             result = exc
         if isinstance(result, Exception) or not bool(result):
             out.append(f"{(path + rule.get('fieldPath', '')).lstrip('.')}: {rule['message']}")
