@@ -123,6 +123,10 @@ def start_ray_plane(
     plane = RayPlane(host, port, base_dir, args, own, tmp)
     try:
         serve.start(http_options={"host": host, "port": port})
+        from ray.serve.context import _get_global_client
+
+        client: Any = _get_global_client()
+        plane.port = int(client.http_config.port)  # a Serve that was already running keeps its own port
         plane.deploy(config, ready_timeout_s)
         _wait_ready(plane.url, config, ready_timeout_s)
     except BaseException:
