@@ -274,7 +274,7 @@ class Rollout(ApiModel):
     strategy: StrategyType = Field(default=StrategyType.CANARY, description="canary, shadow or blueGreen.")
     canary: CanaryStrategy | None = Field(
         default=None,
-        description="Settings of the canary strategy. Omitted with strategy canary: steps of 10, 25, 50 and 75 percent.",
+        description="Settings of the canary strategy. Omitted with strategy canary: steps of 10, 25, 50, 75 percent.",
     )
     shadow: ShadowStrategy | None = Field(
         default=None, description="Settings of the shadow strategy. Omitted with strategy shadow: the defaults."
