@@ -96,3 +96,19 @@ def test_bad_checksum_is_a_clear_error_and_cleans_up(tmp_path: Path, onnx_models
     assert triton.server is None
     assert not triton.workdir.exists()
     assert sha256_of(onnx_models["v1"]) != "0" * 64
+
+
+async def test_a_canary_that_fails_to_load_is_reported_and_stable_keeps_serving(
+    tmp_path: Path, onnx_models: dict[str, Path]
+) -> None:
+    (tmp_path / "bad.onnx").write_bytes(b"truncated download")
+    triton = LocalTriton(base_dir=tmp_path)
+    try:
+        served = triton.start(_config(("stable", "v1", onnx_models["v1"].as_uri(), 100)))
+        with pytest.raises(TritonServerError, match="could not load the new versions"):
+            triton.update(
+                _config(("stable", "v1", onnx_models["v1"].as_uri(), 90), ("canary", "v2", "file:bad.onnx", 10))
+            )
+        assert await _version_of(served, "stable") == "v1"
+    finally:
+        triton.stop()

@@ -73,3 +73,19 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+@pytest.mark.triton
+@pytest.mark.timeout(120)
+def test_a_taken_port_is_retried_with_fresh_ones(triton: TritonServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first attempt gets the session server's (taken) ports, as if another process grabbed them in between."""
+    import sluice.serving.triton.server as server_module
+
+    taken = iter([triton.http_port, triton.grpc_port, triton.metrics_port])
+    real = server_module.free_port
+    monkeypatch.setattr(server_module, "free_port", lambda: next(taken, None) or real())
+    second = TritonServer(triton.model_repository, model_control_mode="explicit", load_models=("lr",))
+    with second:
+        assert second.running()
+        assert second.http_port not in (triton.http_port, triton.grpc_port, triton.metrics_port)
+    assert triton.running()  # the session server was not disturbed

@@ -34,7 +34,7 @@ from types import TracebackType
 
 # Read by the generated model.py: the stub's embedded interpreter ignores PYTHONPATH.
 PYTHONPATH_VAR = "SLUICE_TRITON_PYTHONPATH"
-_PORT_IN_USE = ("address already in use", "failed to bind", "failed to start")
+_PORT_IN_USE = ("already in use", "failed to bind", "address in use")  # another process took a port
 
 
 class TritonServerError(RuntimeError):
@@ -158,7 +158,7 @@ class TritonServer:
             except TritonServerError as exc:
                 log = self.log().lower()
                 self.stop()
-                if attempt + 1 < attempts and any(s in log for s in _PORT_IN_USE) and "address" in log:
+                if attempt + 1 < attempts and any(s in log for s in _PORT_IN_USE):
                     continue
                 raise exc
         raise AssertionError("unreachable")
@@ -216,14 +216,28 @@ class TritonServer:
                 raise TritonServerError(
                     f"tritonserver exited with code {self._process.returncode} while starting:\n{self._tail()}"
                 )
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
+            # Only trust /v2/health/ready once *this* process says it listens on all three ports: a port taken
+            # by another server in between would otherwise answer for us until our process fails to bind.
+            if self._listening():
+                try:
+                    with urllib.request.urlopen(url, timeout=1.0) as response:
+                        if response.status == 200:
+                            return
+                except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                    pass
             time.sleep(0.1)
         raise TritonServerError(f"tritonserver not ready after {self.startup_timeout_s} s:\n{self._tail()}")
+
+    def _listening(self) -> bool:
+        log = self.log()
+        return all(
+            f'Started {service} at 127.0.0.1:{port}"' in log  # the quote ends the port number
+            for service, port in (
+                ("GRPCInferenceService", self.grpc_port),
+                ("HTTPService", self.http_port),
+                ("Metrics Service", self.metrics_port),
+            )
+        )
 
     def _tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
