@@ -62,7 +62,9 @@ def _strict(node: Any) -> Any:
 
 def structural_errors(kind: str, obj: dict[str, Any]) -> list[str]:
     """Schema violations as 'path: message'."""
-    validator = jsonschema.Draft4Validator(_strict(schema(kind)))
+    strict = _strict(schema(kind))
+    strict["properties"]["metadata"].pop("additionalProperties")  # the API server owns the rest of metadata
+    validator = jsonschema.Draft4Validator(strict)
     out = []
     for err in validator.iter_errors(obj):
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")

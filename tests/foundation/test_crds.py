@@ -265,6 +265,8 @@ INVALID = {
     "unknown-field": (_with(MD, "spec.replicas", 3), "spec"),
     "model-uri-scheme": (_with(MD, "spec.model.uri", "ftp://x/m.onnx"), "spec.model.uri"),
     "missing-model": (_with(MD, "spec.model", DELETE), "spec"),
+    "name-not-a-dns-label": (_with(MD, "metadata.name", "fraud.v2"), "metadata.name"),
+    "name-too-long": (_with(DP, "metadata.name", "d" * 64), "metadata.name"),
     "variant-weights-not-100": (_with(EXP, "spec.variants.1.weight", 40), "spec.variants"),
     "variant-names-repeated": (_with(EXP, "spec.variants.1.name", "control"), "spec.variants"),
     "one-variant": (_with(EXP, "spec.variants", [EXP["spec"]["variants"][0]]), "spec.variants"),

@@ -121,16 +121,20 @@ class Condition(ApiModel):
     )
 
 
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # DNS-1123 label
+
+
 class ObjectMeta(ApiModel):
     """The part of metadata Sluice reads; everything else is kept untouched by the API server."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
     name: str = Field(
-        description="Object name (DNS-1123 label).",
+        description="Object name: a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters), "
+        "because Services and Deployments are named after it.",
         min_length=1,
         max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        pattern=NAME_PATTERN,
     )
     namespace: str | None = Field(default=None, description="Namespace of the object.")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels.")

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from sluice.api.base import GROUP, VERSION, ApiModel
+from sluice.api.base import GROUP, NAME_PATTERN, VERSION, ApiModel, ObjectMeta
 from sluice.api.drift_policy import DriftPolicy
 from sluice.api.experiment import Experiment
 from sluice.api.model_deployment import ModelDeployment
@@ -164,7 +164,20 @@ def openapi_schema(model: type[ApiModel]) -> dict[str, Any]:
     # The API server owns these three; a CRD may not constrain metadata beyond name.
     props["apiVersion"] = {"type": "string", "description": "API version of the object: sluice.dev/v1alpha1."}
     props["kind"] = {"type": "string", "description": f"Kind of the object: {model.__name__}."}
-    props["metadata"] = {"type": "object", "description": "Standard Kubernetes object metadata."}
+    # The API server allows a CRD to restrict metadata.name only; Sluice names Services after it: a DNS-1123 label.
+    name = ObjectMeta.model_fields["name"]
+    props["metadata"] = {
+        "type": "object",
+        "description": "Standard Kubernetes object metadata.",
+        "properties": {
+            "name": {
+                "type": "string",
+                "description": name.description,
+                "maxLength": 63,
+                "pattern": NAME_PATTERN,
+            }
+        },
+    }
     schema["required"] = [r for r in schema.get("required", []) if r not in ("apiVersion", "kind", "metadata")]
     schema["description"] = (model.__doc__ or "").strip()
     return schema
