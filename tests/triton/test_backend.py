@@ -214,10 +214,13 @@ async def test_registry_builds_the_triton_backend(triton: TritonServer) -> None:
     try:
         assert isinstance(backend, TritonBackend)
         assert backend.timeout_s == 3
+        assert backend.coalesce  # follows batching.enabled (default on)
         response = await backend.infer(_request(np.zeros((2, 4))))
         assert response.model_version == "v2"
     finally:
         await backend.close()
+    unbatched = config.model_copy(update={"batching": config.batching.model_copy(update={"enabled": False})})
+    assert not make_backend("triton", config.variants[0], unbatched).coalesce  # type: ignore[attr-defined]
     no_endpoint = config.variants[0].model_copy(update={"endpoint": None})
     with pytest.raises(ValueError, match="needs 'endpoint'"):
         make_backend("triton", no_endpoint, config)

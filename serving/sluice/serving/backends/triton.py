@@ -5,6 +5,10 @@ One gRPC channel per backend, created on first use inside the running event loop
 Sluice version labels (see `sluice.serving.triton.repository`) and which tensors Triton reshapes, so responses
 come back with the version label and exactly the shapes onnxruntime gives for the same model.
 
+Requests that reach the backend in the same event-loop turn are sent as one Triton call (``coalesce``, on unless
+the ServingConfig turns batching off): under load this halves Triton's CPU per request and cuts the router's gRPC
+cost (benchmarks/e2e_triton.py). Requests larger than the model's ``max_batch_size`` are split and rejoined.
+
 Errors map onto `sluice.serving.errors`: unreachable / not ready -> BackendUnavailable (503), deadline ->
 BackendTimeout (504), rejected input -> InvalidInput (400), unknown model or version -> ModelNotFound (404),
 anything else Triton reports -> BackendError (500).
@@ -374,7 +378,11 @@ def from_variant(variant: VariantConfig, config: ServingConfig) -> TritonBackend
             f"variant {variant.name!r}: the triton backend needs 'endpoint' (the tritonserver gRPC address host:port)"
         )
     return TritonBackend(
-        variant.endpoint, config.model_name, version=variant.version, timeout_s=config.request_timeout_s
+        variant.endpoint,
+        config.model_name,
+        version=variant.version,
+        timeout_s=config.request_timeout_s,
+        coalesce=config.batching.enabled,
     )
 
 
