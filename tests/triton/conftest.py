@@ -13,6 +13,7 @@ from sluice.serving.triton.server import TritonServer
 
 MODEL = "lr"
 BROKEN = "broken"
+LOOKUP = "lookup"
 
 
 def make_onnx(path: Path, seed: int) -> Path:
@@ -26,6 +27,27 @@ def make_onnx(path: Path, seed: int) -> Path:
     onx = to_onnx(LogisticRegression().fit(x, y), x[:1], options={"zipmap": False}, target_opset=15)
     path.write_bytes(onx.SerializeToString())
     return path
+
+
+def make_lookup_onnx(path: Path) -> Path:
+    """Y[i] = TABLE[X[i]] for int64 indices X [N, 1]: an index outside 0..9 makes onnxruntime fail that batch."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(LOOKUP_TABLE, "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "X"], ["Y"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("X", TensorProto.INT64, ["N", 1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 1, 2])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+LOOKUP_TABLE = np.arange(20, dtype=np.float32).reshape(10, 2)
 
 
 @pytest.fixture(scope="session")
@@ -55,13 +77,15 @@ def repository(tmp_path_factory: pytest.TempPathFactory, onnx_models: dict[str, 
     inputs = (TensorSignature("X", "TYPE_FP32", (4,)),)
     outputs = (TensorSignature("label", "TYPE_INT64", (1,), batch_only=True),)
     write_model(broken, repo, {"v1": garbage}, inputs=inputs, outputs=outputs)
+    lookup = RepositorySpec(model_name=LOOKUP, versions=(ModelVersion("v1", "file:lookup.onnx"),), max_batch_size=64)
+    write_model(lookup, repo, {"v1": make_lookup_onnx(repo / "lookup.onnx")})
     return repo
 
 
 @pytest.fixture(scope="session")
 def triton(repository: Path) -> Iterator[TritonServer]:
-    """The real tritonserver, explicit model control: only `lr` loads at start, `broken` is loaded by its test."""
-    server = TritonServer(repository, model_control_mode="explicit", load_models=(MODEL,), startup_timeout_s=90)
+    """The real tritonserver, explicit model control: `lr` and `lookup` load at start, `broken` in its test."""
+    server = TritonServer(repository, model_control_mode="explicit", load_models=(MODEL, LOOKUP), startup_timeout_s=90)
     try:
         server.start()
         yield server

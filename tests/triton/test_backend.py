@@ -13,14 +13,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
-from tests.triton.conftest import BROKEN, MODEL
+from tests.triton.conftest import BROKEN, LOOKUP, LOOKUP_TABLE, MODEL
 from tritonclient.utils import InferenceServerException
 
 from sluice.serving.backends import make_backend
 from sluice.serving.backends.base import Backend
 from sluice.serving.backends.triton import TritonBackend
 from sluice.serving.config import ServingConfig
-from sluice.serving.errors import BackendTimeout, BackendUnavailable, InvalidInput, ModelNotFound
+from sluice.serving.errors import BackendError, BackendTimeout, BackendUnavailable, InvalidInput, ModelNotFound
 from sluice.serving.tensors import InferRequest, Tensor
 from sluice.serving.triton.repository import Flavour, ModelVersion, RepositorySpec, write_model
 from sluice.serving.triton.server import TritonServer
@@ -266,5 +266,25 @@ async def test_coalescing_merges_concurrent_requests_and_isolates_bad_ones(
         assert max(int(r.parameters.get("batch_size", "1")) for r in good) > 1  # type: ignore[union-attr]
         seen = requests_seen() - before
         assert seen <= n // 2, f"{n} concurrent requests reached Triton as {seen} requests"
+    finally:
+        await backend.close()
+
+
+async def test_a_failing_request_does_not_fail_the_requests_merged_with_it(triton: TritonServer) -> None:
+    """Same shapes, so all are merged into one call; index 99 makes onnxruntime fail it; each is then retried alone."""
+    backend = TritonBackend(triton.grpc_url, LOOKUP)
+    try:
+        indices = [3, 7, 99, 0, 9, 5]
+        results = await asyncio.gather(
+            *(backend.infer(InferRequest(inputs=(Tensor("X", np.array([[i]], np.int64)),))) for i in indices),
+            return_exceptions=True,
+        )
+        for index, result in zip(indices, results, strict=True):
+            if index == 99:
+                assert isinstance(result, BackendError), result
+                assert "out of" in str(result)
+            else:
+                assert not isinstance(result, BaseException), result
+                np.testing.assert_array_equal(result.outputs[0].data, LOOKUP_TABLE[[[index]]])
     finally:
         await backend.close()

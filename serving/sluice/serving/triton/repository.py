@@ -375,8 +375,11 @@ class TritonPythonModel:
         try:
             feed = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in columns.items()}
             results = self.session.run(self.outputs, feed)
-        except Exception as exc:  # a bad batch fails its requests, never the model
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))) for _ in requests]
+        except Exception as exc:
+            if len(requests) == 1:  # a bad request fails itself, never the model
+                return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))]
+            # One request may be at fault: run each alone so it cannot fail the others batched with it.
+            return [self.execute([request])[0] for request in requests]
         responses = []
         start = 0
         for size in sizes:
