@@ -26,7 +26,6 @@ from sluice.api.model_deployment import (
     StrategyType,
 )
 from sluice.api.status import (
-    TERMINAL_PHASES,
     AnalysisRun,
     CheckResult,
     ModelDeploymentStatus,
@@ -509,7 +508,3 @@ def _summary(results: list[CheckResult]) -> str:
         f"{r.message}"
         for r in results
     )
-
-
-def is_terminal(phase: Phase) -> bool:
-    return phase in TERMINAL_PHASES
