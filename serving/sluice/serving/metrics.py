@@ -7,6 +7,7 @@ and nothing leaks into the global registry.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -52,14 +53,29 @@ class RouterMetrics:
         self.loaded = Gauge(mn.MODEL_LOADED, "1 when loaded and warmed up.", [*labels, "provider"], registry=r)
         self.weight = Gauge(mn.VARIANT_WEIGHT, "Traffic weight percent.", labels, registry=r)
         self._loaded_keys: dict[tuple[str, str], str] = {}
+        # labels() costs a lock and a tuple build per call; the hot path looks its children up here instead.
+        self._hot: dict[tuple[str, str, str, int], tuple[Any, Any, Any]] = {}
+
+    def _children(self, version: str, variant: str, code: int) -> tuple[Any, Any, Any]:
+        key = (self.model, version, variant, code)
+        hit = self._hot.get(key)
+        if hit is None:
+            hit = (
+                self.requests.labels(self.model, version, variant, str(code)),
+                self.latency.labels(self.model, version, variant),
+                self.score.labels(self.model, version, variant),
+            )
+            self._hot[key] = hit
+        return hit
 
     def request(self, version: str, variant: str, code: int, seconds: float | None) -> None:
-        self.requests.labels(self.model, version, variant, str(code)).inc()
+        counter, latency, _ = self._children(version, variant, code)
+        counter.inc()
         if seconds is not None:
-            self.latency.labels(self.model, version, variant).observe(seconds)
+            latency.observe(seconds)
 
     def scores(self, version: str, variant: str, values: Iterable[float]) -> None:
-        h = self.score.labels(self.model, version, variant)
+        h = self._children(version, variant, 200)[2]
         for v in values:
             h.observe(v)
 
