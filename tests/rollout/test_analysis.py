@@ -107,6 +107,22 @@ def test_latency_p99_absolute_and_relative() -> None:
     assert r.value == pytest.approx(0.95)
 
 
+def test_latency_p99_needs_enough_slow_requests_to_fail() -> None:
+    """Two slow requests in 100 put the p99 above the bound, but 2% slow is no evidence that more than 1% are."""
+    buckets = (0.1, 0.5, 1.0, math.inf)
+    s = Value(
+        TrafficSample(
+            stable=VariantSample(100, 0, latency=Histogram(buckets, (100, 0, 0, 0))),
+            canary=VariantSample(100, 0, latency=Histogram(buckets, (98, 0, 2, 0))),
+        )
+    )
+    spec = spec_with({"name": "lat", "type": "latency-p99", "max": 0.5})
+    r = evaluate(spec, ModelDeploymentStatus(), s, {}, T0).results[0]
+    assert r.value is not None
+    assert r.value > 0.5
+    assert r.verdict is Verdict.PASS
+
+
 def test_prediction_drift_fails_on_a_real_shift() -> None:
     spec = spec_with({"name": "drift", "type": "prediction-drift", "max": 0.2})
     r = evaluate(spec, ModelDeploymentStatus(), sample(c_scores=(50, 100, 250, 600, 0)), {}, T0).results[0]

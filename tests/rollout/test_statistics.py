@@ -98,3 +98,14 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
 def test_bad_input_names_the_problem(call: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()  # type: ignore[operator]
+
+
+def test_histogram_exceedances_inverts_the_quantile() -> None:
+    bounds = [0.1, 0.2, 0.4, math.inf]
+    counts = [50.0, 30.0, 15.0, 5.0]
+    for q in (0.5, 0.8, 0.9, 0.95):
+        x = st.histogram_quantile(q, bounds, counts)
+        assert x is not None
+        assert st.histogram_exceedances(x, bounds, counts) == pytest.approx((1 - q) * 100)
+    assert st.histogram_exceedances(0.0, bounds, counts) == 100
+    assert st.histogram_exceedances(1.0, bounds, counts) == 5

@@ -172,7 +172,14 @@ def _error_rate(
     return _result(check, Verdict.PASS, rate, threshold, "; ".join(notes)), state
 
 
+def _slow_share_test(limit: float, hist: Histogram) -> tuple[float, float]:
+    """(requests slower than `limit`, p-value of 'at most 1% are'): p99 <= limit exactly when <= 1% exceed it."""
+    slow = st.histogram_exceedances(limit, hist.upper_bounds, hist.counts)
+    return slow, st.binomial_sf(round(slow), round(hist.total), 0.01)
+
+
 def _latency(check: Check, s: TrafficSample, min_requests: int) -> CheckResult:
+    """p99 above a bound fails only when the share of slower requests is significantly above 1% (binomial test)."""
     bounds = []
     if check.max is not None:
         bounds.append(f"<= {_fmt(check.max)}s")
@@ -185,17 +192,26 @@ def _latency(check: Check, s: TrafficSample, min_requests: int) -> CheckResult:
         return _result(check, Verdict.NO_DATA, None, threshold, f"{n:.0f} canary latencies, fewer than {min_requests}")
     p99 = st.histogram_quantile(0.99, hist.upper_bounds, hist.counts)
     assert p99 is not None  # n > 0
-    failures: list[str] = []
-    if check.max is not None and p99 > check.max:
-        failures.append(f"canary p99 {_fmt(p99)}s above {_fmt(check.max)}s")
+    limits: list[tuple[float, str]] = []
+    if check.max is not None:
+        limits.append((check.max, f"{_fmt(check.max)}s"))
     stable_p99 = None
     sh = s.stable.latency
     if check.max_ratio_to_stable is not None and sh is not None and sh.total >= max(min_requests, 1):
         stable_p99 = st.histogram_quantile(0.99, sh.upper_bounds, sh.counts)
-        if stable_p99 is not None and stable_p99 > 0 and p99 > check.max_ratio_to_stable * stable_p99:
-            failures.append(
-                f"canary p99 {_fmt(p99)}s above {_fmt(check.max_ratio_to_stable)}x stable {_fmt(stable_p99)}s"
+        if stable_p99 is not None and stable_p99 > 0:
+            limit = check.max_ratio_to_stable * stable_p99
+            limits.append(
+                (limit, f"{_fmt(check.max_ratio_to_stable)}x stable p99 {_fmt(stable_p99)}s = {_fmt(limit)}s")
             )
+    failures: list[str] = []
+    for limit, text in limits:
+        if p99 > limit:
+            slow, p = _slow_share_test(limit, hist)
+            if p < ALPHA:
+                failures.append(
+                    f"canary p99 {_fmt(p99)}s above {text}: {slow:.0f}/{n:.0f} slower (binomial p={p:.3g} vs 1%)"
+                )
     verdict = Verdict.FAIL if failures else Verdict.PASS
     note = f"canary p99 {_fmt(p99)}s over {n:.0f} requests" + (
         f", stable p99 {_fmt(stable_p99)}s" if stable_p99 is not None else ""

@@ -190,3 +190,18 @@ def histogram_quantile(q: float, upper_bounds: Sequence[float], counts: Sequence
         if not math.isinf(bound):
             lower = bound
     return lower
+
+
+def histogram_exceedances(limit: float, upper_bounds: Sequence[float], counts: Sequence[float]) -> float:
+    """How many observations exceed `limit`, linear within the bucket that holds it (the inverse of the quantile)."""
+    above = 0.0
+    lower = 0.0
+    for bound, count in zip(upper_bounds, counts, strict=True):
+        if lower >= limit:
+            above += count
+        elif bound > limit:
+            width = bound - lower
+            above += count if math.isinf(width) else count * (bound - limit) / width
+        if not math.isinf(bound):
+            lower = bound
+    return above
