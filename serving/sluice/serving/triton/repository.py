@@ -27,7 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sluice.serving.config import ServingConfig
 
 VERSION_LABEL_PARAM = "sluice.version_label."
 MODEL_FILE = "model.onnx"
@@ -125,7 +128,7 @@ class RepositorySpec:
         version_numbers(self.versions)  # raises on duplicates
 
     @classmethod
-    def from_serving_config(cls, config: Any, flavour: Flavour = Flavour.PYTHON) -> RepositorySpec:
+    def from_serving_config(cls, config: ServingConfig, flavour: Flavour = Flavour.PYTHON) -> RepositorySpec:
         """Build a spec from a `sluice.serving.config.ServingConfig`: one Triton version per distinct label."""
         versions: dict[str, ModelVersion] = {}
         for variant in config.variants:
