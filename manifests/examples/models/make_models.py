@@ -109,7 +109,10 @@ def make_mlp(path: Path, width: int = 512, layers: int = 4, n_in: int = traffic.
         w = (rng.normal(0, 1 / np.sqrt(dim), size=(dim, width))).astype(np.float32)
         b = np.zeros(width, dtype=np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        nodes += [helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"g{i}"]), helper.make_node("Relu", [f"g{i}"], [f"h{i}"])]
+        nodes += [
+            helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"g{i}"]),
+            helper.make_node("Relu", [f"g{i}"], [f"h{i}"]),
+        ]
         prev, dim = f"h{i}", width
     wo = rng.normal(0, 1 / np.sqrt(dim), size=(dim, 2)).astype(np.float32)
     inits += [numpy_helper.from_array(wo, "wo"), numpy_helper.from_array(np.zeros(2, np.float32), "bo")]

@@ -30,6 +30,4 @@ def labels(x: npt.NDArray[np.float32], seed: int | None = None) -> npt.NDArray[n
 
 def v2_request(x: npt.NDArray[np.float32]) -> dict[str, object]:
     """An Open Inference Protocol (v2) JSON body for the rows of x."""
-    return {
-        "inputs": [{"name": INPUT_NAME, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
-    }
+    return {"inputs": [{"name": INPUT_NAME, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
