@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from sluice.rollout.actions import CANARY, STABLE
 from sluice.rollout.measurements import Histogram, Measurement, TrafficSample, VariantSample
-from sluice.serving.config import CANARY, STABLE
 
 
 @dataclass(frozen=True)
