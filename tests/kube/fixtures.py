@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.kube.emulator import EmulatorThread, SluiceKubeEmulator, load_crd_files
@@ -27,9 +28,9 @@ def crd_files() -> list[Path]:
     return files
 
 
-def start_emulator() -> EmulatorThread:
+def start_emulator(*, cel_rules: bool = True) -> EmulatorThread:
     """A running emulator with every known CRD served; the caller stops it."""
-    emulator = SluiceKubeEmulator()
+    emulator = SluiceKubeEmulator(cel_rules=cel_rules)
     for crd in load_crd_files(crd_files()):
         emulator.register_crd(crd)
     thread = EmulatorThread(emulator)
@@ -54,11 +55,11 @@ def kubeconfig(kube_emulator: EmulatorThread, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="session")
 def kube_client(kubeconfig: Path) -> Iterator[object]:
     """An official `kubernetes.client.ApiClient` bound to the emulator (not the process-wide default)."""
-    from kubernetes import client, config
+    from kubernetes import config as _config
 
+    config: Any = _config  # untyped
     api = config.new_client_from_config(config_file=str(kubeconfig))
     try:
         yield api
     finally:
         api.close()
-    del client

@@ -173,13 +173,17 @@ def test_errors_are_clear(kubeconfig: Path, tmp_path: Path) -> None:
 
 def test_watch_prints_each_change(kubeconfig: Path, http: httpx.Client, fraud: str) -> None:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    command = [str(PLUGIN), "status", fraud, "--watch", "--timeout", "4"]
+    command = [str(PLUGIN), "status", fraud, "--watch", "--timeout", "8"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # the first picture is printed, the watch is open
+        assert process.stdout is not None
+        first = process.stdout.readline()  # the first picture is being printed (flushed)
+        assert first.startswith("--- "), first
+        time.sleep(0.5)  # the watch opens right after it
         url = f"{MDS.format(ns='default')}/{fraud}/status"
         http.patch(url, json={"status": {"phase": "Promoting", "canaryWeight": 100}}, headers=MERGE)
-        out, err = process.communicate(timeout=30)
+        rest, err = process.communicate(timeout=30)
+        out = first + rest
     finally:
         if process.poll() is None:
             process.kill()
