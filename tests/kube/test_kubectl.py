@@ -34,6 +34,9 @@ def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.Comp
 def test_get_namespaces(kubeconfig: Path) -> None:
     names = kubectl(kubeconfig, "get", "namespaces", "-o", "name").stdout.split()
     assert "namespace/default" in names
+    table = kubectl(kubeconfig, "get", "namespaces").stdout.splitlines()
+    assert table[0].split() == ["NAME", "AGE"]
+    assert any(line.split()[0] == "default" for line in table[1:])
 
 
 def test_apply_get_and_delete_a_custom_resource(kubeconfig: Path, tmp_path: Path) -> None:
@@ -46,8 +49,9 @@ def test_apply_get_and_delete_a_custom_resource(kubeconfig: Path, tmp_path: Path
     assert obj["spec"]["model"] == "v2"
     assert obj["metadata"]["generation"] == 2
     assert "kubectl.kubernetes.io/last-applied-configuration" in obj["metadata"]["annotations"]
-    listed = kubectl(kubeconfig, "get", "widgets", "-l", "app=kubectl-test").stdout
-    assert "kc1" in listed
+    listed = kubectl(kubeconfig, "get", "widgets", "-l", "app=kubectl-test").stdout.splitlines()
+    assert listed[0].split() == ["NAME", "PHASE"]  # server-side printing with the CRD's printer columns
+    assert listed[1].split() == ["kc1", "<none>"]
     assert "widget.test.sluice.dev" in kubectl(kubeconfig, "delete", "-f", str(manifest)).stdout
     gone = kubectl(kubeconfig, "get", "wd", "kc1", check=False)
     assert gone.returncode != 0

@@ -119,6 +119,10 @@ def test_kubectl_finds_the_plugin_on_path(kubeconfig: Path, fraud: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Phase:       Progressing" in result.stdout
+    table = subprocess.run(["kubectl", "get", "md", fraud], env=env, capture_output=True, text=True, check=False)
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "STABLE", "CANARY", "WEIGHT", "READY", "AGE"]
+    assert row.split()[:6] == [fraud, "Progressing", "v1", "v2", "25", "4/4"]
 
 
 @pytest.mark.parametrize("verb", ["promote", "abort", "retry", "undo"])
