@@ -219,25 +219,28 @@ def _preserves(schema: Obj) -> bool:
     return bool(schema.get("x-kubernetes-preserve-unknown-fields"))
 
 
-def prune(value: Any, schema: Obj, *, root: bool = False) -> Any:
-    """Drop fields the schema does not know, as the API server does for structural schemas."""
+def prune(value: Any, schema: Obj, *, root: bool = False, dropped: list[str] | None = None, at: str = "") -> Any:
+    """Drop fields the schema does not know, as the API server does for structural schemas (paths into `dropped`)."""
     if isinstance(value, dict) and (schema.get("type") == "object" or "properties" in schema):
         props: Obj = schema.get("properties", {})
         additional = schema.get("additionalProperties")
         keep_meta = root or schema.get("x-kubernetes-embedded-resource")
         out: Obj = {}
         for key, item in value.items():
+            where = f"{at}.{key}" if at else key
             if keep_meta and key in ("apiVersion", "kind", "metadata"):
                 out[key] = item
             elif key in props:
-                out[key] = prune(item, props[key])
+                out[key] = prune(item, props[key], dropped=dropped, at=where)
             elif isinstance(additional, dict):
-                out[key] = prune(item, additional)
+                out[key] = prune(item, additional, dropped=dropped, at=where)
             elif _preserves(schema) or additional is True:
                 out[key] = item
+            elif dropped is not None:
+                dropped.append(where)
         return out
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [prune(item, schema["items"]) for item in value]
+        return [prune(item, schema["items"], dropped=dropped, at=f"{at}[{i}]") for i, item in enumerate(value)]
     return value
 
 
@@ -467,6 +470,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     _cel: CelRules | None = attrs.field(default=None, init=False)
     _validators: dict[int, Any] = attrs.field(factory=dict, init=False)
     writes: int = attrs.field(default=0, init=False)
+    _strict: bool = attrs.field(default=False, init=False)
     cel_rules: bool = True  # False skips x-kubernetes-validations (faster scale runs); schemas still apply
 
     def __attrs_post_init__(self) -> None:
@@ -695,6 +699,8 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
             obj = self._output(rt, self._get(rt, namespace, name))
             return aiohttp.web.json_response(self._table(rt, [obj]) if as_table else obj)
         body = await self._body(raw)
+        # Everything below runs without awaiting, so a per-request flag on the emulator is safe in its one loop.
+        self._strict = query.get("fieldValidation") == "Strict"
         if method == "POST" and name is None:
             obj = self._create(rt, namespace, body, dry_run=dry_run)
             return aiohttp.web.json_response(self._output(rt, obj), status=201)
@@ -822,7 +828,15 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         """Prune, default and validate against the CRD schema; raises 422 naming each failing field."""
         if rt.schema is None:
             return obj
-        obj = prune(obj, rt.schema, root=True)
+        dropped: list[str] = []
+        obj = prune(obj, rt.schema, root=True, dropped=dropped)
+        if dropped and self._strict:  # fieldValidation=Strict (kubectl's default) refuses instead of pruning
+            unknown = ", ".join(f'unknown field "{path}"' for path in dropped)
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"{rt.kind} in version {rt.version!r} cannot be handled: strict decoding error: {unknown}",
+            )
         obj = apply_defaults(obj, rt.schema)
         validator = self._validators.get(id(rt.schema))
         if validator is None:

@@ -82,3 +82,17 @@ def test_explain_uses_the_crd_schema(kubeconfig: Path) -> None:
     assert "KIND:       Widget" in out or "KIND: Widget" in out
     assert "model\t<string> -required-" in out
     assert "maxReplicas" in out
+
+
+def test_strict_field_validation_refuses_unknown_fields(kubeconfig: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "typo.yaml"
+    manifest.write_text(MANIFEST.format(name="kc4", model="m") + "  modle: typo\n")
+    result = kubectl(kubeconfig, "apply", "-f", str(manifest), check=False)
+    assert result.returncode != 0
+    assert 'unknown field "spec.modle"' in result.stderr
+    relaxed = kubectl(kubeconfig, "apply", "--validate=false", "-f", str(manifest))
+    assert "created" in relaxed.stdout  # without Strict the field is pruned, as a real server does
+    assert (
+        kubectl(kubeconfig, "get", "wd", "kc4", "-o", "jsonpath={.spec}").stdout
+        == '{"maxReplicas":3,"minReplicas":1,"model":"m"}'
+    )
