@@ -1,6 +1,6 @@
 """What the Sluice router adds: the same ONNX model server called straight vs through the router, in one run.
 
-    .venv/bin/python benchmarks/router_overhead.py [--seconds 5] [--rounds 3] [--rate 200] [--concurrency 16]
+    .venv/bin/python benchmarks/router_overhead.py [--seconds 4] [--rounds 2] [--rate 100,200] [--concurrency 16]
 
 Processes (all on 127.0.0.1): two minimal v2 model servers (Starlette + uvicorn + one onnxruntime session of a
 skl2onnx LogisticRegression, 4 float features; the second one only answers shadows), a Sluice router
@@ -11,9 +11,11 @@ load generator (aiohttp, keep-alive). Targets:
 * ``router``        - the same body to the router (100% stable, no mirror);
 * ``router_shadow`` - the router with 100% of requests mirrored to the shadow server.
 
-Each target is measured at a fixed open-loop rate (``--rate`` req/s) and at saturation (``--concurrency`` closed-loop
-clients). Targets run in interleaved rounds (straight, router, router_shadow, straight, ...) so background load
-hits all alike; samples of all rounds are pooled. Results: benchmarks/results/router_overhead.json.
+Each target is measured at fixed open-loop rates (``--rate`` req/s) and at saturation (``--concurrency`` closed-loop
+clients). Because load generator, router and model servers share this machine's cores, each target also reports
+the CPU milliseconds each server process spent per answered request (from /proc), which does not depend on how
+busy the machine was. Targets run in interleaved rounds (straight, router, router_shadow, straight, ...) so
+background load hits all alike; samples of all rounds are pooled. Results: benchmarks/results/router_overhead.json.
 """
 
 from __future__ import annotations
@@ -210,10 +212,18 @@ def _pct(lat: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(lat) * 1000, q))
 
 
-async def _measure(urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    fixed: dict[str, list[float]] = {k: [] for k in urls}
+def _cpu_s(pid: int) -> float:
+    """utime + stime of one process, from /proc (what a request costs there, however busy the machine is)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(urls: dict[str, str], pids: dict[str, list[int]], args: argparse.Namespace) -> dict[str, Any]:
+    fixed: dict[str, dict[float, list[float]]] = {k: {r: [] for r in args.rates} for k in urls}
     sat: dict[str, list[float]] = {k: [] for k in urls}
     tput: dict[str, list[float]] = {k: [] for k in urls}
+    cpu: dict[str, dict[str, float]] = {k: {} for k in urls}
+    served: dict[str, int] = dict.fromkeys(urls, 0)
     errors: dict[str, int] = dict.fromkeys(urls, 0)
     connector = aiohttp.TCPConnector(limit=max(64, args.concurrency * 2))
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -221,30 +231,41 @@ async def _measure(urls: dict[str, str], args: argparse.Namespace) -> dict[str, 
             await _saturate(session, url, 4, 1.0)
         for rnd in range(args.rounds):
             for name, url in urls.items():
-                lat, err = await _fixed_rate(session, url, args.rate, args.seconds)
-                fixed[name] += lat
-                errors[name] += err
+                before = {str(p): _cpu_s(p) for p in pids[name]}
+                for rate in args.rates:
+                    lat, err = await _fixed_rate(session, url, rate, args.seconds)
+                    fixed[name][rate] += lat
+                    errors[name] += err
+                    served[name] += len(lat)
                 lat, err, rps = await _saturate(session, url, args.concurrency, args.seconds)
                 sat[name] += lat
                 tput[name].append(rps)
                 errors[name] += err
-                print(
-                    f"round {rnd + 1} {name:14s} fixed p50 {_pct(fixed[name], 50):.2f} ms  sat {rps:.0f} req/s",
-                    flush=True,
-                )
+                served[name] += len(lat)
+                for p in pids[name]:
+                    cpu[name][str(p)] = cpu[name].get(str(p), 0.0) + _cpu_s(p) - before[str(p)]
+                p50s = "  ".join(f"{r:g}/s p50 {_pct(fixed[name][r], 50):.2f} ms" for r in args.rates)
+                print(f"round {rnd + 1} {name:14s} {p50s}  sat {rps:.0f} req/s", flush=True)
     out: dict[str, Any] = {}
     for name in urls:
         out[name] = {
             "fixed_rate": {
-                "p50_ms": _pct(fixed[name], 50),
-                "p99_ms": _pct(fixed[name], 99),
-                "samples": len(fixed[name]),
+                f"{r:g}": {
+                    "p50_ms": _pct(fixed[name][r], 50),
+                    "p99_ms": _pct(fixed[name][r], 99),
+                    "samples": len(fixed[name][r]),
+                }
+                for r in args.rates
             },
             "saturation": {
                 "p50_ms": _pct(sat[name], 50),
                 "p99_ms": _pct(sat[name], 99),
                 "req_per_s": float(np.mean(tput[name])),
                 "samples": len(sat[name]),
+            },
+            "server_cpu_ms_per_request": {
+                role: cpu[name][str(pid)] * 1000 / served[name]
+                for role, pid in zip(pids["roles:" + name], pids[name], strict=True)
             },
             "errors": errors[name],
         }
@@ -253,12 +274,13 @@ async def _measure(urls: dict[str, str], args: argparse.Namespace) -> dict[str, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rate", default="100,200", help="fixed open-loop rates, req/s, comma-separated")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--model-server", nargs=2, metavar=("PORT", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.rates = [float(r) for r in str(args.rate).split(",")]
     if args.model_server:
         model_server(int(args.model_server[0]), args.model_server[1])
         return 0
@@ -301,7 +323,16 @@ def main() -> int:
                 "router": f"http://127.0.0.1:{ports['router']}{path}",
                 "router_shadow": f"http://127.0.0.1:{ports['router_shadow']}{path}",
             }
-            targets = asyncio.run(_measure(urls, args))
+            model_pid, shadow_pid, router_pid, router_shadow_pid = (p.pid for p in procs)
+            pids: dict[str, Any] = {
+                "straight": [model_pid],
+                "router": [router_pid, model_pid],
+                "router_shadow": [router_shadow_pid, model_pid, shadow_pid],
+                "roles:straight": ["model_server"],
+                "roles:router": ["router", "model_server"],
+                "roles:router_shadow": ["router", "model_server", "shadow_model_server"],
+            }
+            targets = asyncio.run(_measure(urls, pids, args))
         finally:
             for p in procs:
                 p.send_signal(signal.SIGTERM)
@@ -312,26 +343,36 @@ def main() -> int:
                     p.kill()
 
     s, r, sh = targets["straight"], targets["router"], targets["router_shadow"]
-    summary = {
-        "added_ms_fixed_rate": {
-            "p50": r["fixed_rate"]["p50_ms"] - s["fixed_rate"]["p50_ms"],
-            "p99": r["fixed_rate"]["p99_ms"] - s["fixed_rate"]["p99_ms"],
-        },
-        "added_ms_saturation": {
-            "p50": r["saturation"]["p50_ms"] - s["saturation"]["p50_ms"],
-            "p99": r["saturation"]["p99_ms"] - s["saturation"]["p99_ms"],
-        },
-        "throughput_ratio_router_vs_straight": r["saturation"]["req_per_s"] / s["saturation"]["req_per_s"],
-        "p50_ratio_fixed_rate_router_vs_straight": r["fixed_rate"]["p50_ms"] / s["fixed_rate"]["p50_ms"],
-        "shadow_p99_ratio_fixed_rate_on_vs_off": sh["fixed_rate"]["p99_ms"] / r["fixed_rate"]["p99_ms"],
-        "shadow_p99_ratio_saturation_on_vs_off": sh["saturation"]["p99_ms"] / r["saturation"]["p99_ms"],
-        "goal": "router adds <= 1 ms p50 and <= 3 ms p99 at the fixed rate",
+    summary: dict[str, Any] = {
+        f"added_ms_at_{rate}_per_s": {
+            q: r["fixed_rate"][rate][f"{q}_ms"] - s["fixed_rate"][rate][f"{q}_ms"] for q in ("p50", "p99")
+        }
+        for rate in s["fixed_rate"]
     }
+    summary.update(
+        {
+            "added_ms_saturation": {q: r["saturation"][f"{q}_ms"] - s["saturation"][f"{q}_ms"] for q in ("p50", "p99")},
+            "throughput_ratio_router_vs_straight": r["saturation"]["req_per_s"] / s["saturation"]["req_per_s"],
+            "router_cpu_ms_per_request": r["server_cpu_ms_per_request"]["router"],
+            "model_server_cpu_ms_per_request": s["server_cpu_ms_per_request"]["model_server"],
+            "shadow_on_vs_off_primary_p99_ratio": {
+                rate: sh["fixed_rate"][rate]["p99_ms"] / r["fixed_rate"][rate]["p99_ms"] for rate in r["fixed_rate"]
+            }
+            | {"saturation": sh["saturation"]["p99_ms"] / r["saturation"]["p99_ms"]},
+            "router_with_shadow_cpu_ms_per_request": sh["server_cpu_ms_per_request"]["router"],
+            "goal": "router adds <= 1 ms p50 and <= 3 ms p99 at a fixed rate",
+        }
+    )
     result = {
         "benchmark": "router_overhead",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
-        "params": {"seconds": args.seconds, "rounds": args.rounds, "rate": args.rate, "concurrency": args.concurrency},
+        "params": {
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "rates": args.rates,
+            "concurrency": args.concurrency,
+        },
         "targets": targets,
         "summary": summary,
     }

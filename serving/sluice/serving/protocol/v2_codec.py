@@ -87,11 +87,11 @@ def _to_array(data: list[Any], datatype: str, dtype: np.dtype[Any], name: str) -
         return np.zeros(0, dtype=dtype)
     if array.dtype.kind not in _ACCEPTED_KINDS.get(dtype.kind, ""):
         raise InvalidInput(f"input {name!r}: data does not match datatype {datatype} (got {_kind_name(array)})")
-    with np.errstate(over="raise", invalid="raise"):
-        try:
-            converted = array.astype(dtype)
-        except (OverflowError, FloatingPointError, ValueError) as exc:
-            raise InvalidInput(f"input {name!r}: value out of range for datatype {datatype}") from exc
+    try:
+        converted = array.astype(dtype)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"input {name!r}: value out of range for datatype {datatype}") from exc
+    # Integer casts wrap silently: a round-trip mismatch is an out-of-range value.
     if dtype.kind in "iu" and not np.array_equal(converted, array):
         raise InvalidInput(f"input {name!r}: value out of range for datatype {datatype}")
     return converted.reshape(-1)
