@@ -89,3 +89,34 @@ def test_a_taken_port_is_retried_with_fresh_ones(triton: TritonServer, monkeypat
         assert second.running()
         assert second.http_port not in (triton.http_port, triton.grpc_port, triton.metrics_port)
     assert triton.running()  # the session server was not disturbed
+
+
+@pytest.mark.triton
+@pytest.mark.timeout(120)
+def test_command_line_serves_until_sigterm(tmp_path: Path, onnx_models: dict[str, Path]) -> None:
+    import signal
+    import subprocess
+    import urllib.request
+
+    write_model(RepositorySpec(model_name="lr", versions=(ModelVersion("v1", "u"),)), tmp_path, onnx_models)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sluice.serving.triton.server", "--repository", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # "ready http=... grpc=... metrics=..."
+        assert line.startswith("ready http="), (line, process.stderr.read() if process.poll() is not None else "")
+        http = line.split()[1].removeprefix("http=")
+        with urllib.request.urlopen(f"http://{http}/v2/models/lr/ready", timeout=5) as response:
+            assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{http}/v2/health/live", timeout=2)

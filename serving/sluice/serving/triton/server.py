@@ -275,3 +275,40 @@ class TritonServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sluice.serving.triton.server --repository DIR``: serve a python-flavour repository until stopped."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sluice.serving.triton.server", description=main.__doc__)
+    parser.add_argument("--repository", required=True, type=Path, help="model repository directory")
+    parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    args = parser.parse_args(argv)
+    stop = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server = TritonServer(args.repository, startup_timeout_s=args.startup_timeout).start()
+    except TritonServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"ready http={server.http_url} grpc={server.grpc_url} metrics={server.metrics_url}", flush=True)
+        while not stop and server.running():
+            time.sleep(0.2)
+        if not stop:
+            print(f"error: tritonserver exited:\n{server._tail()}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
