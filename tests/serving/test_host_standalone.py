@@ -106,8 +106,9 @@ def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str
             new["variants"][0]["weight"], new["variants"][1]["weight"] = 0, 100
             t0 = time.monotonic()
             assert client.put("/admin/config", json=new).status_code == 200
+            assert client.post(URL, json=v2_body(row())).headers["x-sluice-variant"] == "canary"
+            assert time.monotonic() - t0 < 2  # new weights serve within 2 s of the control plane's PUT
             assert all(client.post(URL, json=v2_body(row())).headers["x-sluice-variant"] == "canary" for _ in range(10))
-            assert time.monotonic() - t0 < 2
             assert 'variant="stable",version="v1"} 0.0' in client.get("/metrics").text
 
         proc.send_signal(signal.SIGTERM)
