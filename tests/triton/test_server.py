@@ -50,24 +50,6 @@ def test_failed_start_surfaces_the_log_and_leaves_nothing(tmp_path: Path) -> Non
     assert not server.running()
 
 
-@pytest.mark.triton
-def test_stop_leaves_no_process(triton: TritonServer) -> None:
-    """Uses a second server on the session repository: stop() must take the server and its stubs down."""
-    second = TritonServer(triton.model_repository, model_control_mode="explicit", load_models=("lr",))
-    with second:
-        pid = second.pid
-        assert pid is not None
-        assert second.running()
-        assert {second.http_port, second.grpc_port, second.metrics_port}.isdisjoint(
-            {triton.http_port, triton.grpc_port, triton.metrics_port}
-        )
-        stubs = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pid and int(p) != pid]
-        assert stubs, "the python backend stubs run in the server's process group"
-    assert not _alive(pid)
-    assert not [p for p in stubs if _alive(int(p))]
-    second.stop()  # idempotent
-
-
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -77,17 +59,28 @@ def _pgid(pid: int) -> int | None:
 
 @pytest.mark.triton
 @pytest.mark.timeout(120)
-def test_a_taken_port_is_retried_with_fresh_ones(triton: TritonServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first attempt gets the session server's (taken) ports, as if another process grabbed them in between."""
+def test_a_taken_port_is_retried_and_stop_leaves_no_process(
+    triton: TritonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt gets the session server's (taken) ports, as if another process grabbed them in between;
+    the retry must pick fresh ones, and stop() must take the server and its python stubs down."""
     import sluice.serving.triton.server as server_module
 
-    taken = iter([triton.http_port, triton.grpc_port, triton.metrics_port])
+    session_ports = {triton.http_port, triton.grpc_port, triton.metrics_port}
+    taken = iter(sorted(session_ports))
     real = server_module.free_port
     monkeypatch.setattr(server_module, "free_port", lambda: next(taken, None) or real())
     second = TritonServer(triton.model_repository, model_control_mode="explicit", load_models=("lr",))
     with second:
+        pid = second.pid
+        assert pid is not None
         assert second.running()
-        assert second.http_port not in (triton.http_port, triton.grpc_port, triton.metrics_port)
+        assert {second.http_port, second.grpc_port, second.metrics_port}.isdisjoint(session_ports)
+        stubs = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pid and int(p) != pid]
+        assert stubs, "the python backend stubs run in the server's process group"
+    assert not _alive(pid)
+    assert not [p for p in stubs if _alive(int(p))]
+    second.stop()  # idempotent
     assert triton.running()  # the session server was not disturbed
 
 
