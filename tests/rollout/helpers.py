@@ -69,3 +69,16 @@ class Driver:
         self.tick(canary_ready=False)
         self.tick()
         return self
+
+
+class Clock:
+    """A clock the test moves: the loop asks it for `now`."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 
 import pytest
 from prometheus_client import start_http_server
-from tests.rollout.helpers import T0, make_spec
+from tests.rollout.helpers import Clock, make_spec
 
 from sluice.api.status import Phase
 from sluice.local.dataplane import DataPlanePlatform, Routing, serving_config
@@ -49,17 +48,6 @@ def router_metrics() -> Iterator[tuple[RouterMetrics, str]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def send(metrics: RouterMetrics, config: ServingConfig, n: int, canary_error_rate: float) -> None:

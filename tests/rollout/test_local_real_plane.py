@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.rollout.test_local_loop import Clock
+from tests.rollout.helpers import Clock
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import Phase
