@@ -93,14 +93,19 @@ def body() -> dict[str, Any]:
 
 
 def measure(backend: str, model_uri: str, base_dir: Path, seconds: float) -> dict[str, Any]:
-    """Batched and unbatched on one started data plane (Ray: one Ray start, the app rebuilt in between)."""
+    """Batched, then unbatched. Ray: one Ray start, the app rebuilt in between (batching is in the app's args).
+    In-process: a fresh data plane per mode (the router keeps a backend whose file did not change)."""
     out: dict[str, Any] = {}
     plane = start_data_plane(config(model_uri, True), backend, base_dir, ready_timeout_s=300)  # type: ignore[arg-type]
     try:
-        url = f"{plane.url}/v2/models/mlp/infer"
         for name, batching in (("batched", True), ("unbatched", False)):
             if name == "unbatched":
-                plane.update(config(model_uri, batching))
+                if backend == "ray":
+                    plane.update(config(model_uri, batching))
+                else:
+                    plane.stop()
+                    plane = start_data_plane(config(model_uri, batching), backend, base_dir)  # type: ignore[arg-type]
+            url = f"{plane.url}/v2/models/mlp/infer"
             s0, c0 = _batch_totals(plane.metrics_url)
             out[name] = asyncio.run(load(url, body(), seconds=seconds))
             s1, c1 = _batch_totals(plane.metrics_url)
