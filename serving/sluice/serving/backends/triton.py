@@ -7,7 +7,8 @@ come back with the version label and exactly the shapes onnxruntime gives for th
 
 Requests that reach the backend in the same event-loop turn are sent as one Triton call (``coalesce``, on unless
 the ServingConfig turns batching off): under load this halves Triton's CPU per request and cuts the router's gRPC
-cost (benchmarks/e2e_triton.py). Requests larger than the model's ``max_batch_size`` are split and rejoined.
+cost (benchmarks/e2e_triton.py). ``parameters["batch_size"]`` of a response is the row count of the call Sluice
+sent (Triton may batch further on its side). Requests larger than ``max_batch_size`` are split and rejoined.
 
 Errors map onto `sluice.serving.errors`: unreachable / not ready -> BackendUnavailable (503), deadline ->
 BackendTimeout (504), rejected input -> InvalidInput (400), unknown model or version -> ModelNotFound (404),
@@ -250,7 +251,8 @@ class TritonBackend:
     async def _run_group(self, info: _ModelInfo, group: list[_Pending]) -> None:
         try:
             if len(group) == 1:
-                _settle(group[0], await self._infer_once(info, group[0].request))
+                answer = await self._infer_once(info, group[0].request)
+                _settle(group[0], dataclasses.replace(answer, parameters={"batch_size": str(group[0].rows)}))
                 return
             first = group[0].request
             merged = InferRequest(
