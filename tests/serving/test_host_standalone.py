@@ -111,6 +111,13 @@ def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str
             assert all(client.post(URL, json=v2_body(row())).headers["x-sluice-variant"] == "canary" for _ in range(10))
             assert 'variant="stable",version="v1"} 0.0' in client.get("/metrics").text
 
+            # A new variant the backend factory cannot build is refused; the running config stays.
+            arm = {"name": "arm", "version": "v3", "uri": "file://v3.onnx", "weight": 0}
+            r = client.put("/admin/config", json={**new, "variants": [*new["variants"], arm]})
+            assert r.status_code == 400
+            assert "variant 'arm': the http backend needs 'endpoint'" in r.json()["error"]
+            assert client.post(URL, json=v2_body(row())).status_code == 200
+
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

@@ -152,7 +152,10 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> Star
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
             raise InvalidInput(f"invalid ServingConfig: {problems}") from exc
-        await dp().router.apply(config)
+        try:
+            await dp().router.apply(config)
+        except (ValueError, ImportError) as exc:  # the backend factory refused a variant (e.g. no endpoint)
+            raise InvalidInput(f"cannot build backends for this config: {exc}") from exc
         log.info("applied config: %s", {v.name: v.weight for v in config.variants})
         return _Json({"applied": True, "weights": {v.name: v.weight for v in config.variants}})
 
