@@ -129,7 +129,8 @@ async def test_dynamic_batching_batches_concurrent_requests(triton: TritonServer
     requests_after, execs_after = counts()
     assert requests_after - requests_before == n
     executions = execs_after - execs_before
-    assert 1 <= executions <= n // 4, f"{n} concurrent requests ran in {executions} model executions"
+    # Without dynamic batching this is exactly n; the bound leaves room for a starved client trickling requests in.
+    assert 1 <= executions <= n // 2, f"{n} concurrent requests ran in {executions} model executions"
 
 
 async def test_invalid_input_is_400(backend_v1: TritonBackend) -> None:
