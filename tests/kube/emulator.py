@@ -516,10 +516,11 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
 
     def unregister_crd(self, crd: Obj) -> None:
         spec = crd.get("spec", {})
-        for key in [
-            k for k in self._types if k[0] == spec.get("group") and k[2] == spec.get("names", {}).get("plural")
-        ]:
+        group, plural = spec.get("group"), spec.get("names", {}).get("plural")
+        for key in [k for k in self._types if k[0] == group and k[2] == plural]:
             del self._types[key]
+        for stored in [k for k in self._store if k[0] == group and k[1] == plural]:
+            del self._store[stored]  # a CRD takes its objects with it
 
     @property
     def resource_types(self) -> list[ResourceType]:

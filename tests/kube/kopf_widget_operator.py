@@ -37,7 +37,7 @@ def created(name: str, **_: Any) -> dict[str, str]:
 
 
 @kopf.on.update("test.sluice.dev", "v1", "widgets", field="spec.model")
-def updated(name: str, new: str, **_: Any) -> None:
+def updated(name: str, new: Any, **_: Any) -> None:
     note(f"update:{new}", name)
 
 

@@ -412,3 +412,52 @@ def test_bad_requests_get_clear_errors(http: httpx.Client, ns: str) -> None:
         ).status_code
         == 400
     )
+
+
+def test_orphan_policy_keeps_dependents_and_namespace_delete_cascades(http: httpx.Client) -> None:
+    import time
+
+    ns = unique("gc")
+    assert http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).status_code == 201
+    owner = http.post(WIDGETS.format(ns=ns), json=widget("owner")).json()
+    ref = {"apiVersion": "test.sluice.dev/v1", "kind": "Widget", "name": "owner", "uid": owner["metadata"]["uid"]}
+    cms = f"/api/v1/namespaces/{ns}/configmaps"
+    http.post(cms, json={"metadata": {"name": "kept", "ownerReferences": [ref]}})
+    http.delete(f"{WIDGETS.format(ns=ns)}/owner", params={"propagationPolicy": "Orphan"})
+    time.sleep(0.2)
+    assert http.get(f"{cms}/kept").status_code == 200
+    http.delete(f"/api/v1/namespaces/{ns}")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and http.get(f"{cms}/kept").status_code == 200:
+        time.sleep(0.05)
+    assert http.get(f"{cms}/kept").status_code == 404
+
+
+def test_a_crd_created_through_the_api_is_served(http: httpx.Client) -> None:
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gizmos.dyn.sluice.dev"},
+        "spec": {
+            "group": "dyn.sluice.dev",
+            "scope": "Namespaced",
+            "names": {"plural": "gizmos", "kind": "Gizmo"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object"}}}},
+                }
+            ],
+        },
+    }
+    assert http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd).status_code == 201
+    url = "/apis/dyn.sluice.dev/v1/namespaces/default/gizmos"
+    assert http.post(url, json={"metadata": {"name": "g"}, "spec": {}}).status_code == 201
+    assert http.get(url).json()["kind"] == "GizmoList"
+    http.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gizmos.dyn.sluice.dev")
+    assert http.get(url).status_code == 404
+    assert http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd).status_code == 201
+    assert http.get(url).json()["items"] == []  # the objects went with the CRD
+    http.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gizmos.dyn.sluice.dev")

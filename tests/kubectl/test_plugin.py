@@ -185,7 +185,8 @@ def test_watch_prints_each_change(kubeconfig: Path, http: httpx.Client, fraud: s
         assert first.startswith("--- "), first
         time.sleep(0.5)  # the watch opens right after it
         url = f"{MDS.format(ns='default')}/{fraud}/status"
-        http.patch(url, json={"status": {"phase": "Promoting", "canaryWeight": 100}}, headers=MERGE)
+        patched = http.patch(url, json={"status": {"phase": "Promoting", "canaryWeight": 100}}, headers=MERGE)
+        assert patched.status_code == 200, patched.text
         rest, err = process.communicate(timeout=30)
         out = first + rest
     finally:
@@ -194,5 +195,7 @@ def test_watch_prints_each_change(kubeconfig: Path, http: httpx.Client, fraud: s
             process.communicate()
     assert process.returncode == 0, err
     assert out.count("--- ") == 2, out
+    assert "Phase:       Progressing" in out, out
+    assert "Phase:       Promoting" in out, out
     assert out.index("Phase:       Progressing") < out.index("Phase:       Promoting")
     http.patch(url, json={"status": STATUS}, headers=MERGE)
