@@ -1092,6 +1092,12 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         if since and not since.isdigit():
             raise ApiError(400, "BadRequest", f"resourceVersion {since!r} is not a valid resource version")
 
+        as_table = "as=Table" in raw.headers.get("Accept", "")
+
+        def line(kind: str, obj: Obj) -> bytes:
+            shown = self._table(rt, [obj]) if as_table else obj  # `kubectl get -w` asks for one-row Tables
+            return json.dumps({"type": kind, "object": shown}).encode() + b"\n"
+
         def matches(obj: Obj) -> bool:
             meta = obj["metadata"]
             in_ns = not namespace or meta.get("namespace") == namespace
@@ -1122,7 +1128,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
             await response.prepare(raw)
             for _, kind, obj in initial:
                 if matches(obj):
-                    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                    await response.write(line(kind, obj))
             while True:
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
@@ -1132,7 +1138,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
                 except TimeoutError:
                     break
                 if rv > last and matches(obj):
-                    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                    await response.write(line(kind, obj))
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             pass

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.kube.emulator import EmulatorThread
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="the kubectl client is not installed")
 
@@ -96,3 +97,31 @@ def test_strict_field_validation_refuses_unknown_fields(kubeconfig: Path, tmp_pa
         kubectl(kubeconfig, "get", "wd", "kc4", "-o", "jsonpath={.spec}").stdout
         == '{"maxReplicas":3,"minReplicas":1,"model":"m"}'
     )
+
+
+def test_get_watch_prints_rows_as_objects_change(kubeconfig: Path, kube_emulator: EmulatorThread) -> None:
+    import time
+
+    import httpx
+
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    command = ["kubectl", "get", "wd", "-n", "default", "-w", "-l", "app=watched"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # kubectl lists, then watches from the list's resourceVersion
+        body = {"metadata": {"name": "kw1", "labels": {"app": "watched"}}, "spec": {"model": "m"}}
+        url = f"{kube_emulator.url}/apis/test.sluice.dev/v1/namespaces/default/widgets"
+        assert httpx.post(url, json=body).status_code == 201
+        httpx.patch(
+            f"{url}/kw1/status",
+            json={"status": {"phase": "Ready"}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        time.sleep(1.5)
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=20)
+    rows = [line.split() for line in out.splitlines()]
+    assert ["NAME", "PHASE"] in rows, (out, err)
+    assert ["kw1", "<none>"] in rows
+    assert ["kw1", "Ready"] in rows
