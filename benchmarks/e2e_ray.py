@@ -98,9 +98,8 @@ def plain_ray_serve_app(model: Path) -> Any:
     """The per-request deployment from the Ray Serve docs' pattern (no batching, default options)."""
     import numpy as np
     import onnxruntime as ort
-    from starlette.requests import Request
-
     from ray import serve
+    from starlette.requests import Request
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.5})
     class PlainOnnx:

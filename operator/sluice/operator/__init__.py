@@ -1,0 +1,1 @@
+"""Kubernetes platform of Sluice: Kopf handlers and rendering (RayService, Triton workloads). Being built (issue 5)."""
