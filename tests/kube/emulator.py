@@ -98,6 +98,11 @@ BUILTINS: list[ResourceType] = [
     _rt("v1", "services", "Service", status=True, short=["svc"]),
     _rt("v1", "pods", "Pod", status=True, short=["po"]),
     _rt("apps/v1", "deployments", "Deployment", status=True, short=["deploy"]),
+    _rt("v1", "serviceaccounts", "ServiceAccount", short=["sa"]),
+    _rt("events.k8s.io/v1", "events", "Event", short=["ev"]),
+    _rt("rbac.authorization.k8s.io/v1", "roles", "Role"),
+    _rt("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
+    _rt("coordination.k8s.io/v1", "leases", "Lease"),
     _rt("batch/v1", "jobs", "Job", status=True),
     _rt(
         "apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", False, True, ["crd", "crds"]

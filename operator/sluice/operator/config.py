@@ -1,0 +1,69 @@
+"""Operator settings from the environment the Helm chart sets (deployment.yaml); bad values name their variable."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_ROUTER_IMAGE = "ghcr.io/sluice-dev/sluice-serving:0.1.0"
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    router_image: str = DEFAULT_ROUTER_IMAGE  # Sluice router and Ray Serve app (serving/Dockerfile)
+    triton_image: str = DEFAULT_TRITON_IMAGE  # default for backend triton when spec.tritonImage is empty
+    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)  # for pods asking for GPUs
+    gpu_tolerations: tuple[Mapping[str, Any], ...] = ()  # for pods asking for GPUs
+    watch_namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    log_level: str = "INFO"
+    metrics_port: int = 8080
+    health_port: int = 8081
+    namespace: str | None = None  # the operator's own (POD_NAMESPACE)
+    pod_name: str | None = None  # POD_NAME, the Kopf peering identity
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OperatorConfig:
+        """Read SLUICE_* (and POD_NAMESPACE, POD_NAME); raises ValueError naming the variable and its problem."""
+        selector = _json(env, "SLUICE_GPU_NODE_SELECTOR", {})
+        if not isinstance(selector, dict) or not all(isinstance(v, str) for v in selector.values()):
+            raise ValueError('SLUICE_GPU_NODE_SELECTOR must be a JSON object of strings, e.g. {"gpu": "true"}')
+        tolerations = _json(env, "SLUICE_GPU_TOLERATIONS", [])
+        if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+            raise ValueError("SLUICE_GPU_TOLERATIONS must be a JSON list of toleration objects")
+        level = env.get("SLUICE_LOG_LEVEL", "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"SLUICE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+        return cls(
+            router_image=env.get("SLUICE_ROUTER_IMAGE") or DEFAULT_ROUTER_IMAGE,
+            triton_image=env.get("SLUICE_TRITON_IMAGE") or DEFAULT_TRITON_IMAGE,
+            gpu_node_selector=selector,
+            gpu_tolerations=tuple(tolerations),
+            watch_namespaces=tuple(n.strip() for n in env.get("SLUICE_WATCH_NAMESPACES", "").split(",") if n.strip()),
+            log_level=level,
+            metrics_port=_port(env, "SLUICE_METRICS_PORT", 8080),
+            health_port=_port(env, "SLUICE_HEALTH_PORT", 8081),
+            namespace=env.get("POD_NAMESPACE") or None,
+            pod_name=env.get("POD_NAME") or None,
+        )
+
+
+def _json(env: Mapping[str, str], name: str, default: Any) -> Any:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name} is not valid JSON: {e.msg} at column {e.colno}") from None
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{name} must be a port number 1-65535, not {text!r}")
+    return int(text)
