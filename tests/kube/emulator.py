@@ -461,6 +461,65 @@ class _Watcher:
     queue: asyncio.Queue[tuple[int, str, Obj]]
 
 
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+@dataclass
+class AuditEntry:
+    """One API request as an audit log sees it: enough to check RBAC rules and to count a client's writes."""
+
+    verb: str  # get, list, watch, create, update, patch, delete, deletecollection (RBAC's verbs)
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+    user_agent: str
+    code: int = 0  # the answer's status; 0 while a watch is still streaming
+
+
+@dataclass
+class WriteHook:
+    """Runs `action` in the emulator's loop right after the `after`-th successful write by a client whose
+    User-Agent starts with `user_agent`, before that write's response is sent: a deterministic kill point."""
+
+    user_agent: str
+    after: int
+    action: Callable[[AuditEntry], None]
+    seen: int = 0
+    fired: bool = False
+
+
+def request_target(path: str) -> tuple[str, str, str, str, str] | None:
+    """(group, resource, namespace, name, subresource) of an API resource path, without knowing the type."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "api" and len(parts) >= 3:
+        group, rest = "", parts[2:]
+    elif parts[0] == "apis" and len(parts) >= 4:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    namespace = ""
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    return group, rest[0], namespace, rest[1] if len(rest) > 1 else "", "/".join(rest[2:])
+
+
+def audit_verb(method: str, named: bool, watch: bool) -> str:
+    """The RBAC verb of an HTTP request (what the API server's authorizer checks)."""
+    if method == "GET":
+        return "watch" if watch else "get" if named else "list"
+    if method == "POST":
+        return "create"
+    if method == "PUT":
+        return "update"
+    if method == "PATCH":
+        return "patch"
+    if method == "DELETE":
+        return "delete" if named else "deletecollection"
+    return method.lower()
+
+
 @attrs.define(kw_only=True)
 class SluiceKubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the semantics of a real API server (see the module docstring)."""
@@ -477,6 +536,9 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     writes: int = attrs.field(default=0, init=False)
     _strict: bool = attrs.field(default=False, init=False)
     cel_rules: bool = True  # False skips x-kubernetes-validations (faster scale runs); schemas still apply
+    audit: list[AuditEntry] = attrs.field(factory=list, init=False)  # every API resource request, in arrival order
+    audit_enabled: bool = True
+    _write_hooks: list[WriteHook] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -539,10 +601,36 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         """All stored objects of one resource (deep copies), for assertions from the server's thread."""
         return [copy.deepcopy(o) for (g, p, _, _), o in self._store.items() if g == group and p == plural]
 
+    # -- audit and hooks -------------------------------------------------------------------------------------
+
+    def on_write(self, user_agent: str, after: int, action: Callable[[AuditEntry], None]) -> WriteHook:
+        """Register a `WriteHook` (call from the emulator's loop, e.g. via `EmulatorThread.call`)."""
+        if after < 1:
+            raise ValueError("after counts writes from 1")
+        hook = WriteHook(user_agent, after, action)
+        self._write_hooks.append(hook)
+        return hook
+
+    def clear_write_hooks(self) -> None:
+        self._write_hooks.clear()
+
+    def audited(self, user_agent: str = "") -> list[AuditEntry]:
+        """The audit log of the clients whose User-Agent starts with `user_agent` (all when empty)."""
+        return [e for e in self.audit if e.user_agent.startswith(user_agent)]
+
+    def _written(self, entry: AuditEntry) -> None:
+        for hook in self._write_hooks:
+            if not hook.fired and entry.user_agent.startswith(hook.user_agent):
+                hook.seen += 1
+                if hook.seen == hook.after:
+                    hook.fired = True
+                    hook.action(entry)
+
     # -- HTTP entry point ------------------------------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         path = raw_request.path.rstrip("/") or "/"
+        entry: AuditEntry | None = None
         try:
             if path in ("/api", "/apis", "/version", "/") or re.fullmatch(r"/api/[^/]+|/apis(/[^/]+){1,2}", path):
                 found = self._discovery(path)
@@ -550,15 +638,36 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
                     return aiohttp.web.json_response(found)
             if path.startswith("/openapi/"):
                 return aiohttp.web.json_response(self._openapi(path))
+            entry = self._audit_entry(raw_request, path)
             route = self._route(path)
             if route is None:
                 return await super().__call__(raw_request)
-            return await self._serve(raw_request, *route)
+            response = await self._serve(raw_request, *route)
         except ApiError as exc:
-            return aiohttp.web.json_response(exc.status(), status=exc.code)
+            response = aiohttp.web.json_response(exc.status(), status=exc.code)
         except Exception as exc:  # an emulator bug still answers a Status, never a dropped connection
             error = ApiError(500, "InternalError", f"{type(exc).__name__}: {exc}")
-            return aiohttp.web.json_response(error.status(), status=500)
+            response = aiohttp.web.json_response(error.status(), status=500)
+        if entry is not None:
+            entry.code = response.status
+            if entry.verb == "create" and response.status == 201 and isinstance(response, aiohttp.web.Response):
+                entry.name = json.loads(response.body or b"{}").get("metadata", {}).get("name", "")  # type: ignore[arg-type]
+            dry_run = "All" in raw_request.query.getall("dryRun", [])
+            if entry.verb in WRITE_VERBS and response.status < 300 and not dry_run:
+                self._written(entry)  # the write is applied; its response is not sent yet
+        return response
+
+    def _audit_entry(self, raw: aiohttp.web.BaseRequest, path: str) -> AuditEntry | None:
+        target = request_target(path)
+        if target is None or (not self.audit_enabled and not self._write_hooks):
+            return None
+        group, resource, namespace, name, sub = target
+        watch = raw.query.get("watch") in ("true", "1")
+        verb = audit_verb(raw.method.upper(), bool(name), watch)
+        entry = AuditEntry(verb, group, resource, sub, namespace, name, raw.headers.get("User-Agent", ""))
+        if self.audit_enabled:
+            self.audit.append(entry)
+        return entry
 
     def _route(self, path: str) -> tuple[ResourceType, str, str | None, str | None] | None:
         """Split an API path into (type, namespace, name, subresource); None when it is no resource path."""
