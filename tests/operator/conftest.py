@@ -1,0 +1,3 @@
+"""Operator tests run against the shared API emulator (tests/kube)."""
+
+from tests.kube.fixtures import kube_client, kube_emulator, kubeconfig  # noqa: F401
