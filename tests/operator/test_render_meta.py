@@ -79,8 +79,11 @@ def test_plain_names_are_kept_readable() -> None:
 def test_long_names_are_clipped_with_a_hash() -> None:
     owner = Owner(name="m" * 60, namespace="ns", uid="u")
     a, b = version_workload_name(owner, "a" * 63), version_workload_name(owner, "b" * 63)
-    assert len(a) == 63 and len(b) == 63 and a != b
-    assert valid_dns(a) and valid_dns(b)
+    assert len(a) == 63
+    assert len(b) == 63
+    assert a != b
+    assert valid_dns(a)
+    assert valid_dns(b)
     long_owner = Owner(name="x" * 100, namespace="ns", uid="u")
     assert valid_label(labels(long_owner)[DEPLOYMENT_LABEL])
 
