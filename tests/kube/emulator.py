@@ -483,7 +483,7 @@ class WriteHook:
     """Runs `action` in the emulator's loop right after the `after`-th successful write by a client whose
     User-Agent starts with `user_agent`, before that write's response is sent: a deterministic kill point."""
 
-    user_agent: str
+    user_agent: str | tuple[str, ...]  # one prefix or several (e.g. the operator's own client and Kopf's)
     after: int
     action: Callable[[AuditEntry], None]
     seen: int = 0
@@ -597,13 +597,19 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     def resource_version(self) -> int:
         return self._rv
 
+    def history(self, plural: str, group: str = "") -> list[tuple[str, Obj]]:
+        """The recent watch events of one resource (deep copies, oldest first): every state an object went through."""
+        return [(kind, copy.deepcopy(obj)) for _, kind, obj in self._history[group, plural]]
+
     def stored(self, plural: str, group: str = "") -> list[Obj]:
         """All stored objects of one resource (deep copies), for assertions from the server's thread."""
         return [copy.deepcopy(o) for (g, p, _, _), o in self._store.items() if g == group and p == plural]
 
     # -- audit and hooks -------------------------------------------------------------------------------------
 
-    def on_write(self, user_agent: str, after: int, action: Callable[[AuditEntry], None]) -> WriteHook:
+    def on_write(
+        self, user_agent: str | tuple[str, ...], after: int, action: Callable[[AuditEntry], None]
+    ) -> WriteHook:
         """Register a `WriteHook` (call from the emulator's loop, e.g. via `EmulatorThread.call`)."""
         if after < 1:
             raise ValueError("after counts writes from 1")
@@ -614,7 +620,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     def clear_write_hooks(self) -> None:
         self._write_hooks.clear()
 
-    def audited(self, user_agent: str = "") -> list[AuditEntry]:
+    def audited(self, user_agent: str | tuple[str, ...] = "") -> list[AuditEntry]:
         """The audit log of the clients whose User-Agent starts with `user_agent` (all when empty)."""
         return [e for e in self.audit if e.user_agent.startswith(user_agent)]
 
