@@ -33,38 +33,51 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s:%s" .repository (default .appVersion .tag) -}}
 {{- end -}}
 
-{{/* The namespaced permissions of the operator; used by the ClusterRole or by one Role per watched namespace. */}}
+{{/* The namespaced permissions of the operator; used by the ClusterRole or by one Role per watched namespace.
+Exactly what the operator does: tests/operator/test_rbac.py compares these rules with the API requests of a whole
+operator run (create, canary, promote, rollback, delete on both backends) and fails on a missing or an unused verb. */}}
 {{- define "sluice.namespacedRules" -}}
-# Kopf watches the three kinds and patches them (finalizers, annotations); handlers read specs.
+# Kopf lists and watches ModelDeployments and patches them (finalizer, its progress annotations); the rollout daemon
+# re-reads the live object each tick.
 - apiGroups: ["sluice.dev"]
-  resources: ["modeldeployments", "experiments", "driftpolicies"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# All rollout state lives in status (phase, weights, analyses, history).
+  resources: ["modeldeployments"]
+  verbs: ["get", "list", "watch", "patch"]
+# All rollout state lives in status (phase, weights, analyses, history): a merge patch of the status subresource.
 - apiGroups: ["sluice.dev"]
-  resources: ["modeldeployments/status", "experiments/status", "driftpolicies/status"]
-  verbs: ["get", "patch", "update"]
+  resources: ["modeldeployments/status"]
+  verbs: ["patch"]
 # backend ray: one KubeRay RayService per ModelDeployment; weights change in place in serveConfigV2.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # backend triton: a tritonserver Deployment per model version and the router Deployment in front.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Services of the router and of each tritonserver version; ConfigMaps with router weights and Triton model config.
+  verbs: ["get", "list", "create", "patch", "delete"]
+# backend triton: Services of the router and of each tritonserver version; the router's ConfigMap with its weights.
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Kopf and the rollout post Events (step reached, check failed, rolled back).
-- apiGroups: ["", "events.k8s.io"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# backend triton: the router follows its ConfigMap through the API, as its own ServiceAccount with a Role allowing
+# get/list/watch on that one ConfigMap (the operator may grant it because it holds configmaps get/list itself; watch
+# below for the same reason: RBAC refuses to grant what the granter lacks).
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# backend triton: the router's Role and RoleBinding (see above).
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# Granting the router's Role needs the operator to hold what it grants (no escalate/bind verbs asked for).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["watch"]
+# GPU placement: the model pods of each version are read to report InsufficientGPU (Unschedulable for nvidia.com/gpu).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# Events for every phase change, promotion and rollback (the operator) and handler outcomes (Kopf).
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-# DriftPolicy action retrain runs a Job from spec.action.jobTemplate.
-- apiGroups: ["batch"]
-  resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# Leader election between operator replicas.
-- apiGroups: ["coordination.k8s.io"]
-  resources: ["leases"]
-  verbs: ["get", "list", "watch", "create", "update", "patch"]
+  verbs: ["create"]
 {{- end -}}
