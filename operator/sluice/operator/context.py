@@ -1,0 +1,63 @@
+"""What every handler needs, built once at startup and handed to Kopf as `memo` (no module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sluice.api.model_deployment import Backend
+from sluice.operator.config import OperatorConfig
+from sluice.operator.kube import KubeClient
+
+# Where the builtin metric provider reads the router's /metrics, per backend ({name}, {namespace} filled in).
+DEFAULT_METRICS_URLS: dict[Backend, str] = {
+    Backend.RAY: "http://{name}-serve-svc.{namespace}.svc:8000/metrics",  # KubeRay's Serve Service of the RayService
+    Backend.TRITON: "http://{name}-router.{namespace}.svc:8000/metrics",
+}
+
+
+class Metrics:
+    """The operator's own Prometheus metrics, in a registry of their own (served on the metrics port)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reconciles = Counter(
+            "sluice_operator_reconciles", "Rollout loop ticks, by outcome.", ["outcome"], registry=self.registry
+        )
+        self.phases = Gauge(
+            "sluice_operator_model_deployments",
+            "ModelDeployments per rollout phase.",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.api_errors = Counter(
+            "sluice_operator_api_errors", "Kubernetes API calls that failed.", registry=self.registry
+        )
+        self._phase_of: dict[str, str] = {}
+
+    def phase(self, key: str, phase: str | None) -> None:
+        """Record `key`'s phase (None: it is gone) and refresh the per-phase counts."""
+        if phase is None:
+            self._phase_of.pop(key, None)
+        else:
+            self._phase_of[key] = phase
+        counts: dict[str, int] = {}
+        for value in self._phase_of.values():
+            counts[value] = counts.get(value, 0) + 1
+        for value in {*counts, *(s.labels["phase"] for m in self.phases.collect() for s in m.samples)}:
+            self.phases.labels(phase=value).set(counts.get(value, 0))
+
+
+@dataclass
+class OperatorContext:
+    client: KubeClient
+    config: OperatorConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    metrics_url: str | None = None  # format string with {name} and {namespace}; None: the backend's default
+    poll_s: float = 1.0
+    max_backoff_s: float = 30.0
+
+    def router_metrics_url(self, backend: Backend, name: str, namespace: str) -> str:
+        template = self.metrics_url or DEFAULT_METRICS_URLS[backend]
+        return template.format(name=name, namespace=namespace)

@@ -1,0 +1,220 @@
+"""One ModelDeployment's life in the operator: re-read it, tick its rollout loop, report bad input, back off.
+
+Kopf runs one of these per ModelDeployment (handlers/modeldeployment.py). Everything it decides is saved in the
+status before the next tick, so a restart continues where it stopped. Input that cannot be carried out (a spec
+pydantic refuses, a backend CRD that is missing, a model URI that does not answer) becomes a False condition and
+one Warning Event naming the field; the daemon then retries with backoff (1 s doubling to 30 s) and at once when
+the spec changes. It never exits on bad input, so Kopf never crash-loops it, and the stable version keeps serving:
+nothing is written to the children until the input is good again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from sluice.api.model_deployment import ModelDeploymentSpec
+from sluice.api.status import ModelDeploymentStatus
+from sluice.local.loop import RolloutLoop
+from sluice.operator import events
+from sluice.operator.context import OperatorContext
+from sluice.operator.kube import Obj
+from sluice.operator.platform import (
+    API_VERSION,
+    KIND,
+    SPEC_VALID,
+    BadInput,
+    KubePlatform,
+    StatusWriter,
+    put_condition,
+)
+from sluice.operator.render import Owner
+from sluice.providers.base import MetricProvider
+from sluice.providers.factory import create_provider
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Protocol):
+    """Kopf's daemon stop flag as far as the daemon uses it (truthy once stopping; awaitable wait)."""
+
+    def __bool__(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> Any: ...
+
+
+def spec_problem(error: ValidationError) -> str:
+    """pydantic's errors as `spec.<path>: message`, the path written as in the YAML."""
+    parts = []
+    for e in error.errors():
+        where = "spec"
+        for item in e["loc"]:
+            where += f"[{item}]" if isinstance(item, int) else f".{item}"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+class ModelDeploymentDaemon:
+    def __init__(self, ctx: OperatorContext, name: str, namespace: str, uid: str) -> None:
+        self.ctx, self.owner = ctx, Owner(name=name, namespace=namespace, uid=uid)
+        self.writer = StatusWriter(ctx.client, self.owner)
+        self.loop: RolloutLoop | None = None
+        self.platform: KubePlatform | None = None
+        self.generation: int | None = None
+        self.status = ModelDeploymentStatus()  # until a loop exists (the spec never parsed yet)
+        self._reported: dict[str, str] = {}  # condition type -> message of the Event already posted
+        self._errors_seen = 0
+        self.body_generation: int | None = None  # metadata.generation of the last body read
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def key(self) -> str:
+        return f"{self.owner.namespace}/{self.owner.name}"
+
+    async def run(self, stopped: Stopped) -> None:
+        """Tick until Kopf stops the daemon (deletion or shutdown)."""
+        poll, backoff = self.ctx.poll_s, self.ctx.poll_s
+        try:
+            while not stopped:
+                body = await self._read()
+                if body is None:
+                    return
+                delay = poll
+                try:
+                    await self.tick(body)
+                    backoff = poll
+                    self.ctx.metrics.reconciles.labels(outcome="ok").inc()
+                except BadInput as bad:
+                    await self.report(bad)
+                    delay, backoff = backoff, min(backoff * 2, self.ctx.max_backoff_s)
+                    self.ctx.metrics.reconciles.labels(outcome="bad-input").inc()
+                except Exception:
+                    log.exception("%s: reconcile failed; retrying in %.0fs", self.key, backoff)
+                    delay, backoff = backoff, min(backoff * 2, self.ctx.max_backoff_s)
+                    self.ctx.metrics.reconciles.labels(outcome="error").inc()
+                self._count_api_errors()
+                await self._wait(stopped, delay, body)
+        finally:
+            self.ctx.metrics.phase(self.key, None)
+            if self.loop is not None:
+                await self.loop.provider.close()
+
+    async def _read(self) -> Obj | None:
+        """The live ModelDeployment; None once it is gone or being deleted (the children go with it)."""
+        while True:
+            try:
+                body = await self.ctx.client.get(API_VERSION, KIND, self.owner.namespace, self.owner.name)
+            except Exception as exc:
+                log.warning("%s: cannot read the ModelDeployment: %s", self.key, exc)
+                await asyncio.sleep(self.ctx.poll_s)
+                continue
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            return body
+
+    async def _wait(self, stopped: Stopped, delay: float, body: Obj) -> None:
+        """Sleep `delay`, but wake at once when the spec or the command annotation changes."""
+        deadline = time.monotonic() + delay
+        seen = _watched(body)
+        while not stopped:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await stopped.wait(min(left, self.ctx.poll_s))
+            if delay <= self.ctx.poll_s or stopped:
+                continue
+            latest = await self.ctx.client.get(API_VERSION, KIND, self.owner.namespace, self.owner.name)
+            if latest is None or _watched(latest) != seen:
+                return
+
+    def _count_api_errors(self) -> None:
+        errors = self.ctx.client.errors
+        if errors > self._errors_seen:
+            self.ctx.metrics.api_errors.inc(errors - self._errors_seen)
+            self._errors_seen = errors
+
+    # -- one round ---------------------------------------------------------------------------------------------
+    async def tick(self, body: Obj) -> None:
+        generation = self.body_generation = body["metadata"].get("generation")
+        if not self.writer.last and body.get("status"):
+            self.writer.last = body["status"]
+        if self.loop is None or generation != self.generation:
+            self._new_spec(body, generation)
+        assert self.loop is not None
+        assert self.platform is not None
+        self.platform.body = body
+        try:
+            await self.loop.tick()
+        except Exception:
+            self.platform.reset(self.loop.status)  # actions of the failed tick are redone from the saved status
+            raise
+        self.ctx.metrics.phase(self.key, self.loop.status.phase.value)
+
+    def _new_spec(self, body: Obj, generation: int | None) -> None:
+        try:
+            spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            self.generation = None  # parse again next round (the same generation until the user edits it)
+            raise BadInput(SPEC_VALID, "InvalidSpec", spec_problem(exc)) from None
+        url = self.ctx.router_metrics_url(spec.backend, self.owner.name, self.owner.namespace)
+        try:
+            provider = create_provider(spec.analysis.provider, metrics_url=url)
+        except ValueError as exc:
+            raise BadInput(SPEC_VALID, "InvalidProvider", f"spec.analysis.provider: {exc}") from None
+        if self.loop is None or self.platform is None:
+            self.loop, self.platform = self._build(spec, provider, body, generation)
+        else:
+            old: MetricProvider = self.loop.provider
+            self.loop.provider = provider
+            task = asyncio.get_running_loop().create_task(old.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            self.loop.set_spec(spec, generation or 1)
+            self.platform.set_spec(spec, generation)
+        self.generation = generation
+        self.platform.operator_conditions[SPEC_VALID] = (True, "Valid", "the spec was accepted")
+
+    def _build(
+        self, spec: ModelDeploymentSpec, provider: MetricProvider, body: Obj, generation: int | None
+    ) -> tuple[RolloutLoop, KubePlatform]:
+        try:
+            status = ModelDeploymentStatus.model_validate(body.get("status") or {})
+        except ValidationError as exc:
+            log.warning("%s: stored status unreadable, starting afresh: %s", self.key, exc)
+            status = self.status
+        platform = KubePlatform(
+            self.ctx.client, self.owner, spec, self.ctx.config, status=status, writer=self.writer, generation=generation
+        )
+        loop = RolloutLoop(
+            spec,
+            platform,
+            provider,
+            name=self.owner.name,
+            namespace=self.owner.namespace,
+            status=status,
+            generation=generation or 1,
+            poll_s=self.ctx.poll_s,
+        )
+        return loop, platform
+
+    async def report(self, bad: BadInput) -> None:
+        """The condition on the status (written if it changed) and one Warning Event per distinct message."""
+        log.warning("%s: %s", self.key, bad.message)
+        generation = self.body_generation
+        if self.platform is not None:
+            self.platform.operator_conditions[bad.condition] = (False, bad.reason, bad.message)
+        status = self.loop.status if self.loop is not None else self.status
+        put_condition(status, bad.condition, False, bad.reason, bad.message, generation=generation)
+        if self._reported.get(bad.condition) != bad.message:
+            self._reported[bad.condition] = bad.message
+            await events.emit(self.ctx.client, self.owner, "Warning", bad.reason, bad.message)
+        await self.writer.write(status)
+
+
+def _watched(body: Obj) -> tuple[Any, Any]:
+    meta = body.get("metadata", {})
+    return meta.get("generation"), (meta.get("annotations") or {}).get("sluice.dev/command")

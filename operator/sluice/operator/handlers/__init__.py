@@ -1,0 +1,7 @@
+"""Kopf handlers, one module per resource kind; importing this package registers them with Kopf."""
+
+from __future__ import annotations
+
+from sluice.operator.handlers import modeldeployment, startup
+
+__all__ = ["modeldeployment", "startup"]

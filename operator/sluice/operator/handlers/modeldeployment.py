@@ -1,0 +1,20 @@
+"""ModelDeployment handlers: one daemon per resource runs its rollout loop (all logic in sluice.operator.daemon)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from sluice.api.base import GROUP, VERSION
+from sluice.operator.context import OperatorContext
+from sluice.operator.daemon import ModelDeploymentDaemon
+
+PLURAL = "modeldeployments"
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, cancellation_backoff=1.0)
+async def rollout(name: str, namespace: str | None, uid: str, memo: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Ticks the rollout until the resource is deleted or the operator stops; bad input never ends it."""
+    context: OperatorContext = memo["sluice"]
+    await ModelDeploymentDaemon(context, name, namespace or "default", uid).run(stopped)

@@ -1,0 +1,138 @@
+"""`sluice operator` against the API emulator: create → RayService + status, Events, columns, idempotency, commands.
+
+The operator runs as a subprocess (the real CLI); the simulator stands in for KubeRay (tests/operator/simulator.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tests.kube.emulator import EmulatorThread
+from tests.operator.harness import Cluster, OperatorProcess, example, wait_for
+
+from sluice.serving.ray.spec import INGRESS_NAME
+
+Obj = dict[str, Any]
+
+
+def weights(cluster: Cluster, name: str) -> dict[str, int]:
+    """version -> weight in the RayService's ingress user_config (what Serve routes by)."""
+    rs = cluster.rayservice(name)
+    assert rs is not None
+    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+    ingress = next(d for d in app["deployments"] if d["name"] == INGRESS_NAME)
+    return {v["version"]: v["weight"] for v in ingress["user_config"]["config"]["variants"]}
+
+
+def phase_is(cluster: Cluster, name: str, phase: str) -> bool:
+    return cluster.status(name).get("phase") == phase
+
+
+def gated(doc: Obj, version: str, uri: str) -> Obj:
+    """`doc` with a new model version and a canary of two manual gates (no analysis needed to move)."""
+    out = copy.deepcopy(doc)
+    out["spec"]["model"].update(version=version, uri=uri)
+    out["spec"]["rollout"] = {
+        "strategy": "canary",
+        "canary": {"steps": [{"weight": 20, "pause": {}}, {"weight": 60, "pause": {}}]},
+    }
+    out["spec"]["analysis"] = {"interval": "10m", "progressDeadline": "30m"}
+    return out
+
+
+def test_create_runs_to_stable_with_owned_child_events_columns_and_no_idle_writes(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    simulator: Any,
+    kube_emulator: EmulatorThread,
+    kubeconfig: Path,
+) -> None:
+    md = cluster.apply_md(example("01-canary-good.yaml")[0])
+    rs = wait_for(lambda: cluster.rayservice("fraud"), "the RayService")
+    [ref] = rs["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+        "ModelDeployment",
+        "fraud",
+        md["metadata"]["uid"],
+        True,
+    )
+    assert rs["metadata"]["labels"]["sluice.dev/model-deployment"] == "fraud"
+    assert rs["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sluice-operator"
+    assert weights(cluster, "fraud") == {"v1": 100}
+
+    wait_for(lambda: phase_is(cluster, "fraud", "Stable"), "phase Stable")
+    status = cluster.status("fraud")
+    assert status["stable"]["version"] == "v1"
+    ready = cluster.condition("fraud", "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["observedGeneration"]) == ("True", 1)
+    assert cluster.condition("fraud", "SpecValid")["status"] == "True"  # type: ignore[index]
+    events = cluster.events("fraud")
+    assert [e["reason"] for e in events] == ["Initializing", "Initialized"]
+    for e in events:
+        assert e["involvedObject"]["uid"] == md["metadata"]["uid"]
+        assert e["source"]["component"] == "sluice-operator"
+        assert e["metadata"]["name"].startswith("fraud.")
+    live = cluster.md("fraud")
+    assert live is not None
+    assert "sluice.dev/finalizer" in live["metadata"]["finalizers"]
+    assert not [k for k in live["metadata"].get("annotations", {}) if "kopf.zalando.org" in k]
+
+    shown = subprocess.run(
+        ["kubectl", "get", "modeldeployments", "-n", cluster.ns, "--no-headers"],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
+    assert shown[:4] == ["fraud", "Stable", "v1", "<none>"], shown
+
+    before = kube_emulator.emulator.writes
+    time.sleep(3)
+    assert kube_emulator.emulator.writes == before, "a quiet ModelDeployment must cause no writes"
+
+    cluster.delete_md("fraud")
+    wait_for(lambda: cluster.md("fraud") is None, "the finalizer to be released")
+    assert operator.alive()
+    assert operator.stop() == 0
+    assert "Traceback" not in operator.log
+
+
+def test_spec_change_walks_canary_steps_and_obeys_promote_and_abort(
+    cluster: Cluster, operator: OperatorProcess, simulator: Any
+) -> None:
+    v1 = example("01-canary-good.yaml")[0]
+    cluster.apply_md(v1)
+    wait_for(lambda: phase_is(cluster, "fraud", "Stable"), "phase Stable")
+
+    cluster.apply_md(gated(v1, "v2", "file:models/fraud-v2.onnx"))
+    wait_for(lambda: phase_is(cluster, "fraud", "Paused"), "the first gate")
+    assert weights(cluster, "fraud") == {"v1": 80, "v2": 20}
+    assert cluster.status("fraud")["canaryWeight"] == 20
+
+    cluster.annotate("fraud", "sluice.dev/command", "promote:1")
+    wait_for(lambda: cluster.status("fraud").get("canaryWeight") == 60, "step 1 at 60%")
+    assert weights(cluster, "fraud") == {"v1": 40, "v2": 60}
+    cluster.annotate("fraud", "sluice.dev/command", "promote:2")
+    wait_for(lambda: phase_is(cluster, "fraud", "Succeeded"), "the promotion")
+    assert weights(cluster, "fraud") == {"v2": 100}
+    assert cluster.status("fraud")["stable"]["version"] == "v2"
+
+    cluster.apply_md(gated(v1, "v3", "file:models/fraud-v1.onnx"))
+    wait_for(lambda: phase_is(cluster, "fraud", "Paused"), "the v3 gate")
+    assert weights(cluster, "fraud") == {"v2": 80, "v3": 20}
+    cluster.annotate("fraud", "sluice.dev/command", "abort:3")
+    wait_for(lambda: phase_is(cluster, "fraud", "Aborted"), "the abort")
+    assert weights(cluster, "fraud") == {"v2": 100}
+    reasons = cluster.event_reasons("fraud")
+    for reason in ("RolloutStarted", "CanaryReady", "GatePassed", "Promoting", "Promoted", "Aborted"):
+        assert reason in reasons, reasons
+    assert operator.alive()
+    assert "Traceback" not in operator.log
