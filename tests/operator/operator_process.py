@@ -52,6 +52,7 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.health_port = 0
+        self.command = [sys.executable, "-m", "sluice.cli.main", "operator"]  # e.g. under cProfile for a benchmark
 
     @property
     def pid(self) -> int:
@@ -72,9 +73,7 @@ class OperatorProcess:
             **self.extra_env,
         }
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sluice.cli.main", "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        self.process = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
     def alive(self) -> bool:
