@@ -135,7 +135,7 @@ def test_unreachable_backend_is_503_not_a_crash(model_server: str, tmp_path: Pat
             assert client.get("/v2/health/ready").status_code == 503
             r = client.post(URL, json=v2_body(row()), headers={"x-sluice-variant": "canary"})
             assert r.status_code == 503
-            assert r.json()["error"] == f"backend {dead} unreachable: ClientConnectorError"
+            assert r.json()["error"] == f"backend {dead} unreachable: ConnectionRefusedError"
             assert client.post(URL, json=v2_body(row()), headers={"x-sluice-variant": "stable"}).status_code == 200
     finally:
         _stop(proc)

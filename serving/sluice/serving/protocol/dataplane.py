@@ -112,7 +112,7 @@ class DataPlane:
         try:
             self._check_model(name)
             body = parse_json(raw)
-            request = await self._plain_request(body) if plain else decode_infer_request(body)
+            request = await self._plain_request(body) if plain else decode_infer_request(body, raw)
             sticky = headers.get(cfg.sticky_header.lower()) if cfg.sticky_header else None
             routed = await self.router.infer(
                 request, sticky_key=sticky, override=headers.get(cfg.override_header.lower()), version=version

@@ -7,6 +7,7 @@ message names the offending input, because a client can only fix what it is told
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -117,8 +118,39 @@ def _flatten(data: list[Any], name: str) -> list[Any]:
     return out
 
 
-def decode_infer_request(body: Any) -> InferRequest:
-    """A parsed v2 infer request body -> InferRequest (inputs, requested outputs, parameters, id)."""
+@dataclass(frozen=True, slots=True)
+class DecodedRequest(InferRequest):
+    """An InferRequest that remembers the JSON body it was decoded from (see `raw_body`)."""
+
+    raw: bytes = field(default=b"", compare=False, repr=False)
+    # The field objects at decode time: a copy made with dataclasses.replace() keeps `raw` but not these identities.
+    decoded: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+
+
+def raw_body(request: InferRequest) -> bytes | None:
+    """The client's JSON body when `request` is exactly what was decoded from it, else None.
+
+    A v2 HTTP backend forwards these bytes instead of re-encoding the tensors: the body already passed decoding and
+    validation, and re-encoding (numpy -> lists -> JSON) would be the router's largest cost per request.
+    """
+    if not isinstance(request, DecodedRequest) or not request.raw or len(request.decoded) != 4:
+        return None
+    inputs, outputs, request_id, parameters = request.decoded
+    if (
+        request.inputs is inputs
+        and request.outputs is outputs
+        and request.id is request_id
+        and request.parameters is parameters
+    ):
+        return request.raw
+    return None
+
+
+def decode_infer_request(body: Any, raw: bytes | None = None) -> InferRequest:
+    """A parsed v2 infer request body -> InferRequest (inputs, requested outputs, parameters, id).
+
+    With `raw` (the bytes `body` was parsed from) the result is a `DecodedRequest` that backends may forward as is.
+    """
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object with 'inputs'")
     inputs_raw = body.get("inputs")
@@ -140,11 +172,17 @@ def decode_infer_request(body: Any) -> InferRequest:
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
-    return InferRequest(
+    wanted = tuple(outputs)
+    parameters = _parameters(body.get("parameters"), "request")
+    if raw is None:
+        return InferRequest(inputs=inputs, id=request_id, outputs=wanted, parameters=parameters)
+    return DecodedRequest(
         inputs=inputs,
         id=request_id,
-        outputs=tuple(outputs),
-        parameters=_parameters(body.get("parameters"), "request"),
+        outputs=wanted,
+        parameters=parameters,
+        raw=raw,
+        decoded=(inputs, wanted, request_id, parameters),
     )
 
 
