@@ -134,7 +134,7 @@ class Cluster:
     """What a user does with kubectl, over HTTP to the emulator (one namespace per test)."""
 
     def __init__(self, url: str, namespace: str) -> None:
-        self.http = httpx.Client(base_url=url, timeout=10)
+        self.http = httpx.Client(base_url=url, timeout=60)
         self.ns = namespace
 
     def close(self) -> None:
@@ -209,8 +209,36 @@ def example(name: str) -> list[Obj]:
 # -- pytest fixtures (imported by conftest.py) ---------------------------------------------------------------------
 
 
+def ray_service_sample() -> Obj:
+    """A RayService as the operator renders it for the 01 example (its v1)."""
+    from sluice.api.model_deployment import ModelDeploymentSpec
+    from sluice.local.dataplane import Routing
+    from sluice.operator.config import OperatorConfig
+    from sluice.operator.render import Desired, Owner
+    from sluice.operator.render.ray import RayRenderer
+    from sluice.rollout.core import version_ref
+
+    spec = ModelDeploymentSpec.model_validate(example("01-canary-good.yaml")[0]["spec"])
+    ref = version_ref(spec.model)
+    desired = Desired(Routing(stable=ref), (ref,))
+    [rs] = RayRenderer().children(Owner("warm-up", "default", "0"), spec, desired, OperatorConfig())
+    return rs
+
+
+@pytest.fixture(scope="session")
+def warm_emulator(kube_emulator: EmulatorThread) -> None:
+    """The emulator's first RayService write compiles KubeRay's large schema (~10 s on 2 cores); pay it once, here,
+    with a dry-run create, so that no test's timing includes it."""
+    r = httpx.post(
+        f"{kube_emulator.url}/apis/ray.io/v1/namespaces/default/rayservices?dryRun=All",
+        json=ray_service_sample(),
+        timeout=120,
+    )
+    assert r.status_code == 201, r.text
+
+
 @pytest.fixture
-def cluster(kube_emulator: EmulatorThread) -> Iterator[Cluster]:
+def cluster(kube_emulator: EmulatorThread, warm_emulator: None) -> Iterator[Cluster]:
     """A fresh namespace on the shared emulator, deleted afterwards."""
     c = Cluster(kube_emulator.url, f"op-{uuid.uuid4().hex[:8]}")
     c.create_namespace()
