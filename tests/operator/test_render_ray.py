@@ -77,8 +77,28 @@ def _validators() -> dict[str, jsonschema.Draft202012Validator]:
     return {part: jsonschema.Draft202012Validator(props[part]) for part in ("spec", "status")}
 
 
+def pruned(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Fields of `obj` the API server would silently drop: structural schemas prune what they do not name."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(obj, dict) and "properties" in schema:
+        out = []
+        for key, value in obj.items():
+            if key in schema["properties"]:
+                out += pruned(value, schema["properties"][key], f"{path}.{key}")
+            else:
+                out.append(f"{path}.{key}")
+        return out
+    if isinstance(obj, dict) and isinstance(schema.get("additionalProperties"), dict):
+        return [p for k, v in obj.items() for p in pruned(v, schema["additionalProperties"], f"{path}.{k}")]
+    if isinstance(obj, list) and "items" in schema:
+        return [p for i, v in enumerate(obj) for p in pruned(v, schema["items"], f"{path}[{i}]")]
+    return []
+
+
 def validate_rayservice(rs: dict[str, Any]) -> None:
     crd_schema("spec").validate(rs["spec"])
+    assert pruned(rs["spec"], crd_schema("spec").schema) == []
     cluster = rs["spec"]["rayClusterConfig"]
     templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     for t in templates:
@@ -105,6 +125,12 @@ def test_rendered_rayservice_validates_against_kuberay_and_kubernetes(name: str)
     rs = render(SPECS[name], canary(10, 20))
     assert (rs["apiVersion"], rs["kind"]) == ("ray.io/v1", "RayService")
     validate_rayservice(rs)
+
+
+def test_a_misspelt_field_would_be_caught() -> None:
+    rs = render(SPECS["autoscaling"], canary(10))
+    rs["spec"]["rayClusterConfig"]["enableInTreeAutoscalin"] = True
+    assert pruned(rs["spec"], crd_schema("spec").schema) == [".rayClusterConfig.enableInTreeAutoscalin"]
 
 
 def test_serve_config_builds_with_ray_serve() -> None:
