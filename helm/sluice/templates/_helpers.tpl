@@ -63,15 +63,20 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 # below for the same reason: RBAC refuses to grant what the granter lacks).
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 # backend triton: the router's Role and RoleBinding (see above).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 # Granting the router's Role needs the operator to hold what it grants (no escalate/bind verbs asked for).
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["watch"]
+# Children no longer desired are found by the owner's label on every child kind, ServiceMonitors included (the API
+# answers 404 while prometheus-operator's CRD is absent).
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["list"]
 # GPU placement: the model pods of each version are read to report InsufficientGPU (Unschedulable for nvidia.com/gpu).
 - apiGroups: [""]
   resources: ["pods"]
