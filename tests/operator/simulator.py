@@ -41,6 +41,7 @@ class Simulator:
         self.placed: dict[str, set[str]] = {}  # RayService -> versions whose replicas got their resources
         self.applied: dict[str, str] = {}  # RayService -> last ServingConfig JSON applied to the data plane
         self.errors: list[str] = []
+        self.unloadable: set[str] = set()  # model URIs whose replicas never load (the Serve deployment fails)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kube-simulator", daemon=True)
 
@@ -84,6 +85,12 @@ class Simulator:
             deps: Obj = {INGRESS_NAME: {"status": "HEALTHY", "message": ""}}
             for variant in app["args"]["config"]["variants"]:
                 version = variant["version"]
+                if variant["uri"] in self.unloadable:
+                    deps[deployment_name(version)] = {
+                        "status": "DEPLOY_FAILED",
+                        "message": f"replica failed to start: cannot load model from {variant['uri']}",
+                    }
+                    continue
                 if version not in placed and (self.gpus or not needs_gpu):
                     placed.add(version)
                 if version in placed:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from sluice.api.loading import field_errors
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus
 from sluice.local.loop import RolloutLoop
@@ -48,13 +49,11 @@ class Stopped(Protocol):
 
 
 def spec_problem(error: ValidationError) -> str:
-    """pydantic's errors as `spec.<path>: message`, the path written as in the YAML."""
+    """pydantic's errors as `spec.<path>: message`, cross-field rules included, the path written as in the YAML."""
     parts = []
-    for e in error.errors():
-        where = "spec"
-        for item in e["loc"]:
-            where += f"[{item}]" if isinstance(item, int) else f".{item}"
-        parts.append(f"{where}: {e['msg']}")
+    for e in field_errors(error):
+        where = "spec" + (e.path if e.path.startswith((".", "[")) or not e.path else f".{e.path}")
+        parts.append(f"{where}: {e.message}")
     return "; ".join(parts)
 
 
@@ -89,7 +88,7 @@ class ModelDeploymentDaemon:
                     backoff = poll
                     self.ctx.metrics.reconciles.labels(outcome="ok").inc()
                 except BadInput as bad:
-                    await self.report(bad)
+                    await self._report_safely(bad)
                     delay, backoff = backoff, min(backoff * 2, self.ctx.max_backoff_s)
                     self.ctx.metrics.reconciles.labels(outcome="bad-input").inc()
                 except Exception:
@@ -200,6 +199,12 @@ class ModelDeploymentDaemon:
             poll_s=self.ctx.poll_s,
         )
         return loop, platform
+
+    async def _report_safely(self, bad: BadInput) -> None:
+        try:
+            await self.report(bad)
+        except Exception:  # the API refusing the report must not end the daemon (Kopf would retry it later)
+            log.exception("%s: could not report %s", self.key, bad.condition)
 
     async def report(self, bad: BadInput) -> None:
         """The condition on the status (written if it changed) and one Warning Event per distinct message."""

@@ -212,7 +212,8 @@ class KubePlatform:
         stable = self.renderer.ready(self.owner, self.spec, r.stable.version, live, pods)
         canary = self.renderer.ready(self.owner, self.spec, r.canary.version, live, pods) if r.canary else None
         self._gpu_condition(r, stable, canary)
-        self.canary_not_ready = canary.reason if canary is not None and not canary.ready else ""
+        if r.canary is not None and canary is not None and not canary.ready:
+            self.canary_not_ready = f"spec.model.uri {r.canary.uri}: {canary.reason or 'not ready'}"
         ready_pods = sum(1 for p in pods if _pod_ready(p))
         self.ready_text = f"{ready_pods}/{len(pods)}"
         return Readiness(stable=stable.ready, canary=canary is not None and canary.ready)
@@ -235,8 +236,8 @@ class KubePlatform:
         r = self.routing
         if isinstance(action, EmitEvent):
             message = action.message
-            if action.reason == "ProgressDeadlineExceeded" and self.routing.canary is not None:
-                message += f" (spec.model.uri {self.routing.canary.uri}: {self.canary_not_ready or 'not ready'})"
+            if action.reason == "ProgressDeadlineExceeded" and self.canary_not_ready:
+                message += f" ({self.canary_not_ready})"
             await events.emit(self.client, self.owner, action.type, action.reason, message)
             return
         if isinstance(action, DeployVersion):
@@ -245,6 +246,7 @@ class KubePlatform:
                 r.stable = action.model
             else:
                 r.canary, r.canary_weight, r.mirror_percent = action.model, 0, 0
+                self.canary_not_ready = ""
             if all(v.version != action.model.version for v in self.running):
                 self.running.append(action.model)
             else:
