@@ -8,13 +8,16 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import yaml
 from tests.kube.emulator import EmulatorThread
-from tests.operator.harness import Cluster, OperatorProcess, example, wait_for
+from tests.operator.harness import Cluster, OperatorProcess, example, operator_env, wait_for
 
 from sluice.serving.ray.spec import INGRESS_NAME
 
@@ -136,3 +139,36 @@ def test_spec_change_walks_canary_steps_and_obeys_promote_and_abort(
         assert reason in reasons, reasons
     assert operator.alive()
     assert "Traceback" not in operator.log
+
+
+def test_metrics_count_reconciles_and_phases(cluster: Cluster, operator: OperatorProcess, simulator: Any) -> None:
+    cluster.apply_md(example("01-canary-good.yaml")[0])
+    wait_for(lambda: phase_is(cluster, "fraud", "Stable"), "phase Stable")
+
+    def scraped() -> str:
+        text = httpx.get(operator.metrics_url, timeout=5).text
+        return text if 'sluice_operator_model_deployments{phase="Stable"} 1.0' in text else ""
+
+    text = wait_for(scraped, "the Stable phase in /metrics")
+    ok = next(line for line in text.splitlines() if line.startswith('sluice_operator_reconciles_total{outcome="ok"}'))
+    assert float(ok.split()[-1]) >= 2
+    assert httpx.get(operator.health_url, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("SLUICE_METRICS_PORT", "http"), ("SLUICE_GPU_NODE_SELECTOR", "{gpu"), ("SLUICE_POLL_SECONDS", "-1")],
+)
+def test_bad_setting_exits_2_naming_it(variable: str, value: str, kubeconfig: Path) -> None:
+    env = {**operator_env(kubeconfig), variable: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "sluice.cli.main", "operator"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+from types import FrameType
 
 from sluice.operator.config import OperatorConfig
 
@@ -42,7 +44,14 @@ def _poll_seconds(env: dict[str, str]) -> float:
     return value
 
 
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def run(args: argparse.Namespace) -> int:
+    # Until Kopf installs its own handlers (and after it removed them), a stop request is a clean exit, not -15.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     env = dict(os.environ)
     try:
         config = OperatorConfig.from_env(env)
