@@ -172,3 +172,26 @@ def test_bad_setting_exits_2_naming_it(variable: str, value: str, kubeconfig: Pa
     assert result.returncode == 2, result.stderr
     assert variable in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_triton_backend_gets_a_deployment_per_version_and_loses_the_aborted_one(
+    cluster: Cluster, operator: OperatorProcess, simulator: Any
+) -> None:
+    v1 = copy.deepcopy(example("01-canary-good.yaml")[0])
+    v1["spec"]["backend"] = "triton"
+    md = cluster.apply_md(v1)
+    wait_for(lambda: phase_is(cluster, "fraud", "Stable"), "phase Stable")
+
+    def deployments() -> set[str]:
+        return {d["metadata"]["name"] for d in cluster.items("/apis/apps/v1/namespaces/{ns}/deployments")}
+
+    assert deployments() == {"fraud-v1", "fraud-router"}
+    for d in cluster.items("/apis/apps/v1/namespaces/{ns}/deployments"):
+        assert d["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
+    cluster.apply_md(gated(v1, "v2", "file:models/fraud-v2.onnx"))
+    wait_for(lambda: phase_is(cluster, "fraud", "Paused"), "the first gate")
+    assert deployments() == {"fraud-v1", "fraud-v2", "fraud-router"}
+    cluster.annotate("fraud", "sluice.dev/command", "abort:1")
+    wait_for(lambda: phase_is(cluster, "fraud", "Aborted"), "the abort")
+    wait_for(lambda: deployments() == {"fraud-v1", "fraud-router"}, "the aborted version's Deployment to go")
+    assert "Traceback" not in operator.log
