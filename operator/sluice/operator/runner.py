@@ -60,5 +60,11 @@ def run(
     metrics_url: str | None = None,
     poll_s: float = 1.0,
 ) -> int:
-    asyncio.run(serve(config, namespaces, bind=bind, metrics_url=metrics_url, poll_s=poll_s))
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        asyncio.run(serve(config, namespaces, bind=bind, metrics_url=metrics_url, poll_s=poll_s))
+    except ConfigException as exc:
+        log.error("no Kubernetes credentials (KUBECONFIG, ~/.kube/config or in-cluster): %s", exc)
+        return 2
     return 0
