@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/e2e_ray.py [--seconds 10]
 
-- sluice-ray: `start_data_plane(..., "ray")` — router ingress + a model deployment with @serve.batch (16, 2 ms).
+- sluice-ray: `start_data_plane(..., "ray")` — router ingress + a model deployment with Sluice's dynamic batcher
+  (16, 2 ms).
 - plain-ray-serve: one deployment whose `__call__` parses the JSON and runs onnxruntime per request, the way the
   Ray Serve docs show a model (default options: max_ongoing_requests 5, onnxruntime default threads).
 - fastapi-uvicorn: the per-request tutorial server (sync endpoint, one uvicorn worker), in its own process.
 All three on one Ray start (plain Ray Serve beside Sluice under another route prefix), for two models: the tiny
 fraud LogisticRegression and an MLP where the model call costs milliseconds. Requests/s at concurrency 16, p50/p99.
-Writes benchmarks/results/e2e_ray.json.
+Writes benchmarks/results/e2e_ray.json. Ray workers run at nice 0 like the other servers (`fair_ray_priority`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from batching import body, load, make_models  # noqa: E402
+from batching import body, fair_ray_priority, load, make_models  # noqa: E402
 from sluice.serving.config import ServingConfig  # noqa: E402
 from sluice.serving.launch import start_data_plane  # noqa: E402
 
@@ -132,6 +133,7 @@ def main() -> int:
     parser.add_argument("--mlp-width", type=int, default=2048)
     parser.add_argument("--mlp-layers", type=int, default=3)
     args = parser.parse_args()
+    fair_ray_priority()
 
     import ray
     from ray import serve
