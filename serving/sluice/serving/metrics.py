@@ -55,6 +55,7 @@ class RouterMetrics:
         self._loaded_keys: dict[tuple[str, str], str] = {}
         # labels() costs a lock and a tuple build per call; the hot path looks its children up here instead.
         self._hot: dict[tuple[str, str, str, int], tuple[Any, Any, Any]] = {}
+        self._batch_hot: dict[tuple[str, str, str], Any] = {}
 
     def _children(self, version: str, variant: str, code: int) -> tuple[Any, Any, Any]:
         key = (self.model, version, variant, code)
@@ -80,7 +81,11 @@ class RouterMetrics:
             h.observe(v)
 
     def batch_size(self, version: str, variant: str, size: int) -> None:
-        self.batch.labels(self.model, version, variant).observe(size)
+        key = (self.model, version, variant)
+        child = self._batch_hot.get(key)
+        if child is None:
+            child = self._batch_hot[key] = self.batch.labels(*key)
+        child.observe(size)
 
     def shadow_outcome(self, version: str, variant: str, outcome: str, diffs: Iterable[float] = ()) -> None:
         self.shadow.labels(self.model, version, variant, outcome).inc()
