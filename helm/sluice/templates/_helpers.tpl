@@ -38,22 +38,23 @@ Exactly what the operator does: tests/operator/test_rbac.py compares these rules
 operator run (create, canary, promote, rollback, delete on both backends) and fails on a missing or an unused verb. */}}
 {{- define "sluice.namespacedRules" -}}
 # Kopf lists and watches ModelDeployments and patches them (finalizer, its progress annotations); the rollout daemon
-# re-reads the live object each tick.
+# reads Kopf's live copy from that watch, never a GET.
 - apiGroups: ["sluice.dev"]
   resources: ["modeldeployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # All rollout state lives in status (phase, weights, analyses, history): a merge patch of the status subresource.
 - apiGroups: ["sluice.dev"]
   resources: ["modeldeployments/status"]
   verbs: ["patch"]
-# backend ray: one KubeRay RayService per ModelDeployment; weights change in place in serveConfigV2.
+# backend ray: one KubeRay RayService per ModelDeployment; weights change in place in serveConfigV2. Watched (list,
+# watch) so that readiness reads the live children from memory, as are the Deployments below.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # backend triton: a tritonserver Deployment per model version and the router Deployment in front.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # backend triton: Services of the router and of each tritonserver version; the router's ConfigMap with its weights.
 - apiGroups: [""]
   resources: ["services", "configmaps"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sluice.api.model_deployment import Backend
@@ -57,6 +60,30 @@ class OperatorContext:
     metrics_url: str | None = None  # format string with {name} and {namespace}; None: the backend's default
     poll_s: float = 1.0
     max_backoff_s: float = 30.0
+    pods_every_s: float = 10.0  # pods are listed (for the GPU check) at most this often per ModelDeployment
+    # Live children of the watched kinds by (kind, namespace, name), kept by the watch handlers (handlers/children.py);
+    # {} marks one that was deleted. Readiness reads them here, so a quiet ModelDeployment makes no requests.
+    children: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    wakers: dict[str, asyncio.Event] = field(
+        default_factory=dict
+    )  # ModelDeployment uid -> set when it or a child changed
+    _http: httpx.AsyncClient | None = None
+
+    def wake(self, uid: str) -> None:
+        event = self.wakers.get(uid)
+        if event is not None:
+            event.set()
+
+    def provider_http(self) -> httpx.AsyncClient:
+        """One keep-alive client for every metric provider (one per ModelDeployment costs an SSL context each)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(max_connections=64))
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        await self.client.close()
 
     def router_metrics_url(self, backend: Backend, name: str, namespace: str) -> str:
         template = self.metrics_url or DEFAULT_METRICS_URLS[backend]

@@ -1,4 +1,4 @@
-"""One ModelDeployment's life in the operator: re-read it, tick its rollout loop, report bad input, back off.
+"""One ModelDeployment's life in the operator: read its live body, tick its rollout loop, report bad input, back off.
 
 Kopf runs one of these per ModelDeployment (handlers/modeldeployment.py). Everything it decides is saved in the
 status before the next tick, so a restart continues where it stopped. Input that cannot be carried out (a spec
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -25,8 +26,6 @@ from sluice.operator import events
 from sluice.operator.context import OperatorContext
 from sluice.operator.kube import Obj
 from sluice.operator.platform import (
-    API_VERSION,
-    KIND,
     SPEC_VALID,
     BadInput,
     KubePlatform,
@@ -74,14 +73,19 @@ class ModelDeploymentDaemon:
     def key(self) -> str:
         return f"{self.owner.namespace}/{self.owner.name}"
 
-    async def run(self, stopped: Stopped) -> None:
-        """Tick until Kopf stops the daemon (deletion or shutdown)."""
+    async def run(self, stopped: Stopped, live: Mapping[str, Any]) -> None:
+        """Tick until Kopf stops the daemon (deletion or shutdown).
+
+        `live` is Kopf's view of the ModelDeployment, kept current by its watch stream; the daemon never GETs it.
+        """
         poll, backoff = self.ctx.poll_s, self.ctx.poll_s
+        wake = self.ctx.wakers.setdefault(self.owner.uid, asyncio.Event())
         try:
             while not stopped:
-                body = await self._read()
-                if body is None:
-                    return
+                wake.clear()
+                body = _plain(live)
+                if body["metadata"].get("deletionTimestamp"):
+                    return  # the children go with it (ownerReferences)
                 delay = poll
                 try:
                     await self.tick(body)
@@ -96,38 +100,30 @@ class ModelDeploymentDaemon:
                     delay, backoff = backoff, min(backoff * 2, self.ctx.max_backoff_s)
                     self.ctx.metrics.reconciles.labels(outcome="error").inc()
                 self._count_api_errors()
-                await self._wait(stopped, delay, body)
+                await self._wait(stopped, delay, body, live, wake)
         finally:
+            self.ctx.wakers.pop(self.owner.uid, None)
             self.ctx.metrics.phase(self.key, None)
             if self.loop is not None:
                 await self.loop.provider.close()
 
-    async def _read(self) -> Obj | None:
-        """The live ModelDeployment; None once it is gone or being deleted (the children go with it)."""
-        while True:
-            try:
-                body = await self.ctx.client.get(API_VERSION, KIND, self.owner.namespace, self.owner.name)
-            except Exception as exc:
-                log.warning("%s: cannot read the ModelDeployment: %s", self.key, exc)
-                await asyncio.sleep(self.ctx.poll_s)
-                continue
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return None
-            return body
-
-    async def _wait(self, stopped: Stopped, delay: float, body: Obj) -> None:
-        """Sleep `delay`, but wake at once when the spec or the command annotation changes."""
+    async def _wait(
+        self, stopped: Stopped, delay: float, body: Obj, live: Mapping[str, Any], wake: asyncio.Event
+    ) -> None:
+        """Sleep `delay`; a change of a child wakes a healthy daemon at once, a spec or command change any daemon."""
         deadline = time.monotonic() + delay
         seen = _watched(body)
+        backing_off = delay > self.ctx.poll_s
         while not stopped:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            await stopped.wait(min(left, self.ctx.poll_s))
-            if delay <= self.ctx.poll_s or stopped:
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=min(left, self.ctx.poll_s))
+            except TimeoutError:
                 continue
-            latest = await self.ctx.client.get(API_VERSION, KIND, self.owner.namespace, self.owner.name)
-            if latest is None or _watched(latest) != seen:
+            wake.clear()
+            if not backing_off or _watched(live) != seen:
                 return
 
     def _count_api_errors(self) -> None:
@@ -161,7 +157,7 @@ class ModelDeploymentDaemon:
             raise BadInput(SPEC_VALID, "InvalidSpec", spec_problem(exc)) from None
         url = self.ctx.router_metrics_url(spec.backend, self.owner.name, self.owner.namespace)
         try:
-            provider = create_provider(spec.analysis.provider, metrics_url=url)
+            provider = create_provider(spec.analysis.provider, metrics_url=url, client=self.ctx.provider_http())
         except ValueError as exc:
             raise BadInput(SPEC_VALID, "InvalidProvider", f"spec.analysis.provider: {exc}") from None
         if self.loop is None or self.platform is None:
@@ -186,7 +182,15 @@ class ModelDeploymentDaemon:
             log.warning("%s: stored status unreadable, starting afresh: %s", self.key, exc)
             status = self.status
         platform = KubePlatform(
-            self.ctx.client, self.owner, spec, self.ctx.config, status=status, writer=self.writer, generation=generation
+            self.ctx.client,
+            self.owner,
+            spec,
+            self.ctx.config,
+            status=status,
+            writer=self.writer,
+            generation=generation,
+            watched=self.ctx.children,
+            pods_every_s=self.ctx.pods_every_s,
         )
         loop = RolloutLoop(
             spec,
@@ -220,6 +224,15 @@ class ModelDeploymentDaemon:
         await self.writer.write(status)
 
 
-def _watched(body: Obj) -> tuple[Any, Any]:
+def _plain(value: Any) -> Any:
+    """A plain-dict deep copy of Kopf's live body (a tick must not see it change half-way)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _watched(body: Mapping[str, Any]) -> tuple[Any, Any]:
     meta = body.get("metadata", {})
     return meta.get("generation"), (meta.get("annotations") or {}).get("sluice.dev/command")

@@ -102,7 +102,7 @@ def merge_diff(old: Any, new: Any) -> Any:
     return patch
 
 
-def _our_fields(obj: Obj) -> Obj:
+def our_fields(obj: Obj) -> Obj:
     """What `apply` owns: everything but status and the server's metadata."""
     meta = obj.get("metadata", {})
     mine = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
@@ -139,8 +139,10 @@ class KubeClient:
             headers["Authorization"] = token
         verify: Any = (cfg.ssl_ca_cert or True) if cfg.verify_ssl else False
         cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file else None
+        # Keep-alive for all: a thousand daemons share this pool, and a reconnect per request costs more than it.
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=60)
         http = httpx.AsyncClient(
-            base_url=cfg.host.rstrip("/"), headers=headers, verify=verify, cert=cert, timeout=timeout_s
+            base_url=cfg.host.rstrip("/"), headers=headers, verify=verify, cert=cert, timeout=timeout_s, limits=limits
         )
         return cls(http)
 
@@ -234,7 +236,7 @@ class KubeClient:
                 live = await self.get(api_version, kind, namespace, name)
                 if live is None:
                     raise
-        mine = _our_fields(obj)
+        mine = our_fields(obj)
         if contains(live, mine):
             return False, live
         return True, await self.patch(api_version, kind, namespace, name, mine)

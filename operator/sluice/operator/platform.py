@@ -9,6 +9,7 @@ the same objects and writes nothing new. The status subresource is written only 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from sluice.local.dataplane import Routing
 from sluice.local.platform import Readiness
 from sluice.operator import events
 from sluice.operator.config import OperatorConfig
-from sluice.operator.kube import ApiError, KubeClient, Obj, merge_diff
+from sluice.operator.kube import ApiError, KubeClient, Obj, contains, merge_diff, our_fields
 from sluice.operator.render import Desired, Key, Owner, Ready, renderer_for
 from sluice.operator.render.meta import DEPLOYMENT_LABEL, label_value
 from sluice.rollout.actions import Action, DeployVersion, EmitEvent, PromoteCanary, ScaleDown, SetTraffic
@@ -127,6 +128,8 @@ class KubePlatform:
         writer: StatusWriter,
         generation: int | None = None,
         check_uris: bool = True,
+        watched: Mapping[tuple[str, str, str], Obj] | None = None,
+        pods_every_s: float = 10.0,
     ) -> None:
         self.client, self.owner, self.config, self.writer = client, owner, config, writer
         self.spec, self.renderer = spec, renderer_for(spec.backend)
@@ -139,13 +142,21 @@ class KubePlatform:
         self.prune_needed = True  # delete children no longer desired (at start and after a change)
         self._bad_command: str | None = None
         self.selector = f"{DEPLOYMENT_LABEL}={label_value(owner.name)}"
+        # Live children of the watched kinds by (kind, namespace, name) ({}: deleted), kept by Kopf's watches.
+        self.watched: Mapping[tuple[str, str, str], Obj] = watched if watched is not None else {}
+        self._applied: dict[Key, tuple[Obj, Obj]] = {}  # child -> (our fields last applied, the API's answer)
+        self.pods: list[Obj] = []
+        self.pods_every_s = pods_every_s
+        self._pods_at = -pods_every_s
+        self._pods_when_ready: bool | None = None  # whether all was ready at the last pods list
         self.reset(status)
 
     # -- desired state -----------------------------------------------------------------------------------------
     def reset(self, status: ModelDeploymentStatus) -> None:
         """Forget what unsaved actions did: desired state as the stored status says."""
         self.routing, self.running = desired_from(status)
-        self.prune_needed = True
+        # A status that names no version has nothing to orphan (a new resource): no lists of every child kind.
+        self.prune_needed = bool(self.running)
 
     def set_spec(self, spec: ModelDeploymentSpec, generation: int | None) -> None:
         self.spec, self.renderer, self.generation = spec, renderer_for(spec.backend), generation
@@ -164,6 +175,12 @@ class KubePlatform:
         wanted = self.children()
         live: dict[Key, Obj] = {}
         for child in wanted:
+            key: Key = (child["kind"], child["metadata"]["name"])
+            mine = our_fields(child)
+            known = self._current(key, mine)
+            if known is not None:
+                live[key] = known
+                continue
             try:
                 _, got = await self.client.ensure(child)
             except ApiError as exc:
@@ -176,7 +193,8 @@ class KubePlatform:
                         f"({exc.message})",
                     ) from exc
                 raise
-            live[child["kind"], child["metadata"]["name"]] = got
+            self._applied[key] = (mine, got)
+            live[key] = got
         self.operator_conditions[BACKEND_AVAILABLE] = (
             True,
             "BackendInstalled",
@@ -186,6 +204,22 @@ class KubePlatform:
             await self._prune({(c["kind"], c["metadata"]["name"]) for c in wanted})
             self.prune_needed = False
         return live
+
+    def _current(self, key: Key, mine: Obj) -> Obj | None:
+        """The live child when nothing needs writing, from memory; None when it must be applied (read and written).
+
+        Applied before with these very fields and, if its kind is watched, not changed or deleted by anyone since.
+        """
+        applied = self._applied.get(key)
+        if applied is None or applied[0] != mine:
+            return None
+        seen = self.watched.get((key[0], self.owner.namespace, key[1]))
+        if seen is None:
+            return applied[1]  # a kind not watched, or our write not seen yet
+        if not seen:
+            return None  # deleted by someone: create it again
+        same = _version(seen) == _version(applied[1])
+        return seen if same or contains(seen, mine) else None
 
     async def _prune(self, keep: set[Key]) -> None:
         for api_version, kind in CHILD_KINDS:
@@ -208,15 +242,29 @@ class KubePlatform:
         r = self.routing
         if r.stable is None:
             return Readiness(stable=False, canary=False)
-        pods = await self.client.list("v1", "Pod", self.owner.namespace, self.selector)
-        stable = self.renderer.ready(self.owner, self.spec, r.stable.version, live, pods)
-        canary = self.renderer.ready(self.owner, self.spec, r.canary.version, live, pods) if r.canary else None
+        stable, canary = self._ready(r, live)
+        all_ready = stable.ready and (canary is None or canary.ready)
+        # Pods matter only for the GPU check of a version that is not ready (and the ready count): list them then,
+        # at most every pods_every_s (every tick while a version is short of GPUs, so the condition names the
+        # pod's own reason), and once more when all became ready.
+        age = time.monotonic() - self._pods_at
+        starved = any(v is not None and v.insufficient_gpu for v in (stable, canary))
+        if all_ready != self._pods_when_ready or (not all_ready and (age >= self.pods_every_s or starved)):
+            self.pods = await self.client.list("v1", "Pod", self.owner.namespace, self.selector)
+            self._pods_at, self._pods_when_ready = time.monotonic(), all_ready
+            stable, canary = self._ready(r, live)
         self._gpu_condition(r, stable, canary)
         if r.canary is not None and canary is not None and not canary.ready:
             self.canary_not_ready = f"spec.model.uri {r.canary.uri}: {canary.reason or 'not ready'}"
-        ready_pods = sum(1 for p in pods if _pod_ready(p))
-        self.ready_text = f"{ready_pods}/{len(pods)}"
+        ready_pods = sum(1 for p in self.pods if _pod_ready(p))
+        self.ready_text = f"{ready_pods}/{len(self.pods)}"
         return Readiness(stable=stable.ready, canary=canary is not None and canary.ready)
+
+    def _ready(self, r: Routing, live: dict[Key, Obj]) -> tuple[Ready, Ready | None]:
+        assert r.stable is not None
+        stable = self.renderer.ready(self.owner, self.spec, r.stable.version, live, self.pods)
+        canary = self.renderer.ready(self.owner, self.spec, r.canary.version, live, self.pods) if r.canary else None
+        return stable, canary
 
     def _gpu_condition(self, r: Routing, stable: Ready, canary: Ready | None) -> None:
         short = [
@@ -294,6 +342,11 @@ class KubePlatform:
                     self.client, self.owner, "Warning", "CommandIgnored", f"annotation {COMMAND_ANNOTATION}: {exc}"
                 )
             return None
+
+
+def _version(obj: Obj) -> str | None:
+    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    return None if rv is None else str(rv)
 
 
 def _pod_ready(pod: Mapping[str, Any]) -> bool:

@@ -49,7 +49,7 @@ async def serve(
     finally:
         server.shutdown()
         thread.join(timeout=5)
-        await client.close()
+        await context.close()
 
 
 def run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from sluice.api.model_deployment import MetricProvider as ProviderSpec
 from sluice.api.model_deployment import ProviderType
 from sluice.providers.base import MetricProvider
@@ -9,13 +11,22 @@ from sluice.providers.builtin import BuiltinProvider
 from sluice.providers.prometheus import PrometheusProvider
 
 
-def create_provider(spec: ProviderSpec, *, metrics_url: str | None = None, timeout_s: float = 5.0) -> MetricProvider:
-    """`metrics_url` is the router's /metrics, needed by the builtin provider. Raises ValueError naming the problem."""
+def create_provider(
+    spec: ProviderSpec,
+    *,
+    metrics_url: str | None = None,
+    timeout_s: float = 5.0,
+    client: httpx.AsyncClient | None = None,
+) -> MetricProvider:
+    """`metrics_url` is the router's /metrics, needed by the builtin provider. Raises ValueError naming the problem.
+
+    `client`: a shared HTTP client for the builtin provider (the operator runs one per process, not per resource).
+    """
     kind = str(getattr(spec.type, "value", spec.type))
     if kind == ProviderType.BUILTIN.value:
         if not metrics_url:
             raise ValueError("provider builtin needs the router's metrics URL")
-        return BuiltinProvider(metrics_url, timeout_s=timeout_s)
+        return BuiltinProvider(metrics_url, timeout_s=timeout_s, client=client)
     if kind == ProviderType.PROMETHEUS.value:
         if not spec.address:
             raise ValueError("provider prometheus needs address, e.g. http://prometheus.monitoring:9090")

@@ -14,7 +14,19 @@ PLURAL = "modeldeployments"
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, cancellation_backoff=1.0)
-async def rollout(name: str, namespace: str | None, uid: str, memo: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Ticks the rollout until the resource is deleted or the operator stops; bad input never ends it."""
+async def rollout(
+    *,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    body: kopf.Body,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
+) -> None:
+    """Ticks the rollout until the resource is deleted or the operator stops; bad input never ends it.
+
+    `body` is Kopf's live view of the resource, kept current by its watch: the daemon never GETs it.
+    """
     context: OperatorContext = memo["sluice"]
-    await ModelDeploymentDaemon(context, name, namespace or "default", uid).run(stopped)
+    await ModelDeploymentDaemon(context, name, namespace or "default", uid).run(stopped, body)
