@@ -8,6 +8,7 @@ nothing, and a create that meets 409 (an object left by an operator that restart
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from importlib import metadata
@@ -114,8 +115,11 @@ def our_fields(obj: Obj) -> Obj:
 class KubeClient:
     """Async CRUD on any resource; one httpx connection pool per operator process."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, max_in_flight: int = 32) -> None:
         self.http = http
+        # Requests beyond this wait here, not in httpcore's pool queue (whose bookkeeping is quadratic in its length).
+        self.max_in_flight = max_in_flight
+        self._slots: asyncio.Semaphore | None = None
         self.writes = 0  # write calls sent (for tests and metrics)
         self.errors = 0  # answers >= 400 other than 404/409 handled by the caller
 
@@ -140,7 +144,7 @@ class KubeClient:
         verify: Any = (cfg.ssl_ca_cert or True) if cfg.verify_ssl else False
         cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file else None
         # Keep-alive for all: a thousand daemons share this pool, and a reconnect per request costs more than it.
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=60)
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=60)
         http = httpx.AsyncClient(
             base_url=cfg.host.rstrip("/"), headers=headers, verify=verify, cert=cert, timeout=timeout_s, limits=limits
         )
@@ -160,9 +164,12 @@ class KubeClient:
         headers = {"Content-Type": content_type or "application/json"} if body is not None else {}
         if method != "GET":
             self.writes += 1
-        response = await self.http.request(
-            method, url, content=None if body is None else json.dumps(body), headers=headers, params=params
-        )
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        async with self._slots:
+            response = await self.http.request(
+                method, url, content=None if body is None else json.dumps(body), headers=headers, params=params
+            )
         if response.status_code >= 400:
             try:
                 status = response.json()

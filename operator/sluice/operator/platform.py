@@ -45,6 +45,8 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ConfigMap"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 )
+# Children kept current by Kopf watches (handlers/children.py): read from memory, never GET.
+WATCHED_KINDS = frozenset({"RayService", "Deployment"})
 # Operator-level condition types (the rollout core owns Ready, Progressing, Degraded, RolledBack, AnalysisNoData).
 SPEC_VALID = "SpecValid"
 BACKEND_AVAILABLE = "BackendAvailable"
@@ -144,6 +146,7 @@ class KubePlatform:
         self.selector = f"{DEPLOYMENT_LABEL}={label_value(owner.name)}"
         # Live children of the watched kinds by (kind, namespace, name) ({}: deleted), kept by Kopf's watches.
         self.watched: Mapping[tuple[str, str, str], Obj] = watched if watched is not None else {}
+        self._rendered: tuple[ModelDeploymentSpec, str, list[Obj]] | None = None
         self._applied: dict[Key, tuple[Obj, Obj]] = {}  # child -> (our fields last applied, the API's answer)
         self.pods: list[Obj] = []
         self.pods_every_s = pods_every_s
@@ -166,7 +169,12 @@ class KubePlatform:
         return Desired(routing=Routing(**vars(self.routing)), running=tuple(self.running))
 
     def children(self) -> list[Obj]:
-        return self.renderer.children(self.owner, self.spec, self.desired(), self.config)
+        """The rendered children, re-rendered only when the spec or the desired state changed (YAML is costly)."""
+        desired = self.desired()
+        key = repr(desired)
+        if self._rendered is None or self._rendered[0] is not self.spec or self._rendered[1] != key:
+            self._rendered = (self.spec, key, self.renderer.children(self.owner, self.spec, desired, self.config))
+        return self._rendered[2]
 
     async def sync(self) -> dict[Key, Obj]:
         """Apply every desired child (writing only differences); returns the live children by (kind, name)."""
@@ -182,7 +190,7 @@ class KubePlatform:
                 live[key] = known
                 continue
             try:
-                _, got = await self.client.ensure(child)
+                got = await self._apply(key, child, mine)
             except ApiError as exc:
                 if exc.type_missing:
                     raise BadInput(
@@ -204,6 +212,22 @@ class KubePlatform:
             await self._prune({(c["kind"], c["metadata"]["name"]) for c in wanted})
             self.prune_needed = False
         return live
+
+    async def _apply(self, key: Key, child: Obj, mine: Obj) -> Obj:
+        """Write `child` where needed, reading it first only when the watches do not hold it (a kind not watched)."""
+        seen = self.watched.get((key[0], self.owner.namespace, key[1]))
+        if seen:
+            if contains(seen, mine):
+                return seen
+            return await self.client.patch(child["apiVersion"], child["kind"], self.owner.namespace, key[1], mine)
+        if seen is None and key[0] not in WATCHED_KINDS:
+            return (await self.client.ensure(child))[1]
+        try:  # watched and absent (or deleted): create straight away; 409 means the watch has not caught up
+            return await self.client.create(child)
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+        return (await self.client.ensure(child))[1]
 
     def _current(self, key: Key, mine: Obj) -> Obj | None:
         """The live child when nothing needs writing, from memory; None when it must be applied (read and written).
