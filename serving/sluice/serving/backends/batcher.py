@@ -4,7 +4,8 @@ Shared by the in-process backend and the Ray model deployment. Ray Serve's own `
 every `batch_wait_timeout_s` whether or not the previous one is still running, and queues the finished batches
 behind its concurrency semaphore: under load that makes many batches of one or two requests instead of one full
 batch (measured: mean batch 1.2 at 16 clients, slower than no batching). Here requests wait in a queue while a batch
-runs, so the next batch takes all of them (up to `max_batch_size`) at once.
+runs, so the next batch takes all of them (up to `max_batch_size`) at once, without waiting for more; only a
+request that finds the model idle waits up to `max_wait_s` for company.
 """
 
 from __future__ import annotations
@@ -67,11 +68,16 @@ class DynamicBatcher(Generic[R]):
         loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
+            # Requests that queued while the previous batch ran are this batch: waiting for more would leave the
+            # model idle (Serve's batcher overlaps that wait with the running batch; this one must skip it).
+            backlog = not queue.empty()
             deadline = time.monotonic() + self.max_wait_s
             while len(batch) < self.max_batch_size:
                 if not queue.empty():
                     batch.append(queue.get_nowait())
                     continue
+                if backlog:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
