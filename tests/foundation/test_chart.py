@@ -18,7 +18,7 @@ from tests.foundation.crd_tools import REPO
 
 CHART_DIR = REPO / "helm" / "sluice"
 K8S_VERSION = "1.33"
-SHARED_SCHEMAS = REPO.parent / "shared" / "schemas"
+SHARED_SCHEMAS = REPO / "tests" / "schemas"  # vendored copies of the owners' CRDs
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
     from tests.kube.fixtures import kube_emulator, kubeconfig, kube_client  # noqa: F401
 
 `kube_emulator` is session-scoped (one server for the whole run, always stopped), with the Sluice CRDs from
-`crds/*.yaml`, KubeRay's RayService CRD (when `../shared/schemas` exists) and this folder's test CRDs loaded.
+`crds/*.yaml`, KubeRay's RayService CRD (vendored in tests/schemas) and this folder's test CRDs loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.kube.emulator import EmulatorThread, SluiceKubeEmulator, load_crd_fil
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLUICE_CRDS = REPO_ROOT / "crds"
-RAY_CRD = REPO_ROOT.parent / "shared" / "schemas" / "ray.io_rayservices.yaml"
+RAY_CRD = REPO_ROOT / "tests" / "schemas" / "ray.io_rayservices.yaml"  # KubeRay's CRD, vendored
 TEST_CRDS = Path(__file__).parent / "crds"
 
 

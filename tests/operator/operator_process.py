@@ -79,6 +79,15 @@ class OperatorProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def healthy(self) -> bool:
+        """Alive and answering /healthz: past start-up, so a SIGTERM now meets the operator's own handlers."""
+        if not self.alive():
+            return False
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def kill(self) -> None:
         """SIGKILL: no handler runs, nothing is flushed — the harshest restart."""
         if self.alive():

@@ -25,7 +25,7 @@ from sluice.operator.render.meta import owner_reference
 from sluice.operator.render.ray import RayRenderer
 from sluice.serving.ray.spec import INGRESS_NAME, deployment_name
 
-SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "tests" / "schemas"
 RAY_CRD = SCHEMAS / "ray.io_rayservices.yaml"
 K8S_VERSION = "1.33"
 OWNER = Owner(name="iris", namespace="default", uid="6c1b2a3d-0000-4000-8000-000000000001")

@@ -120,7 +120,7 @@ def run_rollout(world: World, ns: str, kill_after: int | None) -> Outcome:
         if kill_after is not None:
             assert killed.is_set(), f"the run ended before the operator's write {kill_after}: kill point unused"
             restarter.join(timeout=30)
-        wait_for("the operator to settle", operator.alive, 30)
+        wait_for("the operator to settle (answering /healthz)", operator.healthy, 30)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{operator.logs()[-6000:]}") from None
     finally:
