@@ -23,6 +23,12 @@ class BatchingConfig(_Model):
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     preferred_batch_sizes: tuple[int, ...] = ()
+    max_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Calls one router keeps open to a remote version; requests arriving meanwhile go in the next one.",
+    )
 
 
 class VariantConfig(_Model):

@@ -67,6 +67,7 @@ def uvicorn_config(router: Router, host: str, port: int) -> uvicorn.Config:
         loop="auto",
         http="auto",
         access_log=False,  # never log request lines (or payloads) by default
+        proxy_headers=False,  # the router reads no client address: skip uvicorn's per-request middleware layer
         timeout_graceful_shutdown=int(router.config.request_timeout_s) + 1,
         log_level="info",
     )

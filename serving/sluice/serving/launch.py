@@ -101,6 +101,7 @@ class _RouterServer:
             host=host,
             port=port,
             access_log=False,
+            proxy_headers=False,
             log_level="warning",
             timeout_graceful_shutdown=int(router.config.request_timeout_s) + 1,
         )

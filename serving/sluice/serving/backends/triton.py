@@ -5,10 +5,11 @@ One gRPC channel per backend, created on first use inside the running event loop
 Sluice version labels (see `sluice.serving.triton.repository`) and which tensors Triton reshapes, so responses
 come back with the version label and exactly the shapes onnxruntime gives for the same model.
 
-Requests that reach the backend in the same event-loop turn are sent as one Triton call (``coalesce``, on unless
-the ServingConfig turns batching off): under load this halves Triton's CPU per request and cuts the router's gRPC
-cost (benchmarks/e2e_triton.py). ``parameters["batch_size"]`` of a response is the row count of the call Sluice
-sent (Triton may batch further on its side). Requests larger than ``max_batch_size`` are split and rejoined.
+While ``max_in_flight`` calls are open to Triton, further requests queue and go as one Triton call (``coalesce``,
+on unless the ServingConfig turns batching off; see `backends/coalesce.py`): under load this cuts Triton's CPU and
+the router's gRPC cost per request (benchmarks/e2e_triton.py), and an idle backend still sends at once.
+``parameters["batch_size"]`` of a response is the row count of the call Sluice sent (Triton may batch further on
+its side). Requests larger than ``max_batch_size`` are split and rejoined.
 
 Errors map onto `sluice.serving.errors`: unreachable / not ready -> BackendUnavailable (503), deadline ->
 BackendTimeout (504), rejected input -> InvalidInput (400), unknown model or version -> ModelNotFound (404),
@@ -20,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from sluice.serving.backends.coalesce import Coalescer
 from sluice.serving.config import ServingConfig, VariantConfig
 from sluice.serving.errors import (
     BackendError,
@@ -49,15 +52,6 @@ class _ModelInfo:
     input_reshape: dict[str, tuple[int, ...]]  # tensors whose model shape differs from the client-visible one
     output_reshape: dict[str, tuple[int, ...]]
     metadata: ModelMetadata
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A request waiting to be merged with others that reached the backend in the same event-loop turn."""
-
-    request: InferRequest
-    rows: int
-    future: asyncio.Future[InferResponse]
 
 
 def _map_error(exc: BaseException, what: str) -> ServingError:
@@ -97,6 +91,7 @@ class TritonBackend:
         version: str | None = None,
         timeout_s: float = 10.0,
         coalesce: bool = True,
+        max_in_flight: int = 2,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -107,8 +102,8 @@ class TritonBackend:
         self.version = version
         self.timeout_s = timeout_s
         self.coalesce = coalesce
-        self._queues: dict[tuple[Any, ...], list[_Pending]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.max_in_flight = max_in_flight
+        self._coalescers: dict[tuple[Any, ...], Coalescer[tuple[InferRequest, int], InferResponse]] = {}
         self._client: Any = None
         self._info: _ModelInfo | None = None
         self._lock: asyncio.Lock | None = None
@@ -218,72 +213,52 @@ class TritonBackend:
         return await self._infer_once(info, request)
 
     # -- coalescing ----------------------------------------------------------------------------------------------
-    # Requests that reach the backend in the same event-loop turn (a busy router hands over many at once) go to
-    # Triton as one call: one gRPC round trip and one Triton request instead of many, which is most of the
-    # router's and the server's per-request cost. Nothing waits for company: the flush runs on the next loop turn.
+    # Requests with the same input signature share a Coalescer: while `max_in_flight` calls are open to Triton,
+    # later requests queue and go together in the next call (one gRPC round trip and one Triton request instead of
+    # many, which is most of the router's and the server's per-request cost). An idle backend sends at once.
     async def _enqueue(self, info: _ModelInfo, request: InferRequest, rows: int) -> InferResponse:
         key = (request.outputs, tuple((t.name, t.data.dtype.str, t.data.shape[1:]) for t in request.inputs))
-        loop = asyncio.get_running_loop()
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = []
-            loop.call_soon(self._flush, key, info)
-        pending = _Pending(request, rows, loop.create_future())
-        queue.append(pending)
-        return await pending.future
-
-    def _flush(self, key: tuple[Any, ...], info: _ModelInfo) -> None:
-        groups: list[list[_Pending]] = []
-        size = info.max_batch_size
-        for pending in self._queues.pop(key, []):
-            if pending.future.done():
-                continue  # its caller gave up (timeout, cancellation)
-            if size + pending.rows > info.max_batch_size:
-                groups.append([])
-                size = 0
-            groups[-1].append(pending)
-            size += pending.rows
-        for group in groups:
-            task = asyncio.ensure_future(self._run_group(info, group))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run_group(self, info: _ModelInfo, group: list[_Pending]) -> None:
-        try:
-            if len(group) == 1:
-                answer = await self._infer_once(info, group[0].request)
-                _settle(group[0], dataclasses.replace(answer, parameters={"batch_size": str(group[0].rows)}))
-                return
-            first = group[0].request
-            merged = InferRequest(
-                inputs=tuple(
-                    Tensor(t.name, np.concatenate([p.request.inputs[i].data for p in group]))
-                    for i, t in enumerate(first.inputs)
-                ),
-                outputs=first.outputs,
+        coalescer = self._coalescers.get(key)
+        if coalescer is None:
+            coalescer = self._coalescers[key] = Coalescer(
+                partial(self._run_group, info), max_rows=info.max_batch_size, max_in_flight=self.max_in_flight
             )
-            try:
-                answer = await self._infer_once(info, merged)
-            except (InvalidInput, BackendError):
-                # One request may be at fault (a value the model rejects): answer each on its own.
-                await asyncio.gather(*(self._run_group(info, [p]) for p in group))
-                return
-            total = str(sum(p.rows for p in group))
-            start = 0
-            for p in group:
-                outputs = tuple(Tensor(t.name, t.data[start : start + p.rows]) for t in answer.outputs)
-                start += p.rows
-                _settle(
-                    p, dataclasses.replace(answer, outputs=outputs, id=p.request.id, parameters={"batch_size": total})
-                )
-        except Exception as exc:
-            for p in group:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-        finally:  # cancelled by close(): nobody may wait forever
-            for p in group:
-                if not p.future.done():
-                    p.future.set_exception(BackendUnavailable("the triton backend was closed during the request"))
+        return await coalescer.submit((request, rows), rows)
+
+    async def _run_group(
+        self, info: _ModelInfo, group: list[tuple[InferRequest, int]]
+    ) -> list[InferResponse | BaseException]:
+        """One Triton call for the whole group, split back per request; a rejected group is retried one by one."""
+        if len(group) == 1:
+            request, rows = group[0]
+            answer = await self._infer_once(info, request)
+            return [dataclasses.replace(answer, parameters={"batch_size": str(rows)})]
+        first = group[0][0]
+        merged = InferRequest(
+            inputs=tuple(
+                Tensor(t.name, np.concatenate([r.inputs[i].data for r, _ in group])) for i, t in enumerate(first.inputs)
+            ),
+            outputs=first.outputs,
+        )
+        try:
+            answer = await self._infer_once(info, merged)
+        except (InvalidInput, BackendError):
+            # One request may be at fault (a value the model rejects): answer each on its own.
+            singles = await asyncio.gather(*(self._infer_once(info, r) for r, _ in group), return_exceptions=True)
+            return [
+                s if isinstance(s, BaseException) else dataclasses.replace(s, parameters={"batch_size": str(n)})
+                for s, (_, n) in zip(singles, group, strict=True)
+            ]
+        total = str(sum(n for _, n in group))
+        results: list[InferResponse | BaseException] = []
+        start = 0
+        for request, rows in group:
+            outputs = tuple(Tensor(t.name, t.data[start : start + rows]) for t in answer.outputs)
+            start += rows
+            results.append(
+                dataclasses.replace(answer, outputs=outputs, id=request.id, parameters={"batch_size": total})
+            )
+        return results
 
     async def _infer_once(self, info: _ModelInfo, request: InferRequest) -> InferResponse:
         import tritonclient.grpc.aio as grpcclient
@@ -348,8 +323,9 @@ class TritonBackend:
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
+        closed = BackendUnavailable("the triton backend was closed during the request")
+        for coalescer in list(self._coalescers.values()):
+            await coalescer.close(closed)
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -385,9 +361,5 @@ def from_variant(variant: VariantConfig, config: ServingConfig) -> TritonBackend
         version=variant.version,
         timeout_s=config.request_timeout_s,
         coalesce=config.batching.enabled,
+        max_in_flight=config.batching.max_in_flight,
     )
-
-
-def _settle(pending: _Pending, response: InferResponse) -> None:
-    if not pending.future.done():
-        pending.future.set_result(response)

@@ -71,6 +71,10 @@ class OnnxModelDeployment:
     async def pid(self) -> int:
         return os.getpid()
 
+    async def infer_many(self, many: list[Feeds]) -> list[Answer]:
+        """Answers for requests the ingress coalesced into one call (each still goes through the batcher)."""
+        return list(await asyncio.gather(*(self.infer(feeds) for feeds in many)))
+
     async def infer(self, feeds: Feeds) -> Answer:
         if not self.model.ready:
             return ("unavailable", self.model.error or "model not loaded", 0)
