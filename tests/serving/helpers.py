@@ -1,4 +1,4 @@
-"""Helpers for the router tests: real ONNX models (skl2onnx), in-test Backends, uvicorn servers on 127.0.0.1."""
+"""Helpers for the router tests: real ONNX models (skl2onnx), in-test Backends, HTTP servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sluice.serving.app import build_app
 from sluice.serving.config import ServingConfig
 from sluice.serving.errors import BackendUnavailable
+from sluice.serving.httpserver import HttpServer
 from sluice.serving.router import Router
 from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 
@@ -123,9 +124,49 @@ def free_socket() -> socket.socket:
     return sock
 
 
+# Which HTTP server `serve` runs: the router's own (`HttpServer`, what the standalone router and `sluice serve` use)
+# unless a test module asks for both through the `both_servers` fixture (uvicorn runs the plain ASGI app, as Ray
+# Serve does inside the ingress replica).
+SERVER = {"kind": "sluice"}
+
+
 @contextmanager
 def serve(router: Router) -> Iterator[str]:
-    """Serve build_app(router) with uvicorn in a thread on 127.0.0.1:<free port>; always stopped."""
+    """Serve build_app(router) in a thread on 127.0.0.1:<free port>; always stopped."""
+    if SERVER["kind"] == "uvicorn":
+        with _serve_uvicorn(router) as url:
+            yield url
+        return
+    loop = asyncio.new_event_loop()
+    server = HttpServer(build_app(router), "127.0.0.1", 0, graceful_timeout_s=5)
+    stop = asyncio.Event()
+    started = threading.Event()
+
+    def run() -> None:
+        async def main() -> None:
+            await server.start()
+            started.set()
+            try:
+                await stop.wait()
+            finally:
+                await server.shutdown()
+
+        loop.run_until_complete(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        if not started.wait(10):
+            raise RuntimeError("test server did not start")
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+        loop.close()
+
+
+@contextmanager
+def _serve_uvicorn(router: Router) -> Iterator[str]:
     sock = free_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(build_app(router), log_level="warning", access_log=False, lifespan="on"))

@@ -14,6 +14,8 @@ from tests.serving.helpers import MODEL, FailingBackend, NotReadyBackend, OnnxBa
 
 from sluice.serving.router import Router
 
+pytestmark = pytest.mark.usefixtures("both_servers")  # the router's HttpServer and plain ASGI (uvicorn)
+
 URL = f"/v2/models/{MODEL}/infer"
 
 

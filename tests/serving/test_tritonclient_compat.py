@@ -13,6 +13,8 @@ from tritonclient.utils import InferenceServerException
 
 from sluice.serving.router import Router
 
+pytestmark = pytest.mark.usefixtures("both_servers")  # the router's HttpServer and plain ASGI (uvicorn)
+
 X = np.array([[3, 0, 0, 0], [-3, 0, 0, 0]], dtype=np.float32)
 
 

@@ -1,6 +1,7 @@
 """The router's HTTP face: a Starlette app serving the Open Inference Protocol, plain predict, metrics, admin.
 
-Used as-is by the standalone host (uvicorn) and wrapped by the Ray Serve ingress. The app holds no routing logic:
+Served by `sluice.serving.httpserver` in the standalone router and `sluice serve` (which answers infer itself and
+hands everything else to this app) and by Ray Serve in the ingress deployment. The app holds no routing logic:
 it reads bodies (bounded), headers and path parameters and hands them to `DataPlane`.
 """
 
@@ -45,10 +46,11 @@ def _error(exc: ServingError) -> Response:
 
 
 def _check_content_type(request: Request) -> None:
-    _check_headers(request.headers)
+    check_request_headers(request.headers)
 
 
-def _check_headers(headers: Mapping[str, str]) -> None:
+def check_request_headers(headers: Mapping[str, str]) -> None:
+    """Refuse what the JSON-only v2 endpoints cannot read (415); shared with `httpserver`'s infer path."""
     if "inference-header-content-length" in headers:
         raise UnsupportedMediaType("the binary tensor data extension is not supported; send JSON (binary_data=False)")
     ctype = headers.get("content-type")
@@ -115,7 +117,7 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-def _infer_path(path: str) -> tuple[str, str | None] | None:
+def infer_target(path: str) -> tuple[str, str | None] | None:
     """(name, version) of `/v2/models/{name}[/versions/{version}]/infer`, else None."""
     if not (path.startswith("/v2/models/") and path.endswith("/infer")):
         return None
@@ -166,7 +168,7 @@ class SluiceApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            target = _infer_path(_route_path(scope))
+            target = infer_target(_route_path(scope))
             if target is not None:
                 await self._infer(scope, receive, send, *target)
                 return
@@ -179,7 +181,7 @@ class SluiceApp(Starlette):
             headers[key.decode("latin-1")] = value.decode("latin-1")
         plane = self.plane
         try:
-            _check_headers(headers)
+            check_request_headers(headers)
             limit = plane.router.config.max_request_bytes
             _check_length(headers.get("content-length"), limit)
             raw = await _receive_body(receive, limit)

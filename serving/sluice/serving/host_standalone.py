@@ -1,4 +1,4 @@
-"""The router as its own process (in front of tritonserver or any v2 server): uvicorn serving `build_app`.
+"""The router as its own process (in front of tritonserver or any v2 server): `HttpServer` serving `build_app`.
 
     python -m sluice.serving.host_standalone --config serving.json --port 8080 [--backend triton] [--host 0.0.0.0]
         [--watch-configmap NS/NAME [--kube-api URL]]
@@ -7,7 +7,8 @@ The config file is a `ServingConfig` as JSON or YAML. Backends come from `make_b
 plugs in through the registry in `backends/__init__.py`. Weights change live through `PUT /admin/config`
 (bearer token from $SLUICE_ADMIN_TOKEN when set), or from a ConfigMap with ``--watch-configmap`` (the operator's
 way, see `sluice.serving.configsource`; the API is the pod's own unless ``--kube-api`` names one, with the bearer
-token from $SLUICE_KUBE_TOKEN when set). SIGTERM stops accepting, lets in-flight requests finish, exits.
+token from $SLUICE_KUBE_TOKEN when set). SIGTERM or SIGINT stops accepting, lets in-flight requests finish
+(bounded by the request timeout), exits 0. The event loop is uvloop's when installed.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import yaml
 from pydantic import ValidationError
 
@@ -31,6 +32,7 @@ from sluice.serving.app import build_app
 from sluice.serving.backends import BACKEND_KINDS, make_backend
 from sluice.serving.config import ServingConfig
 from sluice.serving.configsource import ConfigMapSource, KubeApi, parse_target
+from sluice.serving.httpserver import HttpServer
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)
@@ -58,19 +60,23 @@ def build_router(config: ServingConfig, kind: str) -> Router:
     return Router(config, backends, factory=factory)
 
 
-def uvicorn_config(router: Router, host: str, port: int) -> uvicorn.Config:
-    """uvloop/httptools when installed ('auto'); graceful shutdown bounded by the request timeout."""
-    return uvicorn.Config(
+def make_server(router: Router, host: str, port: int) -> HttpServer:
+    """The router's HTTP server; graceful shutdown bounded by the request timeout."""
+    return HttpServer(
         build_app(router, close_router_on_shutdown=True),
-        host=host,
-        port=port,
-        loop="auto",
-        http="auto",
-        access_log=False,  # never log request lines (or payloads) by default
-        proxy_headers=False,  # the router reads no client address: skip uvicorn's per-request middleware layer
-        timeout_graceful_shutdown=int(router.config.request_timeout_s) + 1,
-        log_level="info",
+        host,
+        port,
+        graceful_timeout_s=router.config.request_timeout_s + 1,
     )
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's event loop when installed (it comes with the serving extra), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,30 +112,32 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # uvicorn drains on SIGTERM, then re-raises the signal under the handler found at start: a no-op handler
-    # there makes a graceful stop exit 0 instead of "killed by SIGTERM".
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    server = uvicorn.Server(uvicorn_config(router, args.host, args.port))
-    if source is None:
-        server.run()
-    else:
-        run_with_source(server, source)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(make_server(router, args.host, args.port), source))
+    except OSError as exc:  # the port is taken, the address is not ours
+        print(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
-def run_with_source(server: uvicorn.Server, source: ConfigMapSource) -> None:
-    """Serve with the ConfigMap source in the server's own event loop (the router and its backends live there)."""
-
-    async def main() -> None:
-        task = asyncio.create_task(source.run(), name="configmap-source")
-        try:
-            await server.serve()
-        finally:
+async def serve(server: HttpServer, source: ConfigMapSource | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, with the ConfigMap source (if any) in the same loop as the router."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(source.run(), name="configmap-source") if source is not None else None
+    try:
+        await server.start()
+        log.info("Sluice router listening on http://%s:%d", server.host, server.port)
+        await stop.wait()
+        log.info("stopping: draining requests in flight")
+    finally:
+        await server.shutdown()
+        if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-
-    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:  # what Server.run() does
-        runner.run(main())
 
 
 if __name__ == "__main__":

@@ -84,30 +84,27 @@ def start_data_plane(
     raise LaunchError(f"unknown backend {backend!r}; choose one of {', '.join(KINDS)}")
 
 
-# ---- the router in this process (uvicorn in a background thread) -------------------------------------------------
+# ---- the router in this process (its HttpServer in a background thread) ------------------------------------------
 
 
 class _RouterServer:
-    """uvicorn serving `build_app(router)` on a background thread with its own event loop."""
+    """`HttpServer` serving `build_app(router)` on a background thread with its own event loop."""
 
     def __init__(self, router: Any, host: str, port: int) -> None:
-        import uvicorn
-
         from sluice.serving.app import build_app
+        from sluice.serving.httpserver import HttpServer
 
         self.router = router
-        cfg = uvicorn.Config(
+        self.server = HttpServer(
             build_app(router, close_router_on_shutdown=True),
-            host=host,
-            port=port,
-            access_log=False,
-            proxy_headers=False,
-            log_level="warning",
-            timeout_graceful_shutdown=int(router.config.request_timeout_s) + 1,
+            host,
+            port,
+            graceful_timeout_s=router.config.request_timeout_s + 1,
         )
-        self.server = uvicorn.Server(cfg)
         self.host = host
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sluice-router", daemon=True)
         self._error: BaseException | None = None
 
@@ -116,20 +113,25 @@ class _RouterServer:
             asyncio.run(self._serve())
         except BaseException as exc:
             self._error = exc
+        finally:
+            self._started.set()  # a failed start must not leave start() waiting
 
     async def _serve(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await self.server.serve()
+        self._stop = asyncio.Event()
+        await self.server.start()
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.server.shutdown()
 
     def start(self, timeout_s: float) -> int:
         self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise LaunchError(f"router did not start: {self._error or 'timed out'}")
-            time.sleep(0.02)
-        return int(self.server.servers[0].sockets[0].getsockname()[1])
+        if not self._started.wait(timeout_s) or self._error is not None or not self._thread.is_alive():
+            self.stop()
+            raise LaunchError(f"router did not start: {self._error or 'timed out'}")
+        return self.server.port
 
     def call(self, coro: Any, timeout_s: float = 30.0) -> Any:
         if self.loop is None:
@@ -137,7 +139,9 @@ class _RouterServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        if self.loop is not None and self._stop is not None and not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop may have just closed
+                self.loop.call_soon_threadsafe(self._stop.set)
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
