@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
+import httpx
+import numpy as np
 import pytest
 from tests.serving.helpers import OnnxBackend, row, serve, v2_body
 
@@ -16,6 +19,7 @@ from sluice.serving.app import build_app
 from sluice.serving.config import ServingConfig
 from sluice.serving.httpserver import HttpServer
 from sluice.serving.router import Router
+from sluice.serving.tensors import InferRequest, InferResponse, Tensor
 
 
 def one_variant(**kw: object) -> ServingConfig:
@@ -224,3 +228,31 @@ def test_shutdown_lets_the_request_in_flight_finish_and_runs_lifespan_shutdown(m
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+class NanBackend(OnnxBackend):
+    """The real model, with its probabilities replaced by NaN (a broken model version)."""
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        answer = await super().infer(request)
+        outputs = tuple(
+            Tensor(t.name, np.full_like(t.data, np.nan)) if t.data.dtype.kind == "f" else t for t in answer.outputs
+        )
+        return dataclasses.replace(answer, outputs=outputs)
+
+
+@pytest.mark.usefixtures("both_servers")
+def test_nan_outputs_come_back_as_null_and_nan_inputs_are_a_400(model_bytes: bytes) -> None:
+    router = Router(one_variant(), {"stable": NanBackend(model_bytes, "v1")})
+    with serve(router) as base, httpx.Client(base_url=base) as client:
+        answer = client.post("/v2/models/fraud/infer", json=v2_body(row(2)))
+        assert answer.status_code == 200, answer.text
+        probabilities = next(o for o in answer.json()["outputs"] if o["datatype"] == "FP32")
+        assert probabilities["data"] == [None] * 4  # JSON has no NaN: null, and the answer still arrives
+        bad = client.post(
+            "/v2/models/fraud/infer",
+            content=b'{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[NaN,1,2,3]}]}',
+            headers={"content-type": "application/json"},
+        )
+        assert bad.status_code == 400
+        assert bad.json()["error"].startswith("body is not valid JSON")

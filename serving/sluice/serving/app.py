@@ -8,7 +8,6 @@ it reads bodies (bounded), headers and path parameters and hands them to `DataPl
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 from sluice.serving.config import ServingConfig
 from sluice.serving.errors import InvalidInput, PayloadTooLarge, ServingError, Unauthorized, UnsupportedMediaType
 from sluice.serving.metrics import CONTENT_TYPE_LATEST
-from sluice.serving.protocol.dataplane import DataPlane, Reply, parse_json
+from sluice.serving.protocol.dataplane import DataPlane, Reply, dumps, parse_json
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ _JSON_TYPES = ("application/json", "text/json", "application/octet-stream")
 
 class _Json(JSONResponse):
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
+        return dumps(content)
 
 
 def _error(exc: ServingError) -> Response:
@@ -150,7 +149,7 @@ _JSON_HEADER = (b"content-type", b"application/json")
 
 
 async def _send_json(send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-    content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    content = dumps(body)
     raw = [(b"content-length", str(len(content)).encode()), _JSON_HEADER]
     if headers:
         raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]

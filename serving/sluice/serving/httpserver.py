@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -32,15 +31,12 @@ import httptools
 
 from sluice.serving.app import SluiceApp, check_request_headers, infer_target
 from sluice.serving.errors import PayloadTooLarge, ServingError
+from sluice.serving.protocol.dataplane import dumps as _dumps
 
 log = logging.getLogger(__name__)
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _JSON_TYPE = b"content-type: application/json\r\n"
-
-
-def _dumps(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _head(status: int, headers: list[tuple[bytes, bytes]], length: int, keep_alive: bool) -> bytes:

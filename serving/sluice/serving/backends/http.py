@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
+import orjson
 
 from sluice.serving.config import ServingConfig, VariantConfig
 from sluice.serving.errors import BackendError, BackendTimeout, BackendUnavailable, InvalidInput
@@ -216,11 +217,11 @@ class HttpBackend:
         # The client's own JSON when the request is unchanged since it was decoded: re-encoding it is pure cost.
         body = raw_body(request)
         if body is None:
-            body = json.dumps(encode_request(request), separators=(",", ":")).encode()
+            body = orjson.dumps(encode_request(request))
         status, content = await self._request("POST", "/infer", body)
         self._raise_for(status, content)
         try:
-            return decode_response(json.loads(content))
+            return decode_response(orjson.loads(content))
         except (ValueError, InvalidInput) as exc:
             raise BackendError(f"backend {self.endpoint} sent an unreadable response") from exc
 

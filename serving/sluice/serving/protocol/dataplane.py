@@ -6,13 +6,13 @@ protocol semantics and the request metrics live in one place.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from sluice.serving.errors import InvalidInput, ModelNotFound, ServingError
 from sluice.serving.protocol.v2_codec import decode_infer_request, encode_infer_response
@@ -36,10 +36,18 @@ class Reply:
 
 
 def parse_json(raw: bytes) -> Any:
+    """A request body as JSON; anything else (bad UTF-8, NaN literals, 64-bit overflow) is the client's 400."""
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+
+
+def dumps(body: Any) -> bytes:
+    """Compact JSON for every answer (orjson: several times faster than `json` on these bodies, which the router
+    pays per request). NaN and infinities, which JSON cannot spell, come out as null: a model that emits one
+    still gets its answer through instead of a 500."""
+    return orjson.dumps(body)
 
 
 def _tensor_meta(specs: Any) -> list[dict[str, Any]]:
