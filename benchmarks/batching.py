@@ -1,10 +1,10 @@
 """Throughput at concurrency 16 with vs without dynamic batching, same model, same run, side by side.
 
-    .venv/bin/python benchmarks/batching.py [--seconds 12] [--width 2048] [--layers 8,16]
+    .venv/bin/python benchmarks/batching.py [--seconds 12] [--width 2048] [--layers 8,16,32]
 
 Models: random-weight ONNX MLPs (4 -> width x layers Gemm+ReLU -> softmax 2, built by
 manifests/examples/models/make_models.py:make_mlp), where one call on 16 rows costs far less than 16 calls on one
-row; two depths by default, because on Ray the gain is capped by Ray's own per-request path (~100-130 req/s for
+row; three depths by default, because on Ray the gain is capped by Ray's own per-request path (~100-130 req/s for
 any Serve app on this 2-core machine, see e2e_ray.py) and shows fully only once the model is slower than that.
 Two hosts: Sluice on a local Ray Serve (ingress + model deployment with Sluice's DynamicBatcher) and the
 in-process backend (router + the same batcher). Writes benchmarks/results/batching.json.
@@ -149,7 +149,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument(
-        "--layers", default="8,16", help="comma list: one MLP depth per measured model (each ~2x the previous cost)"
+        "--layers", default="8,16,32", help="comma list: one MLP depth per measured model (each ~2x the previous cost)"
     )
     parser.add_argument("--backends", default="onnx,ray")
     args = parser.parse_args()
