@@ -188,6 +188,15 @@ def test_rendering_is_deterministic() -> None:
     assert first["spec"]["serveConfigV2"] == again["spec"]["serveConfigV2"]
 
 
+def test_versions_that_differ_only_in_unsafe_characters_get_distinct_deployments() -> None:
+    names = {v: deployment_name(v) for v in ("v1", "v1-0", "v1.0", "v1_0", "v1/0", "v1+0")}
+    assert names["v1"] == "model-v1"  # safe labels keep their plain, readable name
+    assert names["v1-0"] == "model-v1-0"
+    assert len(set(names.values())) == len(names)
+    assert names["v1.0"].startswith("model-v1-0-")
+    assert deployment_name("v1.0") == names["v1.0"]  # a hash of the label: the same in every process
+
+
 def test_blue_green_old_version_keeps_a_serve_deployment_without_traffic() -> None:
     switched = Desired(Routing(stable=V2), (V2, V1))  # after the switch, v1 kept for a fast undo
     config = serve(render(make_spec(), switched))

@@ -8,6 +8,7 @@ running ingress instead of rebuilding the application.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -28,8 +29,18 @@ DEFAULTS: dict[str, Any] = {
 
 
 def deployment_name(version: str) -> str:
-    """Serve deployment name of a model version (one deployment per version, shared by variants naming it)."""
-    return "model-" + re.sub(r"[^A-Za-z0-9_-]", "-", version)
+    """Serve deployment name of a model version (one deployment per version, shared by variants naming it).
+
+    Letters, digits, '-' and '_' are kept as they are; a version with any other character gets its other characters
+    replaced and a short hash of the original appended, so `v1.0` and `v1-0` never share a deployment.
+    """
+    safe = _UNSAFE.sub("-", version)
+    if safe == version:
+        return "model-" + version
+    return f"model-{safe}-{hashlib.blake2b(version.encode(), digest_size=4).hexdigest()}"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def versions(config: ServingConfig) -> dict[str, VariantConfig]:
