@@ -17,6 +17,11 @@ Scenarios run in interleaved rounds (A B C D A B C D ...) so background load hit
 counts. The headline is ``router_http / direct_http`` (goal >= 0.8). Because the load generator, the router and
 tritonserver share this machine's cores, each result also carries the CPU milliseconds every process spent per
 answered request (from /proc): what a request costs where, independent of how busy the machine was.
+
+A second layout then repeats ``direct_http`` and ``router_http`` with tritonserver and this load generator pinned to
+one core and the router to the other (``*_router_own_core``; skip with ``--no-router-core``): on a cluster the
+router runs in its own pod with its own CPU, and this is the nearest two cores come to that. Triton and the client
+get the same single core in both scenarios, so the ratio shows whether the router, given its own CPU, keeps up.
 Results go to benchmarks/results/e2e_triton.json.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -111,6 +117,18 @@ def _group(pgid: int) -> Callable[[], list[int]]:
     return pids
 
 
+def _pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of these processes onto `cpus` (threads they start later inherit it)."""
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cpus)
+
+
 async def _drive(call: Callable[[], Awaitable[None]], concurrency: int, seconds: float) -> dict[str, float]:
     """Closed loop: `concurrency` workers call back to back for `seconds`; latencies of successful calls."""
     latencies: list[float] = []
@@ -189,22 +207,36 @@ async def _measure(
             "direct_grpc": grpc_call,
             "backend_inproc": backend_call,
         }
-        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
+        rounds: dict[str, list[dict[str, float]]] = {}
         try:
             for call in scenarios.values():  # warm every path once
                 await _drive(call, args.concurrency, 1.0)
             meters = {"triton": _group(triton_pgid), "router": lambda: [router_pid]}
-            for _ in range(args.rounds):
-                for name, call in scenarios.items():
-                    before = {k: _cpu_seconds(m) for k, m in meters.items()}
-                    client_before = time.process_time()
-                    result = await _drive(call, args.concurrency, args.seconds)
-                    used = {k: _cpu_seconds(m) - before[k] for k, m in meters.items()}
-                    used["client"] = time.process_time() - client_before
-                    for k, seconds in used.items():  # CPU milliseconds each process spent per answered request
-                        result[f"cpu_ms_per_req_{k}"] = round(1000 * seconds / max(result["requests"], 1), 3)
-                    print(name, result, flush=True)
-                    rounds[name].append(result)
+            layouts: list[tuple[str, list[str]]] = [("", list(scenarios))]
+            if args.router_core and len(os.sched_getaffinity(0)) >= 2:
+                layouts.append(("_router_own_core", ["direct_http", "router_http"]))
+            for suffix, names in layouts:
+                if suffix:
+                    # As deployed: the router in its own pod with its own CPU. tritonserver and this load generator
+                    # share one core in both scenarios; the router gets the other.
+                    all_cpus = os.sched_getaffinity(0)
+                    first, second = sorted(all_cpus)[:2]
+                    _pin([os.getpid(), *meters["triton"]()], {first})
+                    _pin([router_pid], {second})
+                for _ in range(args.rounds):
+                    for name in names:
+                        key = name + suffix
+                        before = {k: _cpu_seconds(m) for k, m in meters.items()}
+                        client_before = time.process_time()
+                        result = await _drive(scenarios[name], args.concurrency, args.seconds)
+                        used = {k: _cpu_seconds(m) - before[k] for k, m in meters.items()}
+                        used["client"] = time.process_time() - client_before
+                        for k, seconds in used.items():  # CPU milliseconds each process spent per answered request
+                            result[f"cpu_ms_per_req_{k}"] = round(1000 * seconds / max(result["requests"], 1), 3)
+                        print(key, result, flush=True)
+                        rounds.setdefault(key, []).append(result)
+                if suffix:
+                    _pin([os.getpid(), *meters["triton"](), router_pid], all_cpus)
         finally:
             await grpc.close()
             await backend.close()
@@ -266,6 +298,15 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": rounds,
         "ratios": {
             "router_http_vs_direct_http": round(best["router_http"]["rps"] / best["direct_http"]["rps"], 3),
+            **(
+                {
+                    "router_http_vs_direct_http_router_own_core": round(
+                        best["router_http_router_own_core"]["rps"] / best["direct_http_router_own_core"]["rps"], 3
+                    )
+                }
+                if "router_http_router_own_core" in best
+                else {}
+            ),
             "router_http_vs_direct_grpc": round(best["router_http"]["rps"] / best["direct_grpc"]["rps"], 3),
             "backend_inproc_vs_direct_grpc": round(best["backend_inproc"]["rps"] / best["direct_grpc"]["rps"], 3),
         },
@@ -285,6 +326,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--queue-delay-us", type=int, default=2000)
+    parser.add_argument(
+        "--no-router-core",
+        dest="router_core",
+        action="store_false",
+        help="skip the second layout (tritonserver and the load generator on one core, the router on another)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     report = _run(args)
