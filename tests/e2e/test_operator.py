@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.e2e.conftest import REPO, Kube
+from tests.operator.operator_process import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -29,14 +29,8 @@ OPERATOR_SELECTOR = "app.kubernetes.io/name=sluice,app.kubernetes.io/component=o
 
 
 def _wait(what: str, check: Callable[[], Any], timeout_s: float = 180, interval_s: float = 2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last: {last!r}")
+    """`wait_for` at a real cluster's pace."""
+    return wait_for(what, check, timeout_s, interval_s)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import httpx
 import pytest
 import yaml
 from tests.kube.emulator import EmulatorThread
+from tests.operator import operator_process
 from tests.operator.simulator import Simulator, simulating
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,14 +42,7 @@ def free_port() -> int:
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0, interval: float = 0.1) -> Any:
     """Poll until `condition()` is truthy; returns its value or fails naming `what`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return operator_process.wait_for(what, condition, timeout, interval)
 
 
 @dataclass

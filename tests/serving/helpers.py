@@ -124,6 +124,15 @@ def free_socket() -> socket.socket:
     return sock
 
 
+def free_port() -> int:
+    """A port nothing listens on right now (for servers started as their own process)."""
+    sock = free_socket()
+    try:
+        return int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
 # Which HTTP server `serve` runs: the router's own (`HttpServer`, what the standalone router and `sluice serve` use)
 # unless a test module asks for both through the `both_servers` fixture (uvicorn runs the plain ASGI app, as Ray
 # Serve does inside the ingress replica).

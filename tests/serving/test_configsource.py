@@ -16,7 +16,7 @@ import httpx
 import pytest
 from tests.kube.emulator import WATCH_HISTORY, EmulatorThread
 from tests.kube.fixtures import kube_emulator, start_emulator  # noqa: F401
-from tests.serving.helpers import free_socket
+from tests.serving.helpers import free_port
 
 from sluice.serving.configsource import ConfigError, KubeApi, parse_config, parse_target
 
@@ -35,14 +35,6 @@ def _config(canary_weight: int) -> dict[str, Any]:
             {"name": "canary", "version": "v2", "uri": v2, "weight": canary_weight},
         ],
     }
-
-
-def _free_port() -> int:
-    sock = free_socket()
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 class Router:
@@ -92,7 +84,7 @@ def start_router(tmp_path: Path) -> Iterator[Any]:
         assert r.status_code == 201, r.text
         path = tmp_path / f"{name}.json"
         path.write_text(text)  # the mounted start-up copy
-        port = _free_port()
+        port = free_port()
         log = tmp_path / f"{name}.log"
         args = ["--config", str(path), "--backend", "onnx", "--port", str(port), "--kube-api", api]
         args += ["--watch-configmap", f"{NAMESPACE}/{name}", "--watch-timeout", str(watch_timeout_s)]

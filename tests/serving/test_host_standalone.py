@@ -13,19 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.serving.helpers import MODEL, OnnxBackend, config, free_socket, row, serve, v2_body
+from tests.serving.helpers import MODEL, OnnxBackend, config, free_port, row, serve, v2_body
 
 from sluice.serving.router import Router
 
 URL = f"/v2/models/{MODEL}/infer"
-
-
-def _free_port() -> int:
-    sock = free_socket()
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +78,7 @@ def _wait_ready(base: str, proc: subprocess.Popen[str]) -> None:
 
 
 def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _start(["--config", str(_write_config(tmp_path, model_server)), "--port", str(port), "--backend", "http"])
     base = f"http://127.0.0.1:{port}"
     try:
@@ -125,8 +117,8 @@ def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str
 
 
 def test_unreachable_backend_is_503_not_a_crash(model_server: str, tmp_path: Path) -> None:
-    port = _free_port()
-    dead = f"http://127.0.0.1:{_free_port()}"
+    port = free_port()
+    dead = f"http://127.0.0.1:{free_port()}"
     proc = _start(["--config", str(_write_config(tmp_path, model_server, dead)), "--port", str(port)])
     base = f"http://127.0.0.1:{port}"
     try:
@@ -161,7 +153,7 @@ def test_bad_startup_exits_2_naming_the_problem(tmp_path: Path, setup: str, mess
         raw = json.loads(path.read_text())
         del raw["variants"][0]["endpoint"]
         path.write_text(json.dumps(raw))
-    proc = _start(["--config", str(path), "--port", str(_free_port()), "--backend", backend])
+    proc = _start(["--config", str(path), "--port", str(free_port()), "--backend", backend])
     try:
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 2

@@ -40,6 +40,24 @@ class Routing:
     canary_weight: int = 0
     mirror_percent: int = 0
 
+    def apply(self, action: Action) -> bool:
+        """Change the roles and split as `action` says; False when it changes nothing here (a ScaleDown of a
+        version no role points at, an action that is not about routing). Shared by every platform."""
+        if isinstance(action, DeployVersion):
+            if action.role == STABLE:
+                self.stable = action.model
+            else:
+                self.canary, self.canary_weight, self.mirror_percent = action.model, 0, 0
+        elif isinstance(action, SetTraffic):
+            self.canary_weight, self.mirror_percent = action.canary_weight, action.mirror_percent
+        elif isinstance(action, PromoteCanary):
+            self.stable, self.canary, self.canary_weight, self.mirror_percent = action.model, None, 0, 0
+        elif isinstance(action, ScaleDown) and self.canary is not None and self.canary.version == action.version:
+            self.canary, self.canary_weight, self.mirror_percent = None, 0, 0
+        else:
+            return False
+        return True
+
 
 def serving_config(spec: ModelDeploymentSpec, routing: Routing) -> ServingConfig:
     """The data plane's config for `routing`; raises ValueError when nothing is deployed yet."""
@@ -101,20 +119,8 @@ class DataPlanePlatform:
                 logging.WARNING if action.type == "Warning" else logging.INFO, "%s: %s", action.reason, action.message
             )
             return
-        if isinstance(action, DeployVersion):
-            if action.role == STABLE:
-                r.stable = action.model
-            else:
-                r.canary, r.canary_weight, r.mirror_percent = action.model, 0, 0
-        elif isinstance(action, SetTraffic):
-            r.canary_weight, r.mirror_percent = action.canary_weight, action.mirror_percent
-        elif isinstance(action, PromoteCanary):
-            r.stable, r.canary, r.canary_weight, r.mirror_percent = action.model, None, 0, 0
-        elif isinstance(action, ScaleDown):
-            if r.canary is not None and r.canary.version == action.version:
-                r.canary, r.canary_weight, r.mirror_percent = None, 0, 0
-            else:
-                return  # a version no role points at any more: the config below no longer names it
+        if not r.apply(action):
+            return  # e.g. a version no role points at any more: the config below no longer names it
         if r.stable is None:
             return  # nothing to serve until the first version is deployed
         config = serving_config(self.spec, r)

@@ -27,7 +27,7 @@ from sluice.operator.config import OperatorConfig
 from sluice.operator.kube import ApiError, KubeClient, Obj, contains, merge_diff, our_fields
 from sluice.operator.render import Desired, Key, Owner, Ready, renderer_for
 from sluice.operator.render.meta import DEPLOYMENT_LABEL, label_value
-from sluice.rollout.actions import Action, DeployVersion, EmitEvent, PromoteCanary, ScaleDown, SetTraffic
+from sluice.rollout.actions import Action, DeployVersion, EmitEvent, ScaleDown
 from sluice.rollout.conditions import set_condition
 from sluice.rollout.observations import Command
 from sluice.serving.config import STABLE
@@ -314,22 +314,14 @@ class KubePlatform:
             return
         if isinstance(action, DeployVersion):
             await self._check_uri(action.model)
-            if action.role == STABLE:
-                r.stable = action.model
-            else:
-                r.canary, r.canary_weight, r.mirror_percent = action.model, 0, 0
+            if action.role != STABLE:
                 self.canary_not_ready = ""
             if all(v.version != action.model.version for v in self.running):
                 self.running.append(action.model)
             else:
                 self.running = [action.model if v.version == action.model.version else v for v in self.running]
-        elif isinstance(action, SetTraffic):
-            r.canary_weight, r.mirror_percent = action.canary_weight, action.mirror_percent
-        elif isinstance(action, PromoteCanary):
-            r.stable, r.canary, r.canary_weight, r.mirror_percent = action.model, None, 0, 0
-        elif isinstance(action, ScaleDown):
-            if r.canary is not None and r.canary.version == action.version:
-                r.canary, r.canary_weight, r.mirror_percent = None, 0, 0
+        r.apply(action)
+        if isinstance(action, ScaleDown):
             keep = r.stable.version if r.stable is not None else None
             self.running = [v for v in self.running if v.version != action.version or v.version == keep]
             self.prune_needed = True

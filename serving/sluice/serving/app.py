@@ -11,7 +11,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -46,6 +46,11 @@ def _error(exc: ServingError) -> Response:
 
 def _check_content_type(request: Request) -> None:
     check_request_headers(request.headers)
+
+
+def header_map(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-cased raw headers as a dict; the first of repeated headers wins, as in Starlette."""
+    return {key.decode("latin-1"): value.decode("latin-1") for key, value in reversed(raw)}
 
 
 def check_request_headers(headers: Mapping[str, str]) -> None:
@@ -175,9 +180,7 @@ class SluiceApp(Starlette):
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None) -> None:
         t0 = time.perf_counter()
-        headers: dict[str, str] = {}
-        for key, value in reversed(scope["headers"]):  # the first of repeated headers wins, as in Starlette
-            headers[key.decode("latin-1")] = value.decode("latin-1")
+        headers = header_map(scope["headers"])
         plane = self.plane
         try:
             check_request_headers(headers)

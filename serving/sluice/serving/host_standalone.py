@@ -28,7 +28,6 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sluice.serving.app import build_app
 from sluice.serving.backends import BACKEND_KINDS, make_backend
 from sluice.serving.config import ServingConfig
 from sluice.serving.configsource import ConfigMapSource, KubeApi, parse_target
@@ -58,16 +57,6 @@ def build_router(config: ServingConfig, kind: str) -> Router:
     factory = partial(make_backend, kind)
     backends = {v.name: factory(v, config) for v in config.variants}
     return Router(config, backends, factory=factory)
-
-
-def make_server(router: Router, host: str, port: int) -> HttpServer:
-    """The router's HTTP server; graceful shutdown bounded by the request timeout."""
-    return HttpServer(
-        build_app(router, close_router_on_shutdown=True),
-        host,
-        port,
-        graceful_timeout_s=router.config.request_timeout_s + 1,
-    )
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -114,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(make_server(router, args.host, args.port), source))
+            runner.run(serve(HttpServer.for_router(router, args.host, args.port), source))
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

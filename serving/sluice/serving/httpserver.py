@@ -22,16 +22,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
 import httptools
 
-from sluice.serving.app import SluiceApp, check_request_headers, infer_target
+from sluice.serving.app import SluiceApp, build_app, check_request_headers, header_map, infer_target
 from sluice.serving.errors import PayloadTooLarge, ServingError
 from sluice.serving.protocol.dataplane import dumps as _dumps
+from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ class _Request:
     body: bytes
     keep_alive: bool
     http_version: str
-    error: ServingError | None = None  # refused while reading (too large): answered without running anything
-    started: float = field(default_factory=time.perf_counter)
+    error: ServingError | None  # refused while reading (too large): answered without running anything
+    started: float  # perf_counter at the first byte of the request
 
 
 class _Connection(asyncio.Protocol):
@@ -204,6 +205,12 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._lifespan: _Lifespan | None = None
 
+    @classmethod
+    def for_router(cls, router: Router, host: str, port: int) -> HttpServer:
+        """The router's server: closes the router's backends on shutdown, drains for up to the request timeout."""
+        app = build_app(router, close_router_on_shutdown=True)
+        return cls(app, host, port, graceful_timeout_s=router.config.request_timeout_s + 1)
+
     def begin(self) -> None:
         self.in_flight += 1
         self._idle.clear()
@@ -266,9 +273,7 @@ class HttpServer:
     async def _infer(
         self, request: _Request, name: str, version: str | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        headers: dict[str, str] = {}
-        for key, value in reversed(request.headers):  # the first of repeated headers wins, as in Starlette
-            headers[key.decode("latin-1")] = value.decode("latin-1")
+        headers = header_map(request.headers)
         try:
             check_request_headers(headers)
             reply = await self.app.plane.infer(name, version, request.body, headers, request.started)

@@ -91,16 +91,10 @@ class _RouterServer:
     """`HttpServer` serving `build_app(router)` on a background thread with its own event loop."""
 
     def __init__(self, router: Any, host: str, port: int) -> None:
-        from sluice.serving.app import build_app
         from sluice.serving.httpserver import HttpServer
 
         self.router = router
-        self.server = HttpServer(
-            build_app(router, close_router_on_shutdown=True),
-            host,
-            port,
-            graceful_timeout_s=router.config.request_timeout_s + 1,
-        )
+        self.server = HttpServer.for_router(router, host, port)
         self.host = host
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
