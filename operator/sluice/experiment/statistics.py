@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+import numpy.typing as npt
 
 _N = NormalDist()
 
@@ -233,7 +234,9 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 # -- Bayesian posteriors --------------------------------------------------------------------------------------
-def posterior_draws(samples: Sequence[Sample], conversion: bool, rng: np.random.Generator, draws: int) -> np.ndarray:
+def posterior_draws(
+    samples: Sequence[Sample], conversion: bool, rng: np.random.Generator, draws: int
+) -> npt.NDArray[np.float64]:
     """Posterior draws of each arm's value, shape (draws, arms).
 
     conversion: Beta(1 + successes, 1 + failures) (uniform prior). mean: the normal approximation
@@ -249,14 +252,14 @@ def posterior_draws(samples: Sequence[Sample], conversion: bool, rng: np.random.
     return np.column_stack(cols)
 
 
-def probability_best(draws: np.ndarray, higher_is_better: bool = True) -> list[float]:
+def probability_best(draws: npt.NDArray[np.float64], higher_is_better: bool = True) -> list[float]:
     """Share of posterior draws in which each arm is the best."""
     pick = np.argmax(draws, axis=1) if higher_is_better else np.argmin(draws, axis=1)
     counts = np.bincount(pick, minlength=draws.shape[1])
     return [float(c) / draws.shape[0] for c in counts]
 
 
-def expected_loss(draws: np.ndarray, higher_is_better: bool = True) -> list[float]:
+def expected_loss(draws: npt.NDArray[np.float64], higher_is_better: bool = True) -> list[float]:
     """Expected loss of choosing each arm: E[best value - this arm's value] over the posterior."""
     best = draws.max(axis=1, keepdims=True) if higher_is_better else draws.min(axis=1, keepdims=True)
     loss = np.abs(best - draws)
