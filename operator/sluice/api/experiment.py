@@ -183,6 +183,10 @@ class VariantStats(ApiModel):
         default=None,
         description="Against control, Holm-adjusted across treatments; sequential: always-valid (1 / e-value).",
     )
+    always_valid_p: float | None = Field(
+        default=None,
+        description="Sequential: running minimum of the unadjusted always-valid p-value (kept across looks).",
+    )
     probability_best: float | None = Field(default=None, description="Posterior chance this arm is best.")
     expected_loss: float | None = Field(
         default=None, description="Posterior expected loss of choosing this arm (in units of the metric)."
