@@ -60,7 +60,7 @@ def test_fixed_horizon_gives_no_verdict_before_the_required_samples() -> None:
     spec = make_spec(method="frequentist", minimumDetectableEffect=0.2)
     status = started(spec)
     # an enormous difference, but far below the horizon
-    status, actions = look(spec, status, conversions(control=(150, 15), treatment=(150, 60)))
+    status, _ = look(spec, status, conversions(control=(150, 15), treatment=(150, 60)))
     assert status.phase is ExperimentPhase.RUNNING
     required = status.required_samples
     assert required is not None

@@ -209,6 +209,8 @@ class _Step:
 
     # -- arms: load failures and guardrails ----------------------------------------------------------------
     def _check_arms(self) -> None:
+        """Stop every arm that failed to load or breached a guardrail, then re-weight once."""
+        newly: list[str] = []
         for i, variant in enumerate(self.spec.variants):
             arm = self._arm(variant.name)
             seen = self.obs.arms.get(variant.name)
@@ -224,11 +226,21 @@ class _Step:
             if variant.name == self.control:
                 self._finish(ExperimentPhase.FAILED, "ControlFailed", reason, None)
                 return
-            self._stop_arm(variant.name, reason)
-        if not [n for n in self._active() if n != self.control]:
+            arm.stopped, arm.stopped_reason = True, reason
+            newly.append(reason)
+            self._condition(ARMS_HEALTHY, False, "ArmStopped", reason)
+            self._event(True, "ArmStopped", reason)
+        if not newly:
+            return
+        active = self._active()
+        if active == [self.control]:
             self._finish(
                 ExperimentPhase.STOPPED, "AllTreatmentsStopped", "no verdict: every treatment was stopped", None
             )
+            return
+        shares = {n: float(self._arm(n).weight) for n in active}
+        weights = largest_remainder(shares)  # an all-zero share is split evenly
+        self._set_weights({v.name: weights.get(v.name, 0) for v in self.s.variants})
 
     def _breach(self, index: int, name: str) -> str | None:
         seen = self.obs.arms[name]
@@ -241,18 +253,6 @@ class _Step:
             if value is not None and g.max is not None and value > g.max:
                 return f"spec.variants[{index}] ({name}): guardrail {g.name} ({g.type}) at {value:.4g} > max {g.max:g}"
         return None
-
-    def _stop_arm(self, name: str, reason: str) -> None:
-        arm = self._arm(name)
-        arm.stopped, arm.stopped_reason = True, reason
-        active = self._active()
-        shares = {n: float(self._arm(n).weight) for n in active}
-        weights = (
-            largest_remainder(shares) if sum(shares.values()) > 0 else largest_remainder(dict.fromkeys(active, 1.0))
-        )
-        self._set_weights({v.name: weights.get(v.name, 0) for v in self.s.variants})
-        self._condition(ARMS_HEALTHY, False, "ArmStopped", reason)
-        self._event(True, "ArmStopped", reason)
 
     # -- the end ----------------------------------------------------------------------------------------------
     def _finish(self, phase: ExperimentPhase, reason: str, verdict: str, winner: str | None) -> None:
