@@ -71,7 +71,9 @@ def _run(spec_args: dict[str, object], sequence: list, seed: int) -> None:
         )
         now = T0 + timedelta(minutes=2 * i)
         reloaded = ExperimentStatus.model_validate_json(status.model_dump_json(by_alias=True))
+        before = status.model_dump()
         new, actions = step(spec, status, obs, now, np.random.default_rng([seed, i]))
+        assert status.model_dump() == before, "step modified its input status"
         again, again_actions = step(spec, reloaded, obs, now, np.random.default_rng([seed, i]))
         assert again.model_dump() == new.model_dump(), "a restart from the stored status diverged"
         assert again_actions == actions

@@ -209,7 +209,9 @@ class ExperimentStatus(ApiModel):
     message: str | None = Field(default=None, description="What is happening now, in words.")
     salt: str | None = Field(default=None, description="The assignment salt in use (kept so restarts keep it).")
     required_samples: int | None = Field(
-        default=None, description="Fixed-horizon and Bayesian: outcomes per arm before the verdict (80% power)."
+        default=None,
+        description="Fixed horizon and Bayesian: outcomes per arm before the verdict (80% power at the MDE), "
+        "planned once the control has minimumSamples outcomes.",
     )
     looks: int = Field(default=0, ge=0, description="Looks taken at the arms so far.")
     last_look_at: datetime | None = Field(default=None, description="When the arms were last looked at.")
