@@ -80,6 +80,7 @@ def evaluate(
     active: Sequence[str],
     running_p: Mapping[str, float],
     rng: np.random.Generator,
+    *,
     planned: int | None = None,
 ) -> Analysis:
     """Compare each active treatment with the control (the first variant), which is always active.
