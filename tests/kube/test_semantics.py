@@ -11,8 +11,8 @@ import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from tests.kube.emulator import EmulatorThread
 from tests.kube.helpers import WIDGETS, unique, watch_events, widget
+from tests.support.emulator import EmulatorThread
 
 GROUP, VERSION, PLURAL = "test.sluice.dev", "v1", "widgets"
 
@@ -62,20 +62,17 @@ def test_discovery_serves_kopf_backbone_builtins_and_crds(http: httpx.Client) ->
 
 
 def test_rayservice_crd_is_served(http: httpx.Client) -> None:
-    from tests.kube.fixtures import RAY_CRD
+    from tests.support.kube import RAY_CRD
 
-    if not RAY_CRD.exists():
-        pytest.skip(f"KubeRay's RayService CRD is not at {RAY_CRD} in this checkout")
+    assert RAY_CRD.is_file(), f"KubeRay's RayService CRD is committed at {RAY_CRD}"
     resources = {r["name"] for r in http.get("/apis/ray.io/v1").json()["resources"]}
     assert {"rayservices", "rayservices/status"} <= resources
 
 
 def test_sluice_crds_are_served(http: httpx.Client) -> None:
-    from tests.kube.fixtures import SLUICE_CRDS
+    from tests.support.kube import SLUICE_CRDS
 
-    files = sorted(SLUICE_CRDS.glob("*.yaml"))
-    if not files:
-        pytest.skip("crds/ holds no generated CRDs yet")
+    assert sorted(SLUICE_CRDS.glob("*.yaml")), f"no generated CRDs in {SLUICE_CRDS}"
     groups = {g["name"] for g in http.get("/apis").json()["groups"]}
     assert "sluice.dev" in groups
     kinds = {r["kind"] for r in http.get(f"/apis/sluice.dev/{_first_version(http)}").json()["resources"]}
