@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from tests.kube.helpers import WIDGETS, unique, watch_events, widget
+from tests.support import wait_for
 from tests.support.emulator import EmulatorThread
 
 GROUP, VERSION, PLURAL = "test.sluice.dev", "v1", "widgets"
@@ -353,7 +354,6 @@ def test_finalizers_delay_deletion(custom: client.CustomObjectsApi, ns: str) -> 
 def test_owner_references_are_garbage_collected(
     kube_client: client.ApiClient, custom: client.CustomObjectsApi, ns: str
 ) -> None:
-    import time
 
     owner = create(custom, ns, widget("owner"))
     ref = {"apiVersion": "test.sluice.dev/v1", "kind": "Widget", "name": "owner", "uid": owner["metadata"]["uid"]}
@@ -366,11 +366,8 @@ def test_owner_references_are_garbage_collected(
     }
     apps.create_namespaced_deployment(ns, deployment)
     custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "owner")
-    deadline = time.monotonic() + 5
-    while (
-        time.monotonic() < deadline and core.list_namespaced_config_map(ns, field_selector="metadata.name=child").items
-    ):
-        time.sleep(0.05)
+    gone = core.list_namespaced_config_map
+    wait_for("the child's collection", lambda: not gone(ns, field_selector="metadata.name=child").items, 5, 0.05)
     assert [cm.metadata.name for cm in core.list_namespaced_config_map(ns).items] == ["bystander"]
     assert apps.list_namespaced_deployment(ns).items == []
 
@@ -424,10 +421,7 @@ def test_orphan_policy_keeps_dependents_and_namespace_delete_cascades(http: http
     time.sleep(0.2)
     assert http.get(f"{cms}/kept").status_code == 200
     http.delete(f"/api/v1/namespaces/{ns}")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and http.get(f"{cms}/kept").status_code == 200:
-        time.sleep(0.05)
-    assert http.get(f"{cms}/kept").status_code == 404
+    wait_for("the namespace's objects to go", lambda: http.get(f"{cms}/kept").status_code == 404, 5, 0.05)
 
 
 def test_a_crd_created_through_the_api_is_served(http: httpx.Client) -> None:
