@@ -31,7 +31,7 @@ from sluice.local.dataplane import DataPlanePlatform, Routing, serving_config
 from sluice.local.loop import RolloutLoop
 from sluice.providers.factory import create_provider
 from sluice.rollout.core import version_ref
-from sluice.serving.launch import DataPlane, LaunchError, start_data_plane
+from sluice.serving.launch import LaunchError, RunningPlane, start_data_plane
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_INVALID, EXIT_OTHER = 0, 1, 2, 3
 _EXIT = {Phase.SUCCEEDED: EXIT_PROMOTED, Phase.STABLE: EXIT_PROMOTED, Phase.ROLLED_BACK: EXIT_ROLLED_BACK}
@@ -121,7 +121,7 @@ async def _drive(
     return False
 
 
-async def _rollout(docs: list[ModelDeployment], plane: DataPlane, args: argparse.Namespace) -> ModelDeploymentStatus:
+async def _rollout(docs: list[ModelDeployment], plane: RunningPlane, args: argparse.Namespace) -> ModelDeploymentStatus:
     first = docs[0].spec
     platform = DataPlanePlatform(first, plane)
     provider = create_provider(first.analysis.provider, metrics_url=plane.metrics_url)
