@@ -27,8 +27,9 @@ import numpy as np
 from sluice.api.model_deployment import ModelDeployment
 from sluice.api.status import TERMINAL_PHASES, ModelDeploymentStatus, Phase
 from sluice.cli.serve import load_deployments
-from sluice.local.dataplane import DataPlanePlatform, Routing, serving_config
-from sluice.local.loop import RolloutLoop
+from sluice.engine.modeldeployment import RolloutLoop
+from sluice.engine.routing import Routing, serving_config
+from sluice.local.modeldeployment import LocalPlatform
 from sluice.providers.factory import create_provider
 from sluice.rollout.core import version_ref
 from sluice.serving.launch import DataPlane, LaunchError, start_data_plane
@@ -123,7 +124,7 @@ async def _drive(
 
 async def _rollout(docs: list[ModelDeployment], plane: DataPlane, args: argparse.Namespace) -> ModelDeploymentStatus:
     first = docs[0].spec
-    platform = DataPlanePlatform(first, plane)
+    platform = LocalPlatform(first, plane)
     provider = create_provider(first.analysis.provider, metrics_url=plane.metrics_url)
     loop = RolloutLoop(first, platform, provider, name=docs[0].metadata.name, poll_s=0.5)
     stop = asyncio.Event()
