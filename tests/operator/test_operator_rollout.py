@@ -22,7 +22,7 @@ from tests.support.operator_process import EXAMPLES, Cluster, example, running_o
 from tests.support.simulator import simulating
 
 from sluice.api.model_deployment import ModelDeploymentSpec
-from sluice.local.dataplane import Routing, serving_config
+from sluice.engine.routing import Routing, serving_config
 from sluice.rollout.core import version_ref
 from sluice.serving.launch import start_data_plane
 

@@ -266,7 +266,7 @@ def iter_statuses(history: list[tuple[str, Obj]], namespace: str, name: str) -> 
 def ray_service_sample() -> Obj:
     """A RayService as the operator renders it for the 01 example (its v1)."""
     from sluice.api.model_deployment import ModelDeploymentSpec
-    from sluice.local.dataplane import Routing
+    from sluice.engine.routing import Routing
     from sluice.operator.config import OperatorConfig
     from sluice.operator.render import Desired, Owner
     from sluice.operator.render.ray import RayRenderer
