@@ -15,7 +15,7 @@ from datetime import datetime
 
 import numpy as np
 
-from sluice.api.base import parse_duration
+from sluice.api.base import parse_duration, set_condition
 from sluice.api.experiment import (
     Allocation,
     EndPolicy,
@@ -28,7 +28,6 @@ from sluice.api.status import VersionRef
 from sluice.experiment.actions import Action, Arm, DeployArms, EmitEvent, EndArms, PromoteVariant, SetWeights
 from sluice.experiment.analysis import Analysis, evaluate
 from sluice.experiment.observations import ExperimentCommand, Observations
-from sluice.rollout.conditions import set_condition
 
 TERMINAL = frozenset({ExperimentPhase.CONCLUDED, ExperimentPhase.STOPPED, ExperimentPhase.FAILED})
 
