@@ -31,17 +31,32 @@ from sluice.serving.tensors import Tensor
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
-# Below this many comparisons (rows x features x edges) one broadcast compare beats a searchsorted per feature.
-_BROADCAST_MAX = 8192
+# Up to this many comparisons (rows x features x edges) one broadcast compare beats a searchsorted per feature.
+_BROADCAST_MAX = 16384
 
 
 @dataclass(frozen=True, slots=True)
 class _Slot:
+    """A feature's place in the count vector: its missing slot at `offset`, bin i at `offset + 1 + i`.
+
+    Missing first, so a count of "edges <= x, plus one for x >= -inf" (0 for NaN, which compares false to all)
+    is directly the slot offset: no separate NaN pass on the hot path."""
+
     policy: int
     key: str
     size: int  # k bins
-    offset: int  # slot of bin 0; the missing slot is offset + size
+    offset: int
+
+
+@dataclass(slots=True)
+class _View:
+    """How a numeric group reads an input of a given width (cached per width)."""
+
+    take: IntArray | None  # columns to read, None: the input's columns as they are
+    readable: BoolArray | None  # None: every feature readable
+    lost: IntArray  # missing slots of unreadable features
 
 
 @dataclass(slots=True)
@@ -50,20 +65,39 @@ class _Numeric:
 
     columns: IntArray  # -1: the input's only column (a 1-D input, or 2-D of width 1)
     edges: list[FloatArray]
-    padded: FloatArray  # features x max edges, NaN-padded (NaN never compares true)
-    offsets: IntArray
-    missing: IntArray
+    padded: FloatArray  # (1 + max edges) x features: -inf, the edges, NaN padding (NaN never compares true)
+    offsets: IntArray  # missing slot of each feature
+    views: dict[int, _View] = field(default_factory=dict)
+
+    def view(self, width: int) -> _View:
+        hit = self.views.get(width)
+        if hit is None:
+            cols = np.where(self.columns < 0, 0, self.columns)
+            readable = (cols < width) & ((self.columns >= 0) | (width == 1))
+            if readable.all():
+                identity = len(cols) == width and bool((cols == np.arange(width)).all())
+                hit = _View(None if identity else cols, None, self.offsets[:0])
+            else:
+                hit = _View(np.where(readable, cols, 0), readable, self.offsets[~readable])
+            self.views[width] = hit
+        return hit
 
 
 @dataclass(slots=True)
 class _Categorical:
     column: int
-    offset: int
-    missing: int
-    other: int  # bin index of "other" (k - 1)
-    lookup: dict[Any, int]  # category as str and as UTF-8 bytes -> bin
+    offset: int  # missing slot; category i at offset + 1 + i, "other" at offset + 1 + K
+    other: int  # K
+    lookup: dict[Any, int]  # category as str and as UTF-8 bytes -> index
     numbers: FloatArray  # categories that parse as numbers, sorted
-    number_bins: IntArray  # their bins
+    number_bins: IntArray  # their indices
+
+
+@dataclass(slots=True)
+class _Prediction:
+    offset: int
+    edges: FloatArray | None  # -inf, then the profile's edges
+    categorical: _Categorical | None
 
 
 @dataclass(slots=True)
@@ -73,7 +107,7 @@ class _Plan:
     total: int
     numeric: dict[str, _Numeric] = field(default_factory=dict)
     categorical: dict[str, list[_Categorical]] = field(default_factory=dict)
-    prediction: list[tuple[_Slot, Bins]] = field(default_factory=list)
+    prediction: list[_Prediction] = field(default_factory=list)
 
 
 def _categorical(bins: Bins, column: int, offset: int) -> _Categorical:
@@ -89,7 +123,6 @@ def _categorical(bins: Bins, column: int, offset: int) -> _Categorical:
     return _Categorical(
         column=column,
         offset=offset,
-        missing=offset + len(cats) + 1,
         other=len(cats),
         lookup=lookup,
         numbers=np.array([n for n, _ in numbers], dtype=np.float64),
@@ -103,8 +136,7 @@ def _compile(profiles: tuple[DriftProfileConfig, ...]) -> _Plan:
     offset = 0
     for p, profile in enumerate(profiles):
         for f in profile.features:
-            slot = _Slot(p, f.key, f.size, offset)
-            plan.slots.append(slot)
+            plan.slots.append(_Slot(p, f.key, f.size, offset))
             column = -1 if f.column is None else f.column
             if f.edges is not None:
                 numeric.setdefault(f.input, []).append((column, np.array(f.edges, dtype=np.float64), offset))
@@ -112,22 +144,25 @@ def _compile(profiles: tuple[DriftProfileConfig, ...]) -> _Plan:
                 plan.categorical.setdefault(f.input, []).append(_categorical(f, column, offset))
             offset += f.size + 1
         if profile.prediction is not None:
-            slot = _Slot(p, PREDICTION, profile.prediction.size, offset)
-            plan.slots.append(slot)
-            plan.prediction.append((slot, profile.prediction))
-            offset += profile.prediction.size + 1
+            pb = profile.prediction
+            plan.slots.append(_Slot(p, PREDICTION, pb.size, offset))
+            edges = np.array([-np.inf, *pb.edges], dtype=np.float64) if pb.edges is not None else None
+            plan.prediction.append(
+                _Prediction(offset, edges, None if edges is not None else _categorical(pb, 0, offset))
+            )
+            offset += pb.size + 1
     plan.total = offset
     for name, feats in numeric.items():
         width = max(len(e) for _, e, _ in feats)
-        padded = np.full((len(feats), width), np.nan)
+        padded = np.full((width + 1, len(feats)), np.nan)
+        padded[0, :] = -np.inf
         for j, (_, e, _) in enumerate(feats):
-            padded[j, : len(e)] = e
+            padded[1 : len(e) + 1, j] = e
         plan.numeric[name] = _Numeric(
             columns=np.array([c for c, _, _ in feats], dtype=np.int64),
             edges=[e for _, e, _ in feats],
             padded=padded,
             offsets=np.array([o for _, _, o in feats], dtype=np.int64),
-            missing=np.array([o + len(e) + 1 for _, e, o in feats], dtype=np.int64),
         )
     return plan
 
@@ -142,25 +177,46 @@ def _matrix(tensor: Tensor | None, rows: int) -> npt.NDArray[Any] | None:
     return data.reshape(rows, -1)
 
 
-def _numeric_bins(group: _Numeric, x: FloatArray) -> IntArray:
-    """Bin index per row and feature: the number of edges <= x (np.searchsorted side='right')."""
-    rows, feats = x.shape
-    if rows * feats * group.padded.shape[1] <= _BROADCAST_MAX:
-        counted: IntArray = (x[:, :, None] >= group.padded[None, :, :]).sum(axis=2, dtype=np.int64)
-        return counted
-    out = np.empty((rows, feats), dtype=np.int64)
-    for j, edges in enumerate(group.edges):
-        out[:, j] = np.searchsorted(edges, x[:, j], side="right")
-    return out
-
-
-def _as_float(values: npt.NDArray[Any]) -> FloatArray | None:
-    if values.dtype.kind in "biuf":
-        return values.astype(np.float64, copy=False)
+def _numbers(m: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
+    """Numbers compare with the float edges as they are (numpy promotes exactly); BYTES that hold numbers are
+    parsed; anything else cannot be binned on edges."""
+    if m.dtype.kind in "biuf":
+        return m
     try:
-        return np.asarray(values, dtype=np.float64)  # BYTES that hold numbers ("1.5")
+        return np.asarray(m, dtype=np.float64)
     except (TypeError, ValueError):
         return None
+
+
+def _numeric_slots(group: _Numeric, x: npt.NDArray[Any]) -> IntArray:
+    """Slot per row and feature: offset + (1 + number of edges <= x), or the missing slot for NaN."""
+    rows, feats = x.shape
+    if rows * feats * group.padded.shape[0] <= _BROADCAST_MAX:
+        # rows x edges x features: the sum runs over the middle axis, i.e. adds whole rows of features at a time.
+        counted: IntArray = np.add.reduce(x[:, None, :] >= group.padded, axis=1, dtype=np.int64)
+        return group.offsets + counted
+    out = np.empty((rows, feats), dtype=np.int64)
+    for j, edges in enumerate(group.edges):
+        col = x[:, j]
+        out[:, j] = np.searchsorted(edges, col, side="right") + 1
+        if col.dtype.kind == "f":
+            out[np.isnan(col), j] = 0
+    return group.offsets + out
+
+
+def _category_index(cat: _Categorical, values: npt.NDArray[Any], rows: int) -> IntArray:
+    """Slot per row of one categorical column."""
+    if values.dtype.kind in "biuf":
+        idx = np.full(rows, cat.other, dtype=np.int64)
+        if len(cat.numbers):
+            pos = np.minimum(np.searchsorted(cat.numbers, values), len(cat.numbers) - 1)
+            idx = np.where(cat.numbers[pos] == values, cat.number_bins[pos], idx)
+        idx += cat.offset + 1
+        if values.dtype.kind == "f":
+            idx[np.isnan(values)] = cat.offset
+        return idx
+    lookup, other = cat.lookup, cat.other
+    return cat.offset + 1 + np.fromiter((lookup.get(v, other) for v in values), dtype=np.int64, count=rows)
 
 
 class FeatureCounts(Collector):
@@ -208,30 +264,35 @@ class FeatureCounts(Collector):
             return
         by_name = {t.name: t for t in inputs}
         parts: list[IntArray] = []
-        missing: list[IntArray] = []
+        lost: list[IntArray] = []
         for name, group in plan.numeric.items():
             m = _matrix(by_name.get(name), rows)
-            x = _as_float(m) if m is not None else None
-            if x is None or m is None or m.shape[1] == 0:
-                missing.append(group.missing)
+            x = _numbers(m) if m is not None else None
+            if x is None or x.shape[1] == 0:
+                lost.append(group.offsets)
                 continue
-            width = m.shape[1]
-            cols = np.where(group.columns < 0, 0, group.columns)
-            readable = (cols < width) & ((group.columns >= 0) | (width == 1))
-            if not readable.all():
-                missing.append(group.missing[~readable])
-            values = x[:, np.where(readable, cols, 0)]
-            idx = group.offsets + _numeric_bins(group, values)
-            nan = np.isnan(values)
-            if nan.any():
-                idx = np.where(nan, group.missing, idx)
-            parts.append(idx[:, readable].ravel())
+            view = group.view(x.shape[1])
+            if view.take is not None:
+                x = x[:, view.take]
+            idx = _numeric_slots(group, x)
+            if view.readable is not None:
+                lost.append(view.lost)
+                idx = idx[:, view.readable]
+            parts.append(idx.ravel())
         for name, cats in plan.categorical.items():
             m = _matrix(by_name.get(name), rows)
             for cat in cats:
-                parts.append(self._categories(cat, m, rows))
-        for slot, bins in plan.prediction:
-            parts.append(self._prediction(slot, bins, scored, rows))
+                col = 0 if cat.column < 0 else cat.column
+                if m is None or col >= m.shape[1] or (cat.column < 0 and m.shape[1] != 1):
+                    lost.append(np.array([cat.offset], dtype=np.int64))
+                else:
+                    parts.append(_category_index(cat, m[:, col], rows))
+        for pred in plan.prediction:
+            binned = self._prediction(pred, scored, rows)
+            if binned is None:
+                lost.append(np.array([pred.offset], dtype=np.int64))
+            else:
+                parts.append(binned)
         counts = self.counts.get((version, variant))
         if counts is None:
             counts = self.counts[(version, variant)] = (
@@ -240,47 +301,29 @@ class FeatureCounts(Collector):
             )
         slots, per_policy = counts
         if parts:
-            slots += np.bincount(np.concatenate(parts), minlength=plan.total)
-        for miss in missing:
+            flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            if len(flat) <= 1024:
+                np.add.at(slots, flat, 1)
+            else:
+                slots += np.bincount(flat, minlength=plan.total)
+        for miss in lost:
             slots[miss] += rows  # slots within one group are distinct: fancy-index add is exact
         per_policy += rows
 
     @staticmethod
-    def _categories(cat: _Categorical, m: npt.NDArray[Any] | None, rows: int) -> IntArray:
-        col = 0 if cat.column < 0 else cat.column
-        if m is None or col >= m.shape[1] or (cat.column < 0 and m.shape[1] != 1):
-            return np.full(rows, cat.missing, dtype=np.int64)
-        values = m[:, col]
-        if values.dtype.kind in "biuf":
-            v = values.astype(np.float64, copy=False)
-            bins = np.full(rows, cat.other, dtype=np.int64)
-            if len(cat.numbers):
-                pos = np.minimum(np.searchsorted(cat.numbers, v), len(cat.numbers) - 1)
-                hit = cat.numbers[pos] == v
-                bins = np.where(hit, cat.number_bins[pos], bins)
-            if v.dtype.kind == "f":
-                bins = np.where(np.isnan(v), cat.missing - cat.offset, bins)
-        else:
-            lookup, other = cat.lookup, cat.other
-            bins = np.fromiter((lookup.get(x, other) for x in values), dtype=np.int64, count=rows)
-        return cat.offset + bins
-
-    @staticmethod
-    def _prediction(slot: _Slot, bins: Bins, scored: Scored | None, rows: int) -> IntArray:
-        miss = np.full(rows, slot.offset + slot.size, dtype=np.int64)
+    def _prediction(pred: _Prediction, scored: Scored | None, rows: int) -> IntArray | None:
         if scored is None:
-            return miss
-        if bins.edges is not None:
+            return None
+        if pred.edges is not None:
             values = scored.scores
             if len(values) != rows:
-                return miss
-            idx = slot.offset + np.searchsorted(np.asarray(bins.edges), values, side="right")
-            return np.where(np.isnan(values), miss, idx)
+                return None
+            counted: IntArray = np.add.reduce(values[:, None] >= pred.edges, axis=1, dtype=np.int64)
+            return pred.offset + counted
         labels = scored.labels if scored.labels is not None else scored.scores
-        if len(labels) != rows:
-            return miss
-        cat = _categorical(bins, 0, slot.offset)  # labels are few and small: built per call, not worth caching
-        return FeatureCounts._categories(cat, np.asarray(labels).reshape(rows, 1), rows)
+        if pred.categorical is None or len(labels) != rows:
+            return None
+        return _category_index(pred.categorical, labels, rows)
 
     def collect(self) -> Iterator[Metric]:
         plan, model = self._plan, self._model()
@@ -305,8 +348,8 @@ class FeatureCounts(Collector):
             for s in plan.slots:
                 base = [model, version, variant, names[s.policy], s.key]
                 for i in range(s.size):
-                    bins.add_metric([*base, str(i)], values[s.offset + i])
-                missing.add_metric(base, values[s.offset + s.size])
+                    bins.add_metric([*base, str(i)], values[s.offset + 1 + i])
+                missing.add_metric(base, values[s.offset])
             for p, n in enumerate(per_policy.tolist()):
                 rows.add_metric([model, version, variant, names[p]], n)
         yield from (bins, missing, rows)
