@@ -6,6 +6,7 @@ import hashlib
 import json
 import tracemalloc
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +16,8 @@ from pydantic import ValidationError
 from tests.serving.helpers import MODEL, OnnxBackend, config, row, serve, v2_body
 
 from sluice.serving import metric_names as mn
+from sluice.serving.config import ServingConfig
+from sluice.serving.launch import start_data_plane
 from sluice.serving.outcomes import AssignmentStore
 from sluice.serving.router import Router
 from sluice.serving.split import bucket
@@ -278,3 +281,45 @@ def test_config_is_validated_naming_the_field() -> None:
         config(outcomes={"metrics": {"Bad Name": "mean"}})
     with pytest.raises(ValidationError, match="conversion"):
         config(outcomes={"metrics": {"x": "median"}})
+
+
+def test_the_local_data_plane_of_sluice_serve_takes_outcomes_and_bins_features() -> None:
+    """`start_data_plane` (what `sluice serve` and `sluice run` use) with the example models and onnxruntime."""
+    models = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "models"
+    cfg = ServingConfig.model_validate(
+        {
+            "model_name": "fraud",
+            "variants": [
+                {"name": "control", "version": "v1", "uri": "file:fraud-v1.onnx", "weight": 50},
+                {"name": "treatment", "version": "v2", "uri": "file:fraud-v2.onnx", "weight": 50},
+            ],
+            "sticky_header": "x-user",
+            "sticky_salt": "exp-1",
+            "outcomes": OUTCOMES,
+            "drift": [{"policy": "d", "features": [{"input": "features", "column": 0, "edges": [0.0]}]}],
+        }
+    )
+    plane = start_data_plane(cfg, "onnx", models)
+    try:
+        with httpx.Client(base_url=plane.url, timeout=30) as client:
+            arms = {}
+            for u in range(20):
+                body = {
+                    "inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [u - 10, 0, 0, 0]}]
+                }
+                r = client.post("/v2/models/fraud/infer", json=body, headers={"x-user": f"user-{u}"})
+                assert r.status_code == 200, r.text
+                arms[f"user-{u}"] = r.headers["x-sluice-variant"]
+            outcomes = [{"id": u, "metric": "converted", "value": 1} for u in arms]
+            r = client.post("/v2/models/fraud/outcomes", json={"outcomes": outcomes})
+            assert r.status_code == 202
+            assert r.json()["accepted"] == 20
+            text = client.get("/metrics").text
+    finally:
+        plane.stop()
+    counts = {_arm(k)[0]: v for k, v in _series(text, mn.OUTCOMES_TOTAL).items()}
+    assert counts == dict(Counter(arms.values()))
+    bins = _series(text, mn.FEATURE_BIN_TOTAL)
+    assert sum(bins.values()) == 20
+    below = sum(v for k, v in bins.items() if dict(k)["bin"] == "0")
+    assert below == 10  # u - 10 < 0 for u in 0..9
