@@ -270,9 +270,14 @@ def features_main(args: argparse.Namespace) -> int:
         summary = asyncio.run(_in_process(root / "m.onnx", args.rounds, per_block=400))
         summary.append(_http(root, args))
     for row in summary:
-        if "added_p50_ms" in row:
+        if row["path"].startswith("in-process"):
             row["goal_added_p50_ms"] = GOAL_MS
             row["goal_met"] = row["added_p50_ms"] <= GOAL_MS
+        elif row["path"].startswith("HTTP"):
+            row["note"] = (
+                "end to end on a shared 2-core VM: round-to-round p50 moves by more than the 0.1 ms goal, so this "
+                "row shows direction and CPU, the in-process rows decide the goal"
+            )
     result = {
         "benchmark": "router_overhead_features",
         "command": "python benchmarks/router_overhead.py --features "

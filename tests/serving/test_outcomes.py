@@ -96,6 +96,8 @@ async def test_100_outcomes_split_by_arm_sum_to_what_was_sent(model_bytes: bytes
     assert squares == pytest.approx({k: v[2] for k, v in expected.items()}, abs=1e-9)
     assert sum(v for (arm, m), v in counts.items() if m == "converted") == 100
     assert f'{mn.OUTCOMES_TOTAL}{{metric="converted",model="{MODEL}",variant="control",version="v1"}}' in text
+    assert _series(text, mn.OUTCOME_STORE_ENTRIES) == {(("model", MODEL),): 100}
+    assert _series(text, mn.OUTCOME_STORE_EVICTED_TOTAL) == {(("model", MODEL),): 0}
 
 
 @pytest.mark.usefixtures("both_servers")

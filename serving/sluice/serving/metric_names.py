@@ -34,6 +34,10 @@ OUTCOME_VALUE_SUM = f"{PREFIX}_outcome_value_sum"
 OUTCOME_VALUE_SQUARES_SUM = f"{PREFIX}_outcome_value_squares_sum"
 # Counter, labels `model` and `metric` only: outcomes whose id was not (or no longer) known.
 OUTCOMES_UNMATCHED_TOTAL = f"{PREFIX}_outcomes_unmatched_total"
+# Gauge and counter, label `model` only: ids held by the outcome store, and ids dropped before their TTL because
+# the store was full (a sign that `outcomes.max_entries` is smaller than request rate x outcome delay).
+OUTCOME_STORE_ENTRIES = f"{PREFIX}_outcome_store_entries"
+OUTCOME_STORE_EVICTED_TOTAL = f"{PREFIX}_outcome_store_evicted_total"
 
 # Drift: rows per bin of each watched feature, extra labels `policy`, `feature` and `bin` (decimal index 0..k-1 in
 # the profile's order; numeric: k = len(edges) + 1, bin i holds edges[i-1] <= x < edges[i], open at both ends;

@@ -146,8 +146,9 @@ class OutcomeTotals(Collector):
     samples for names ending in `_total`, and a mean metric's sum may go down (negative values).
     """
 
-    def __init__(self, model: Callable[[], str]) -> None:
+    def __init__(self, model: Callable[[], str], store: AssignmentStore) -> None:
         self._model = model
+        self._store = store
         self.enabled = False  # a router without outcome metrics exports no (empty) outcome families
         self.joined: dict[tuple[str, str, str], list[float]] = {}  # (version, variant, metric) -> [n, sum, sumsq]
         self.unmatched: dict[str, int] = {}
@@ -185,7 +186,15 @@ class OutcomeTotals(Collector):
         )
         for metric, n_miss in list(self.unmatched.items()):
             unmatched.add_metric([model, metric], n_miss)
-        yield from (count, total, squares, unmatched)
+        entries = GaugeMetricFamily(mn.OUTCOME_STORE_ENTRIES, "Ids held by the outcome store.", labels=["model"])
+        entries.add_metric([model], len(self._store))
+        evicted = CounterMetricFamily(
+            mn.OUTCOME_STORE_EVICTED_TOTAL.removesuffix("_total"),
+            "Ids dropped before their TTL because the store was full.",
+            labels=["model"],
+        )
+        evicted.add_metric([model], self._store.evicted)
+        yield from (count, total, squares, unmatched, entries, evicted)
 
 
 class Outcomes:
@@ -194,7 +203,7 @@ class Outcomes:
     def __init__(self, config: OutcomesConfig | None, model: Callable[[], str]) -> None:
         self.config = config
         self.store = AssignmentStore(config.max_entries if config else 1, config.ttl_s if config else 1.0)
-        self.totals = OutcomeTotals(model)
+        self.totals = OutcomeTotals(model, self.store)
         self.totals.enabled = config is not None
 
     def configure(self, config: OutcomesConfig | None) -> None:
