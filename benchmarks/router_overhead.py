@@ -65,11 +65,12 @@ def model_server(port: int, model_path: str) -> None:
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    width = session.get_inputs()[0].shape[1]
     meta = {
         "name": MODEL,
         "versions": ["1"],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}],
+        "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, width]}],
         "outputs": [
             {"name": "label", "datatype": "INT64", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
@@ -117,12 +118,12 @@ def model_server(port: int, model_path: str) -> None:
 # ---- orchestration --------------------------------------------------------------------------------------------
 
 
-def _model(path: Path) -> None:
+def _model(path: Path, width: int = 4) -> None:
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 4)).astype(np.float32)
+    x = rng.normal(size=(256, width)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     onx = to_onnx(LogisticRegression().fit(x, y), x[:1], options={"zipmap": False}, target_opset=17)
     path.write_bytes(onx.SerializeToString())
@@ -273,11 +274,20 @@ def main() -> int:
     parser.add_argument("--rate", default="100,200", help="fixed open-loop rates, req/s, comma-separated")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--model-server", nargs=2, metavar=("PORT", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="instead: drift feature binning (20 features + prediction) vs none, see features_main",
+    )
     args = parser.parse_args()
     args.rates = [float(r) for r in str(args.rate).split(",")]
     if args.model_server:
         model_server(int(args.model_server[0]), args.model_server[1])
         return 0
+    if args.features:
+        from router_overhead_features import features_main
+
+        return features_main(args)
 
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
