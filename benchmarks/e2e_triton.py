@@ -8,7 +8,7 @@ row per request:
 
 * ``direct_http``   — v2 REST JSON straight to tritonserver;
 * ``direct_grpc``   — tritonclient.grpc.aio straight to tritonserver;
-* ``router_http``   — the same v2 REST JSON to the Sluice router (standalone host process, `--backend triton`),
+* ``router_http``   — the same v2 REST JSON to the Sluice router (standalone host process, `--variant-backend triton`),
   which forwards over gRPC with `TritonBackend`;
 * ``backend_inproc`` — `TritonBackend` called in-process (no HTTP hop; it coalesces requests that arrive in the same
   event-loop turn into one Triton call), the floor of the router's overhead.
@@ -233,7 +233,7 @@ async def _measure(
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    """Start tritonserver and the router (its own process, `--backend triton`), measure, always stop both."""
+    """Start tritonserver and the router (its own process, `--variant-backend triton`), measure, always stop both."""
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         root = Path(tmp)
         spec = RepositorySpec(
@@ -254,7 +254,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             port = free_port()
             router = subprocess.Popen(
                 [sys.executable, "-m", "sluice.serving.host_standalone", "--config", str(root / "serving.json"),
-                 "--port", str(port), "--backend", "triton"],
+                 "--port", str(port), "--variant-backend", "triton"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip

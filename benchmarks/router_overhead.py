@@ -4,8 +4,8 @@
 
 Processes (all on 127.0.0.1): two minimal v2 model servers (Starlette + uvicorn + one onnxruntime session of a
 skl2onnx LogisticRegression, 4 float features; the second one only answers shadows), a Sluice router
-(`python -m sluice.serving.host_standalone --backend http`, pooled keep-alive client to the model server), and this
-load generator (aiohttp, keep-alive). Targets:
+(`python -m sluice.serving.host_standalone`, whose default variant backend is http: a pooled keep-alive client to
+the model server), and this load generator (aiohttp, keep-alive). Targets:
 
 * ``straight``      - v2 REST JSON to the model server;
 * ``router``        - the same body to the router (100% stable, no mirror);

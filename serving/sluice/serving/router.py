@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sluice.serving.backends.base import Backend
+from sluice.serving.backends.base import VariantBackend
 from sluice.serving.config import STABLE, ServingConfig, VariantConfig
 from sluice.serving.errors import (
     BackendError,
@@ -31,7 +31,7 @@ from sluice.serving.validation import validate_request
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[VariantConfig, ServingConfig], Backend]
+VariantBackendFactory = Callable[[VariantConfig, ServingConfig], VariantBackend]
 
 # Errors after which a canary request is retried on stable when `fallback_to_stable` is on (5xx-class only).
 _FALLBACK_ERRORS = (BackendError, BackendUnavailable, BackendTimeout)
@@ -55,7 +55,7 @@ class Routed:
 @dataclass(eq=False)
 class _State:
     config: ServingConfig
-    backends: dict[str, Backend]
+    backends: dict[str, VariantBackend]
     splitter: SmoothWeighted
     mirror: EveryNth | None
     names: tuple[str, ...]
@@ -64,7 +64,7 @@ class _State:
     inflight: int = 0
 
 
-def _make_state(config: ServingConfig, backends: Mapping[str, Backend]) -> _State:
+def _make_state(config: ServingConfig, backends: Mapping[str, VariantBackend]) -> _State:
     missing = [v.name for v in config.variants if v.name not in backends]
     if missing:
         raise InvalidInput(f"no backend for variant(s) {missing}")
@@ -87,9 +87,9 @@ class Router:
     def __init__(
         self,
         config: ServingConfig,
-        backends: Mapping[str, Backend],
+        backends: Mapping[str, VariantBackend],
         *,
-        factory: BackendFactory | None = None,
+        factory: VariantBackendFactory | None = None,
         metrics: RouterMetrics | None = None,
         max_shadow_in_flight: int = 64,
     ) -> None:
@@ -287,7 +287,7 @@ class Router:
 
     # ---- live configuration -----------------------------------------------------------------------------------
 
-    def update(self, config: ServingConfig, backends: Mapping[str, Backend] | None = None) -> None:
+    def update(self, config: ServingConfig, backends: Mapping[str, VariantBackend] | None = None) -> None:
         """Swap in new weights/mirror/variants atomically; backends no longer used close once their requests end."""
         old = self._state
         new = _make_state(config, backends if backends is not None else old.backends)
@@ -302,7 +302,7 @@ class Router:
         """Like update(), creating backends for new or changed variants with the factory."""
         old = self._state
         by_key = {_backend_key(old.config.variant(n)): b for n, b in old.backends.items()}
-        backends: dict[str, Backend] = {}
+        backends: dict[str, VariantBackend] = {}
         for v in config.variants:
             existing = by_key.get(_backend_key(v))
             if existing is not None:
@@ -316,7 +316,7 @@ class Router:
     def _publish_weights(self) -> None:
         self.metrics.set_weights({(v.version, v.name): v.weight for v in self._state.config.variants})
 
-    def _retire(self, old: _State, backends: list[Backend]) -> None:
+    def _retire(self, old: _State, backends: list[VariantBackend]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
