@@ -1,7 +1,8 @@
 """Data-plane errors, each with the HTTP status every host maps it to.
 
 Backends, codecs and the router raise these; `app.py` renders them as `{"error": "..."}` with `status_code`.
-Anything else escaping a backend is treated as `BackendError` (500) by the router.
+Anything else escaping a backend is treated as `BackendUnavailable` (503) by the router: the backend is unusable
+right now, like an unreachable one. Anything else escaping a host's own code is a logged 500 "internal error".
 """
 
 from __future__ import annotations
@@ -69,9 +70,3 @@ class BackendTimeout(ServingError):
     """504: the backend did not answer within `ServingConfig.request_timeout_s` (5xx-class)."""
 
     status_code = 504
-
-
-class ShadowQueueFull(ServingError):
-    """Internal: a shadow copy was dropped because too many shadows are in flight; never reaches a client."""
-
-    status_code = 503

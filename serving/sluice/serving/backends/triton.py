@@ -1,4 +1,4 @@
-"""A VariantBackend that forwards to a tritonserver over gRPC (`tritonclient.grpc.aio`: faster than HTTP per FACTS.md).
+"""A VariantBackend that forwards to a tritonserver over gRPC (`tritonclient.grpc.aio`: measured faster than HTTP).
 
 One gRPC channel per backend, created on first use inside the running event loop and shared by every request
 (HTTP/2 multiplexes them); nothing is opened per request. The model's config is read once: it carries the
