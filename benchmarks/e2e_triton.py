@@ -46,6 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support import answers, free_port, wait_for
+from tests.support.traffic import logistic_onnx
 
 from sluice.serving.backends.triton import TritonBackend
 from sluice.serving.tensors import InferRequest, Tensor
@@ -54,17 +55,6 @@ from sluice.serving.triton.server import TritonServer
 
 MODEL = "lr"
 RESULTS = Path(__file__).parent / "results" / "e2e_triton.json"
-
-
-def _model(path: Path) -> Path:
-    from skl2onnx import to_onnx
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 4)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-    path.write_bytes(to_onnx(LogisticRegression().fit(x, y), x[:1], options={"zipmap": False}).SerializeToString())
-    return path
 
 
 def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -243,7 +233,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             max_batch_size=32,
             max_queue_delay_us=args.queue_delay_us,
         )
-        write_model(spec, root / "repo", {"v1": _model(root / "model.onnx")})
+        write_model(spec, root / "repo", {"v1": logistic_onnx(root / "model.onnx")})
         with TritonServer(root / "repo") as triton:
             config = {
                 "model_name": MODEL,

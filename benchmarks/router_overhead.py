@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support import answers, free_port, wait_for
+from tests.support.traffic import logistic_onnx
 
 MODEL = "lr"
 RESULTS = Path(__file__).parent / "results" / "router_overhead.json"
@@ -115,17 +116,6 @@ def model_server(port: int, model_path: str) -> None:
 
 
 # ---- orchestration --------------------------------------------------------------------------------------------
-
-
-def _model(path: Path) -> None:
-    from skl2onnx import to_onnx
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 4)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-    onx = to_onnx(LogisticRegression().fit(x, y), x[:1], options={"zipmap": False}, target_opset=17)
-    path.write_bytes(onx.SerializeToString())
 
 
 def _wait_live(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -282,7 +272,7 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         root = Path(tmp)
-        _model(root / "m.onnx")
+        logistic_onnx(root / "m.onnx", target_opset=17)
         ports = {k: free_port() for k in ("model", "shadow_model", "router", "router_shadow")}
         try:
             for k in ("model", "shadow_model"):
