@@ -31,6 +31,7 @@ API_PAGE = Path("docs/reference/api.md")
 BENCHMARKS_PAGE = Path("docs/benchmarks.md")
 RESULTS_DIR = Path("benchmarks/results")
 REGENERATE = ".venv/bin/python scripts/docs_gen.py"
+TIMES, DASH = "\u00d7", "\u2013"  # written as escapes: ruff flags the literal characters as look-alikes
 
 
 # ---------------------------------------------------------------------------------------------------- API reference
@@ -182,8 +183,7 @@ def api_reference() -> str:
     for info in CRDS:
         columns = ", ".join(c["name"] for c in info.columns)
         out.append(
-            f"| [{info.kind}](#{info.kind.lower()}) | {info.plural} | "
-            f"{', '.join(info.short_names)} | {columns} |"
+            f"| [{info.kind}](#{info.kind.lower()}) | {info.plural} | {', '.join(info.short_names)} | {columns} |"
         )
     out.append("")
     for info in CRDS:
@@ -228,7 +228,7 @@ class Section:
 
 def _fmt(value: Any) -> str:
     if value is None:
-        return "–"
+        return DASH
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
@@ -260,7 +260,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
+    return DASH if x is None else f"{100 * x:.1f}%"
 
 
 def _batching(d: dict[str, Any]) -> Section:
@@ -274,7 +274,7 @@ def _batching(d: dict[str, Any]) -> Section:
                     "data plane": label,
                     "batched req/s": p["batched"]["rps"],
                     "unbatched req/s": p["unbatched"]["rps"],
-                    "ratio": f"{p['ratio_rps']}×",
+                    "ratio": f"{p['ratio_rps']}{TIMES}",
                     "mean batch": p["batched"]["mean_batch_size_reported"],
                     "p99 batched / unbatched (ms)": f"{p['batched']['p99_ms']} / {p['unbatched']['p99_ms']}",
                 }
@@ -284,7 +284,7 @@ def _batching(d: dict[str, Any]) -> Section:
         command=".venv/bin/python benchmarks/batching.py",
         measured_at="not recorded in the file (committed 2026-11-23 18:47 UTC)",
         machine=f"{d.get('machine', '?')}, load average {d['load_avg_1m_at_start']:.2f} at start",
-        goal="batched ≥ 2× unbatched throughput",
+        goal=f"batched ≥ 2{TIMES} unbatched throughput",
         rows=rows,
         notes=[
             f"Closed loop, {d['concurrency']} clients, {d['seconds_per_point']} s per point, max batch "
@@ -318,10 +318,11 @@ def _decision_quality(d: dict[str, Any]) -> Section:
         command=".venv/bin/" + d["command"],
         measured_at="not recorded in the file (committed 2026-11-23 14:27 UTC)",
         machine="not recorded in the file (a seeded simulation: the numbers do not depend on the machine)",
-        goal="A/A rolled back ≤ 1%; a 2× error rate rolled back within 3 analyses in ≥ 95%",
+        goal=f"A/A rolled back ≤ 1%; a 2{TIMES} error rate rolled back within 3 analyses in ≥ 95%",
         rows=rows,
         notes=[
-            f"Each row: {runs} seeded rollouts driving the real `step()` and check evaluation. Interval {s['interval_s']} s, canary steps {s['canary_steps']}, failureThreshold "
+            f"Each row: {runs} seeded rollouts driving the real `step()` and check evaluation. "
+            f"Interval {s['interval_s']} s, canary steps {s['canary_steps']}, failureThreshold "
             f"{s['failure_threshold']}, minRequests {s['min_requests']}, stable error rate {s['stable_error_rate']}; "
             f"checks: {s['checks']}; true PSI of the prediction shift {s['true_psi_of_prediction_shift']}.",
             f"*naive*: {s['naive_policy']}. *sluice-advance-when-inconclusive*: "
@@ -341,7 +342,7 @@ def _e2e_ray(d: dict[str, Any]) -> Section:
                     "req/s": r[path]["rps"],
                     "p50 ms": r[path]["p50_ms"],
                     "p99 ms": r[path]["p99_ms"],
-                    "Sluice / plain Ray": f"{r['ratio_sluice_vs_plain_ray']}×" if path == "sluice-ray" else "",
+                    "Sluice / plain Ray": f"{r['ratio_sluice_vs_plain_ray']}{TIMES}" if path == "sluice-ray" else "",
                 }
             )
     return Section(
@@ -349,7 +350,7 @@ def _e2e_ray(d: dict[str, Any]) -> Section:
         command=".venv/bin/python benchmarks/e2e_ray.py",
         measured_at=d["when"],
         machine=f"2 shared CPUs, load average {d['load_avg_1m_at_start']} at start",
-        goal="Sluice on Ray ≥ 1.5× plain Ray Serve at equal p99",
+        goal=f"Sluice on Ray ≥ 1.5{TIMES} plain Ray Serve at equal p99",
         rows=rows,
         notes=[
             f"Closed loop, {d['concurrency']} clients, {d['seconds_per_point']} s per point, {d['rounds']} "
@@ -389,7 +390,7 @@ def _e2e_triton(d: dict[str, Any]) -> Section:
         goal=d.get("goal", ""),
         rows=rows,
         notes=[
-            "Ratios: " + ", ".join(f"{k} {v}×" for k, v in d["ratios"].items()) + ".",
+            "Ratios: " + ", ".join(f"{k} {v}{TIMES}" for k, v in d["ratios"].items()) + ".",
             f"{s['model']}; {s['server']}; max batch {s['max_batch_size']}, queue delay {s['max_queue_delay_us']} µs; "
             f"{s['rounds']} interleaved rounds of {s['seconds_per_round']} s, best round of each; {s['client']}.",
         ],
@@ -397,7 +398,8 @@ def _e2e_triton(d: dict[str, Any]) -> Section:
 
 
 def _kube_emulator(d: dict[str, Any]) -> Section:
-    rows: list[dict[str, Any]] = [{"server": "Sluice emulator", "what": k, "value": v} for k, v in d["sluice_emulator"].items()]
+    emulator = d["sluice_emulator"]
+    rows: list[dict[str, Any]] = [{"server": "Sluice emulator", "what": k, "value": v} for k, v in emulator.items()]
     rows += [{"server": "plain kmock 0.8", "what": k, "value": v} for k, v in d["plain_kmock"].items()]
     rows += [{"server": "ratio", "what": k, "value": v} for k, v in d["ratios"].items()]
     return Section(
@@ -445,11 +447,14 @@ def _router_overhead(d: dict[str, Any]) -> Section:
         row["saturation req/s"] = t["saturation"]["req_per_s"]
         row["server CPU ms/req"] = ", ".join(f"{k} {v:.2f}" for k, v in t["server_cpu_ms_per_request"].items())
         rows.append(row)
-    added = [f"{rate}/s: +{s[key]['p50']:.2f} ms p50, +{s[key]['p99']:.2f} ms p99" for rate, key in (
-        ("100", "added_ms_at_100_per_s"),
-        ("200", "added_ms_at_200_per_s"),
-    )]
-    shadow = ", ".join(f"{k}: ×{v:.2f}" for k, v in s["shadow_on_vs_off_primary_p99_ratio"].items())
+    added = [
+        f"{rate}/s: +{s[key]['p50']:.2f} ms p50, +{s[key]['p99']:.2f} ms p99"
+        for rate, key in (
+            ("100", "added_ms_at_100_per_s"),
+            ("200", "added_ms_at_200_per_s"),
+        )
+    ]
+    shadow = ", ".join(f"{k}: {TIMES}{v:.2f}" for k, v in s["shadow_on_vs_off_primary_p99_ratio"].items())
     p = d["params"]
     return Section(
         title="Router overhead (`benchmarks/router_overhead.py`)",
@@ -460,7 +465,7 @@ def _router_overhead(d: dict[str, Any]) -> Section:
         rows=rows,
         notes=[
             "Added by the router (median over rounds of each round's paired difference): " + "; ".join(added) + ".",
-            f"Throughput at saturation, router vs straight: {s['throughput_ratio_router_vs_straight']:.2f}×. "
+            f"Throughput at saturation, router vs straight: {s['throughput_ratio_router_vs_straight']:.2f}{TIMES}. "
             f"Primary p99 with 100 % shadow vs without: {shadow}.",
             f"{p['rounds']} interleaved rounds of {p['seconds']:g} s at {', '.join(f'{r:g}' for r in p['rates'])} "
             f"req/s open loop, saturation with {p['concurrency']} clients.",
