@@ -205,7 +205,7 @@ def example(name: str) -> list[Obj]:
 def ray_service_sample() -> Obj:
     """A RayService as the operator renders it for the 01 example (its v1)."""
     from sluice.api.model_deployment import ModelDeploymentSpec
-    from sluice.local.dataplane import Routing
+    from sluice.engine.routing import Routing
     from sluice.operator.config import OperatorConfig
     from sluice.operator.render import Desired, Owner
     from sluice.operator.render.ray import RayRenderer

@@ -21,7 +21,7 @@ from tests.operator.harness import EXAMPLES, Cluster, example, running_operator,
 from tests.operator.simulator import simulating
 
 from sluice.api.model_deployment import ModelDeploymentSpec
-from sluice.local.dataplane import Routing, serving_config
+from sluice.engine.routing import Routing, serving_config
 from sluice.rollout.core import version_ref
 from sluice.serving.launch import start_data_plane
 

@@ -17,7 +17,7 @@ import yaml
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.local.dataplane import Routing
+from sluice.engine.routing import Routing
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Owner, renderer_for
 from sluice.operator.render.gpu import GPU_RESOURCE, insufficient_gpu, placement

@@ -17,8 +17,9 @@ from tests.rollout.helpers import Clock
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import Phase
-from sluice.local.dataplane import DataPlanePlatform, Routing, serving_config
-from sluice.local.loop import RolloutLoop
+from sluice.engine.modeldeployment import RolloutLoop
+from sluice.engine.routing import Routing, serving_config
+from sluice.local.modeldeployment import LocalPlatform
 from sluice.providers.builtin import BuiltinProvider
 from sluice.rollout.core import version_ref
 from sluice.serving.launch import DataPlane, start_data_plane
@@ -71,7 +72,7 @@ async def send(plane: DataPlane, n: int, seed: int) -> Counter[str]:
 async def rollout(plane: DataPlane, candidate: ModelDeploymentSpec) -> RolloutLoop:
     clock = Clock()
     provider = BuiltinProvider(plane.metrics_url)
-    loop = RolloutLoop(V1, DataPlanePlatform(V1, plane), provider, name="fraud", clock=clock)
+    loop = RolloutLoop(V1, LocalPlatform(V1, plane), provider, name="fraud", clock=clock)
     try:
         await loop.tick()
         await loop.tick()
