@@ -74,3 +74,23 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     steps = [line for line in ci if line and not line.startswith("#") and not line.startswith(("set ", "cd "))]
     assert steps == [_fenced_commands(README)[1]]
+
+
+def test_contributor_layout_names_only_paths_that_exist() -> None:
+    """The layout block in the contributor guide may lag behind new packages, but never names one that is gone."""
+    guide = (REPO / "docs" / "contributing" / "index.md").read_text()
+    block = guide.split("## Layout", 1)[1].split("```", 2)[1]
+    missing: list[str] = []
+    base = ""
+    for line in block.splitlines():
+        head = line.split("  ", 1)[0].strip()
+        if head:  # a line that names a folder (or folders) in its first column
+            for folder in head.split():
+                base = folder if folder.endswith("/") else base
+                if not (REPO / folder).exists():
+                    missing.append(folder)
+        text = line.strip().split("  ", 1)[-1] if head else line
+        for name in re.findall(r"(?<![\w/.])((?:[a-z_]+/)*[a-z_]+(?:\.py|/))(?=[\s,;()]|$)", text):
+            if not ((REPO / base / name).exists() or (REPO / name).exists()):
+                missing.append(base + name)
+    assert not missing, f"docs/contributing/index.md names paths that do not exist: {missing}"
