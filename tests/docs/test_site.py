@@ -23,9 +23,11 @@ def _fenced_commands(text: str) -> list[str]:
 
 
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    mkdocs = VENV_BIN / "mkdocs"
+    assert mkdocs.exists(), f"{mkdocs} is missing: the test extra has mkdocs; run scripts/test (or scripts/setup.sh)"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run(
-        [str(VENV_BIN / "mkdocs"), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
         cwd=REPO,
         capture_output=True,
         text=True,
