@@ -46,6 +46,12 @@ def _code(text: str) -> str:
     return "<code>" + html.escape(text, quote=False).translate(_MARKDOWN_ENTITIES) + "</code>"
 
 
+def _span(text: str) -> str:
+    """A Markdown code span outside tables, where `|` and brackets are harmless (readable in the raw file too)."""
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "&#124;")
 
@@ -138,7 +144,7 @@ def _object_sections(kind: str, path: str, node: dict[str, Any]) -> Iterable[str
         lines += ["Rules (the API server runs the CEL; `sluice validate` and `sluice run` run its Python twin):", ""]
         for rule in rules:
             where = (path + rule.get("fieldPath", "")).lstrip(".") or "(the object)"
-            lines += [f"- `{where}`: {rule['message']}", f"    <br>CEL: {_code(rule['rule'])}"]
+            lines += [f"- `{where}`: {rule['message']}", f"    <br>CEL: {_span(rule['rule'])}"]
         lines.append("")
     yield "\n".join(lines)
     for sub, target in children:

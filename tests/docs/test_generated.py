@@ -67,7 +67,7 @@ def test_api_reference_lists_every_field_and_rule_of_the_models() -> None:
         if issubclass(model, ApiModel):
             for rule in model.rules:
                 assert rule.message in page, f"rule of {model.__name__}: {rule.message}"
-                assert gen._code(rule.cel) in page, f"CEL of {model.__name__}: {rule.cel}"
+                assert gen._span(rule.cel) in page, f"CEL of {model.__name__}: {rule.cel}"
     for info in CRDS:
         for column in info.columns:
             assert f"| {column['name']} | {column['type']} | `{column['jsonPath']}` |" in page
