@@ -116,7 +116,7 @@ class _Stop(BaseException):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sluice.serving.launch import BackendKind, LaunchError, start_data_plane
+    from sluice.serving.launch import LaunchError, PlaneBackend, start_data_plane
 
     path = Path(args.filename)
     try:
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    backend = cast(BackendKind, args.backend or deployments[-1].spec.backend.value)
+    backend = cast(PlaneBackend, args.backend or deployments[-1].spec.backend.value)
     stopping = threading.Event()
 
     def on_signal(signum: int, _: FrameType | None) -> None:
