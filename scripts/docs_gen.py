@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -165,6 +166,27 @@ def _object_child(path: str, name: str, child: dict[str, Any]) -> tuple[str, dic
     return sub, None
 
 
+def _examples(kind: str) -> list[str]:
+    """The numbered examples of one kind: named, and the first one shown (included by pymdownx.snippets at build)."""
+    files = sorted(
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "manifests" / "examples").glob("[0-9]*.yaml")
+        if re.search(rf"^kind: {kind}$", p.read_text(), flags=re.M)
+    )
+    if not files:
+        return []
+    return [
+        "Examples: " + ", ".join(f"`{f}`" for f in files) + ".",
+        "",
+        f'??? example "{files[0]}"',
+        "",
+        "    ```yaml",
+        f'    --8<-- "{files[0]}"',
+        "    ```",
+        "",
+    ]
+
+
 def api_reference() -> str:
     """docs/reference/api.md from the CRD schemas that `sluice.api.crd` builds from the pydantic models."""
     from sluice.api.base import GROUP, VERSION
@@ -203,6 +225,7 @@ def api_reference() -> str:
             f"`{info.singular}`, short names {', '.join(f'`{s}`' for s in info.short_names)}, category `sluice` "
             f"(`kubectl get sluice`). Namespaced, with a `status` subresource.",
             "",
+            *_examples(info.kind),
             f"Printer columns (`kubectl get {info.short_names[0]}`):",
             "",
             "| Column | Type | JSONPath | Description |",
