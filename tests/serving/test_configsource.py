@@ -4,6 +4,7 @@ garbage never replaces a good config, closed watches resume and an expired resou
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from tests.kube.emulator import WATCH_HISTORY, EmulatorThread
 from tests.kube.fixtures import kube_emulator, start_emulator  # noqa: F401
-from tests.serving.helpers import free_port
+from tests.serving.helpers import ADMIN, ADMIN_HEADERS, free_port
 
 from sluice.serving.configsource import ConfigError, KubeApi, parse_config, parse_target
 
@@ -42,7 +43,7 @@ class Router:
 
     def __init__(self, api: str, name: str, proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
         self.api, self.name, self.proc, self.base, self.log = api, name, proc, base, log
-        self.http = httpx.Client(base_url=base, timeout=10)
+        self.http = httpx.Client(base_url=base, timeout=10, headers=ADMIN_HEADERS)
 
     @property
     def cm_url(self) -> str:
@@ -90,7 +91,10 @@ def start_router(tmp_path: Path) -> Iterator[Any]:
         args += ["--watch-configmap", f"{NAMESPACE}/{name}", "--watch-timeout", str(watch_timeout_s)]
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sluice.serving.host_standalone", *args], stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "sluice.serving.host_standalone", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "SLUICE_ADMIN_TOKEN": str(ADMIN.token)},
             )
         router = Router(api, name, proc, f"http://127.0.0.1:{port}", log)
         routers.append(router)

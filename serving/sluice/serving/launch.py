@@ -90,11 +90,11 @@ def start_data_plane(
 class _RouterServer:
     """`HttpServer` serving `build_app(router)` on a background thread with its own event loop."""
 
-    def __init__(self, router: Any, host: str, port: int) -> None:
+    def __init__(self, router: Any, host: str, port: int, admin: Any = None) -> None:
         from sluice.serving.httpserver import HttpServer
 
         self.router = router
-        self.server = HttpServer.for_router(router, host, port)
+        self.server = HttpServer.for_router(router, host, port, admin=admin)
         self.host = host
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -149,6 +149,7 @@ class _LocalPlane:
     port: int
     cleanups: list[Any] = field(default_factory=list)
     prepare: Any = None  # ServingConfig -> ServingConfig run before the router sees an update (Triton endpoints)
+    admin_token_file: Path | None = None  # where the admin API's bearer token is (see sluice.serving.admin)
     _stopped: bool = False
 
     @property
@@ -179,11 +180,14 @@ class _LocalPlane:
 def _serve_router(
     config: ServingConfig, factory: Any, host: str, port: int, *, ready_timeout_s: float, cleanups: list[Any]
 ) -> _LocalPlane:
+    from sluice.serving import admin
     from sluice.serving.router import Router
 
     router = Router(config, {v.name: factory(v, config) for v in config.variants}, factory=factory)
-    server = _RouterServer(router, host, port)
-    plane = _LocalPlane(server, host, 0, cleanups)
+    auth = admin.for_process("serve")
+    cleanups = [lambda: admin.remove_token_file(auth), *cleanups]
+    server = _RouterServer(router, host, port, auth)
+    plane = _LocalPlane(server, host, 0, cleanups, admin_token_file=auth.token_file)
     try:
         plane.port = server.start(ready_timeout_s)
         _wait_ready(plane.url, config, ready_timeout_s)
