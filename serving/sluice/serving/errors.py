@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 # A URI inside a message: scheme://anything-but-space, or file:relative. Enough to find model URIs and endpoints.
-_URI = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+|\bfile:[^\s'\"]+")
+_URI = re.compile(r"\b(?:[a-zA-Z][a-zA-Z0-9+.-]*://|file:)[^\s'\"]*[^\s'\":,.;)]")
 _SECRET_PARTS = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^/@\s]*@)?([^?#]*)([?#].*)?$")
 
 

@@ -136,6 +136,10 @@ class _Connection(asyncio.Protocol):
         self.writable.set()
         self.reading_paused = False
         self.upgrade_offered = False  # the parser stopped at an Upgrade: answer what was read, then close
+        self.upgrade_held: _Request | None = None  # the offering request, waiting for its body
+        self.upgrade_wanted = 0
+        self.upgrade_size = 0
+        self.upgrade_chunks: list[bytes] = []
         self.messages = 0  # requests begun on this connection
         self.head_bytes: int | None = None  # bytes of the head being read (None: not inside a head)
         self.head_since = 0.0  # monotonic time the current head (or the idle wait before it) began
@@ -176,7 +180,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.upgrade_offered:
-            return  # after an upgrade offer the stream is no longer HTTP/1.1 we can read
+            self._upgrade_body(data)  # after an upgrade offer only the offering request's body is still read
+            return
         seq, counting = self.messages, self.head_bytes is not None
         try:
             self.parser.feed_data(data)
@@ -188,8 +193,8 @@ class _Connection(asyncio.Protocol):
             else:
                 self._refuse(refused.status, refused.message)
             return
-        except httptools.HttpParserUpgrade:
-            self._upgrade()
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[int(exc.args[0]) :] if exc.args else b"")
             return
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed HTTP request: {str(exc)[:200]}")
@@ -279,12 +284,41 @@ class _Connection(asyncio.Protocol):
     def _idle(self) -> bool:
         return not self.pending and (self.worker is None or self.worker.done())
 
-    def _upgrade(self) -> None:
-        """An Upgrade offer (h2c, websocket) or CONNECT: answer a request that was read over HTTP/1.1, then close."""
+    def _upgrade(self, rest: bytes) -> None:
+        """An Upgrade offer (h2c, websocket) or CONNECT. The parser ends the message at its headers, so a request
+        with a body (curl --http2 -d ...) is held back here until `Content-Length` bytes have arrived; it is then
+        answered over HTTP/1.1 and the connection closes."""
         self.upgrade_offered = True
-        if self.pending or (self.worker is not None and not self.worker.done()):
-            return  # the worker answers with `connection: close` (see _work)
-        self._refuse(400, "protocol upgrades and CONNECT are not supported")
+        self.head_bytes = None
+        request = self.pending[-1] if self.pending else None
+        if request is None or request.method == "CONNECT":
+            self._refuse(400, "CONNECT and protocol upgrades are not supported")
+            return
+        length = header_map(request.headers).get("content-length", "0")
+        self.upgrade_wanted = int(length) if length.isdigit() else 0
+        if self.upgrade_wanted and not request.body and request.error is None:
+            self.upgrade_held = self.pending.pop()
+            self.body_since = time.monotonic()
+            self._upgrade_body(rest)
+
+    def _upgrade_body(self, data: bytes) -> None:
+        held = self.upgrade_held
+        if held is None:
+            return
+        self.upgrade_chunks.append(data)
+        self.upgrade_size += len(data)
+        if self.upgrade_size > self.server.body_limit():
+            self.upgrade_held = None
+            self._refuse(413, f"body exceeds the limit of {self.server.body_limit()} bytes")
+        elif self.upgrade_size >= self.upgrade_wanted:
+            self.upgrade_held = None
+            self.body_since = None
+            body = b"".join(self.upgrade_chunks)[: self.upgrade_wanted]
+            self.pending.append(
+                _Request(held.method, held.url, held.headers, body, False, held.http_version, None, held.started)
+            )
+            if self.worker is None or self.worker.done():
+                self.worker = asyncio.get_running_loop().create_task(self._work())
 
     def _refuse(self, status: int, message: str) -> None:
         if self.transport is not None and not self.transport.is_closing():

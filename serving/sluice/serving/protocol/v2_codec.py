@@ -91,7 +91,8 @@ def _to_array(data: list[Any], datatype: str, dtype: np.dtype[Any], name: str) -
     if array.dtype.kind not in _ACCEPTED_KINDS.get(dtype.kind, ""):
         raise InvalidInput(f"input {name!r}: data does not match datatype {datatype} (got {_kind_name(array)})")
     try:
-        converted = array.astype(dtype)
+        with np.errstate(over="ignore"):  # overflow is checked below and answered as the client's error
+            converted = array.astype(dtype)
     except (OverflowError, ValueError) as exc:
         raise InvalidInput(f"input {name!r}: value out of range for datatype {datatype}") from exc
     # Integer casts wrap silently: a round-trip mismatch is an out-of-range value.
