@@ -19,7 +19,7 @@ from sluice.serving.admin import AdminAuth
 from sluice.serving.app import build_app
 from sluice.serving.config import ServingConfig
 from sluice.serving.errors import BackendUnavailable
-from sluice.serving.httpserver import HttpServer
+from sluice.serving.httpserver import HttpServer, ServerLimits
 from sluice.serving.router import Router
 from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 
@@ -145,14 +145,14 @@ SERVER = {"kind": "sluice"}
 
 
 @contextmanager
-def serve(router: Router) -> Iterator[str]:
-    """Serve build_app(router) in a thread on 127.0.0.1:<free port>; always stopped."""
+def serve(router: Router, limits: ServerLimits | None = None) -> Iterator[str]:
+    """Serve build_app(router) in a thread on 127.0.0.1:<free port>; always stopped (`limits`: HttpServer only)."""
     if SERVER["kind"] == "uvicorn":
         with _serve_uvicorn(router) as url:
             yield url
         return
     loop = asyncio.new_event_loop()
-    server = HttpServer(build_app(router, admin=ADMIN), "127.0.0.1", 0, graceful_timeout_s=5)
+    server = HttpServer(build_app(router, admin=ADMIN), "127.0.0.1", 0, graceful_timeout_s=5, limits=limits)
     stop = asyncio.Event()
     started = threading.Event()
 

@@ -452,7 +452,10 @@ class HttpServer:
         self._lifespan = _Lifespan(self.app)
         await self._lifespan.startup()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port)
+        # A backlog as deep as the connection cap: a burst of clients is accepted (and told 503 past the cap)
+        # instead of having its SYNs dropped and retried a second later.
+        backlog = max(128, min(self.max_connections, 4096))
+        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=backlog)
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._sweeper = loop.create_task(self._sweep())
 
