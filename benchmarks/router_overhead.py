@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,9 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support import answers, free_port, wait_for
 
 MODEL = "lr"
 RESULTS = Path(__file__).parent / "results" / "router_overhead.json"
@@ -172,9 +174,10 @@ def alt_router(kind: str, port: int, config_path: str) -> None:
 
 def _rsgi_infer(app: Any) -> Any:
     """An RSGI app answering infer (and liveness) straight from `DataPlane`, as `HttpServer` does."""
+    from sluice.serving.protocol.endpoints import dumps
+
     from sluice.serving.app import check_request_headers, header_map, infer_target
     from sluice.serving.errors import ServingError
-    from sluice.serving.protocol.dataplane import dumps
 
     plane = app.plane
 
@@ -212,12 +215,6 @@ ALT_SERVERS = ("uvicorn", "granian", "granian_rsgi")
 # ---- orchestration --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _model(path: Path) -> None:
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
@@ -230,19 +227,12 @@ def _model(path: Path) -> None:
 
 
 def _wait_live(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def live() -> bool:
         if any(p.poll() is not None for p in procs):
             raise RuntimeError("a benchmark process exited during start-up")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+        return answers(url)
+
+    wait_for(url, live, 60)
 
 
 def _router_config(model_ep: str, shadow_ep: str, mirror: int) -> dict[str, Any]:
@@ -405,7 +395,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         root = Path(tmp)
         _model(root / "m.onnx")
-        ports = {k: _free_port() for k in ("model", "shadow_model", "router", "router_shadow")}
+        ports = {k: free_port() for k in ("model", "shadow_model", "router", "router_shadow")}
         try:
             for k in ("model", "shadow_model"):
                 procs.append(
@@ -433,7 +423,7 @@ def main() -> int:
                 )
             alt_procs = {}
             for kind in alts:
-                ports[f"router_{kind}"] = _free_port()
+                ports[f"router_{kind}"] = free_port()
                 alt_procs[kind] = subprocess.Popen(
                     [
                         sys.executable,

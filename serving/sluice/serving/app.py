@@ -2,7 +2,7 @@
 
 Served by `sluice.serving.httpserver` in the standalone router and `sluice serve` (which answers infer itself and
 hands everything else to this app) and by Ray Serve in the ingress deployment. The app holds no routing logic:
-it reads bodies (bounded), headers and path parameters and hands them to `DataPlane`.
+it reads bodies (bounded), headers and path parameters and hands them to `ProtocolEndpoints`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sluice.serving.admin import AdminAuth
 from sluice.serving.config import ServingConfig
 from sluice.serving.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
 from sluice.serving.metrics import CONTENT_TYPE_LATEST
-from sluice.serving.protocol.dataplane import DataPlane, Reply, dumps, parse_json
+from sluice.serving.protocol.endpoints import ProtocolEndpoints, Reply, dumps, parse_json
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class SluiceApp(Starlette):
     objects and middleware (measured ~0.1 ms of the router's CPU per request); everything else is plain Starlette.
     Behaviour is the same as the routed handler: bounded body, content-type checks, JSON errors, a 500 on a bug."""
 
-    plane: DataPlane
+    plane: ProtocolEndpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -200,19 +200,19 @@ class SluiceApp(Starlette):
 
 
 def build_app(router: Router, *, close_router_on_shutdown: bool = False, admin: AdminAuth | None = None) -> SluiceApp:
-    """The ASGI app over `router`; `app.state.dataplane.router` may be swapped to re-point it.
+    """The ASGI app over `router`; `app.state.endpoints.router` may be swapped to re-point it.
 
     `admin` guards `/admin/*` and the override header; by default it is what the environment configures
     (`sluice.serving.admin.from_env`), and without a token there the admin API answers 403.
     """
     auth = admin if admin is not None else admin_auth.from_env()
-    plane = DataPlane(router, is_admin=auth.allows)
+    plane = ProtocolEndpoints(router, is_admin=auth.allows)
 
-    def dp() -> DataPlane:
+    def dp() -> ProtocolEndpoints:
         return plane
 
     async def live(_: Request) -> Response:
-        return _Json(DataPlane.live())
+        return _Json(ProtocolEndpoints.live())
 
     async def ready(_: Request) -> Response:
         body = await dp().ready()
@@ -296,5 +296,5 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False, admin: 
 
     app = SluiceApp(routes=routes, lifespan=lifespan)
     app.plane = plane
-    app.state.dataplane = plane
+    app.state.endpoints = plane
     return app
