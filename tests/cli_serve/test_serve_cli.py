@@ -200,3 +200,19 @@ def test_serve_locks_the_admin_api_with_a_token_it_prints(tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_a_bad_http_limit_is_a_clear_error(tmp_path: Path) -> None:
+    args = ["serve", "-f", str(_write(tmp_path, ONE)), "--backend", "onnx", "--port", "0"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sluice.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SLUICE_HTTP_MAX_CONNECTIONS": "lots", "TMPDIR": str(tmp_path)},
+    )
+    assert proc.returncode == 1
+    assert "$SLUICE_HTTP_MAX_CONNECTIONS: 'lots' is not a number" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*.admin-token"))

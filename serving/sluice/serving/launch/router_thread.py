@@ -125,7 +125,12 @@ def serve_router(
     router = Router(config, {v.name: factory(v, config) for v in config.variants}, factory=factory)
     auth = admin.for_process("serve")  # the configured token, else a generated one in a 0600 file
     cleanups = [lambda: admin.remove_token_file(auth), *cleanups]
-    server = RouterThread(router, host, port, auth)
+    try:
+        server = RouterThread(router, host, port, auth)
+    except ValueError as exc:  # a bad $SLUICE_HTTP_* limit: undo what was started (tritonserver, the token file)
+        for cleanup in reversed(cleanups):
+            cleanup()
+        raise LaunchError(str(exc)) from exc
     plane = RouterPlane(server, host, 0, cleanups, admin_token_file=auth.token_file)
     try:
         plane.port = server.start(ready_timeout_s)
