@@ -84,6 +84,12 @@ class PayloadTooLarge(ServingError):
     status_code = 413
 
 
+class Unprocessable(ServingError):
+    """422: well-formed, but a value its field cannot take (an unknown outcome metric, a conversion other than 0/1)."""
+
+    status_code = 422
+
+
 class UnsupportedMediaType(ServingError):
     """415: the Content-Type is not JSON."""
 
