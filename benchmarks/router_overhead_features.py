@@ -35,8 +35,10 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from tests.support import free_port
+from tests.support.traffic import logistic_onnx
 
-from router_overhead import MODEL, _cpu_s, _free_port, _model, _wait_live
+from router_overhead import MODEL, cpu_s, wait_live
 
 RESULTS = Path(__file__).parent / "results" / "router_overhead_features.json"
 WIDTH = 20
@@ -113,8 +115,9 @@ def _stats(lat: list[float]) -> dict[str, float]:
 
 
 async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str, Any]]:
-    from sluice.serving.config import ServingConfig
     from sluice.serving.protocol.dataplane import DataPlane
+
+    from sluice.serving.config import ServingConfig
     from sluice.serving.router import Router
     from sluice.serving.scores import score_outputs
     from sluice.serving.tensors import InferRequest, Tensor
@@ -219,9 +222,9 @@ async def _http_rounds(
         for rnd in range(rounds):
             order = list(urls) if rnd % 2 == 0 else list(reversed(urls))
             for name in order:
-                before = _cpu_s(pids[name])
+                before = cpu_s(pids[name])
                 lat = await _rate(session, urls[name], body, rate, seconds)
-                cpu[name] += _cpu_s(pids[name]) - before
+                cpu[name] += cpu_s(pids[name]) - before
                 served[name] += len(lat)
                 per_round[name].append(_stats(lat)["p50_ms"])
                 print(f"round {rnd + 1} {name:9s} p50 {per_round[name][-1]:.3f} ms", flush=True)
@@ -242,7 +245,7 @@ async def _http_rounds(
 
 def _http(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
-    ports = {k: _free_port() for k in ("model", "none", "features")}
+    ports = {k: free_port() for k in ("model", "none", "features")}
     here = Path(__file__).with_name("router_overhead.py")
     try:
         procs.append(
@@ -267,7 +270,7 @@ def _http(root: Path, args: argparse.Namespace) -> dict[str, Any]:
             )
             pids[name] = procs[-1].pid
         for port in ports.values():
-            _wait_live(f"http://127.0.0.1:{port}/v2/health/live", procs)
+            wait_live(f"http://127.0.0.1:{port}/v2/health/live", procs)
         urls = {k: f"http://127.0.0.1:{ports[k]}/v2/models/{MODEL}/infer" for k in ("none", "features")}
         return asyncio.run(_http_rounds(urls, pids, args.rates[0], args.seconds, args.rounds))
     finally:
@@ -284,7 +287,7 @@ def features_main(args: argparse.Namespace) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         root = Path(tmp)
-        _model(root / "m.onnx", WIDTH)
+        logistic_onnx(root / "m.onnx", width=WIDTH)
         summary = asyncio.run(_in_process(root / "m.onnx", args.rounds, per_block=400))
         summary.append(_http(root, args))
     for row in summary:
