@@ -371,9 +371,9 @@ def _same_where_server_has(server: Any, model: Any, path: str) -> None:
 @pytest.mark.parametrize("obj", [MD, EXP, DP, {**MD, "spec": {"model": MODEL}}], ids=["md", "exp", "dp", "md-bare"])
 def test_crd_defaults_match_model_defaults(obj: dict[str, Any]) -> None:
     """Everything the API server fills in equals what the model fills in: one set of defaults."""
-    from tests.foundation.crd_tools import apply_defaults
+    from tests.support.emulator import apply_defaults
 
-    server = apply_defaults(schema(obj["kind"]), copy.deepcopy(obj))
+    server = apply_defaults(copy.deepcopy(obj), schema(obj["kind"]))
     model = parse_object(copy.deepcopy(obj)).model_dump(by_alias=True, mode="json", exclude_none=True)
     _same_where_server_has(server["spec"], model["spec"], "spec")
 

@@ -33,7 +33,7 @@ from sluice.engine.routing import Routing, serving_config
 from sluice.local.experiment import parse_outcomes, run_experiment
 from sluice.local.modeldeployment import run_rollout
 from sluice.rollout.core import version_ref
-from sluice.serving.launch import LaunchError, start_data_plane
+from sluice.serving.launch import BACKENDS, LaunchError, start_data_plane
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_INVALID, EXIT_OTHER = 0, 1, 2, 3
 _EXIT = {Phase.SUCCEEDED: EXIT_PROMOTED, Phase.STABLE: EXIT_PROMOTED, Phase.ROLLED_BACK: EXIT_ROLLED_BACK}
@@ -43,7 +43,7 @@ log = logging.getLogger("sluice.run")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", action="append", required=True, type=Path, help="ModelDeployment YAML")
-    parser.add_argument("--backend", choices=["ray", "triton", "onnx"], help="override spec.backend")
+    parser.add_argument("--backend", choices=BACKENDS, help="override spec.backend")
     parser.add_argument("--load", type=float, default=0.0, metavar="RPS", help="synthetic requests per second")
     parser.add_argument("--output", choices=["text", "json"], default="text", help="json prints the final status")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds per rollout")

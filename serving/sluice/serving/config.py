@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STABLE = "stable"
+# The largest `max_request_bytes` any config may set (the ModelDeployment API's own bound).
+MAX_REQUEST_BYTES_CAP = 1024 * 1024 * 1024
 CANARY = "canary"
 PREDICTION = "prediction"  # feature key of the model's primary output in drift profiles
 
@@ -170,10 +172,21 @@ class ServingConfig(_Model):
         default="x-sluice-variant", description="Request header forcing a variant (never enrolled)."
     )
     outcomes: OutcomesConfig | None = None
+    override_enabled: bool = Field(
+        default=False,
+        description="Honour `override_header` from any client. Off by default: a client that can pick the canary "
+        "skews its analysis; callers holding the admin token may always use it.",
+    )
     drift: tuple[DriftProfileConfig, ...] = Field(default=(), max_length=MAX_PROFILES)
     fallback_to_stable: bool = False
-    request_timeout_s: float = Field(default=10.0, gt=0)
-    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=MAX_REQUEST_BYTES_CAP)
+    max_request_rows: int = Field(
+        default=65_536, ge=1, le=16_777_216, description="Largest first dimension of any input tensor (else 413)."
+    )
+    max_request_elements: int = Field(
+        default=4_194_304, ge=1, le=268_435_456, description="Most elements in all input tensors together (else 413)."
+    )
     batching: BatchingConfig = BatchingConfig()
     gpus_per_replica: float = Field(default=0, ge=0)
 
