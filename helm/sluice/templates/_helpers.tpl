@@ -52,9 +52,11 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: ["sluice.dev"]
   resources: ["experiments"]
   verbs: ["list", "watch", "patch"]
+# An experiment's verdict, per-arm statistics and phase: a merge patch of its status subresource.
 - apiGroups: ["sluice.dev"]
   resources: ["experiments/status"]
   verbs: ["patch"]
+# The Experiment controller reads its target ModelDeployment (exists? mid-rollout?) before handing it the arms.
 - apiGroups: ["sluice.dev"]
   resources: ["modeldeployments"]
   verbs: ["get"]

@@ -17,8 +17,7 @@ from pydantic import ValidationError
 
 from sluice.api.base import API_VERSION
 from sluice.api.experiment import ExperimentSpec, ExperimentStatus
-from sluice.api.model_deployment import MetricProvider as ProviderSpec
-from sluice.api.model_deployment import ModelDeploymentSpec
+from sluice.api.model_deployment import ModelDeploymentSpec, ProviderSpec
 from sluice.api.status import Phase, VersionRef
 from sluice.engine.experiment import ExperimentLoop, TargetView
 from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms
