@@ -159,3 +159,27 @@ def test_deleting_the_experiment_returns_traffic_to_the_stable_version(
         wait_for("the held rollout to start", lambda: (cluster.status("fraud").get("canary") or {}).get("version")
                  == "v2", 40)  # fmt: skip
         assert "Traceback" not in operator.log
+
+
+def test_an_experiment_waits_for_its_target_then_starts(
+    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+) -> None:
+    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    with (
+        running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
+        simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
+    ):
+        create_experiment(cluster, experiment_doc(endPolicy="manual", minimumSamples=10**6))
+        wait_for(
+            "the missing-target condition",
+            lambda: any(
+                c["type"] == "TargetReady" and c["reason"] == "TargetMissing"
+                for c in experiment_status(cluster, "fraud-ab").get("conditions", [])
+            ),
+            20,
+        )
+        assert experiment_status(cluster, "fraud-ab")["phase"] == "Pending"
+        cluster.apply_md(example("01-canary-good.yaml")[0])
+        wait_for("the arms once the target is stable", lambda: set(served(sim)) == {"control", "treatment"}, 40)
+        assert experiment_status(cluster, "fraud-ab")["phase"] == "Running"
+        assert "Traceback" not in operator.log

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sluice.api.base import API_VERSION
-from sluice.api.experiment import ExperimentSpec, ExperimentStatus
+from sluice.api.experiment import ExperimentPhase, ExperimentSpec, ExperimentStatus
 from sluice.api.model_deployment import ModelDeploymentSpec, ProviderSpec
 from sluice.api.status import Phase, VersionRef
 from sluice.engine.experiment import ExperimentLoop, TargetView
@@ -29,6 +29,7 @@ from sluice.operator.context import OperatorContext
 from sluice.operator.controllers.modeldeployment import Stopped, plain, spec_problem
 from sluice.operator.kube import Obj
 from sluice.operator.render import Owner
+from sluice.providers.base import MetricProvider
 from sluice.providers.factory import create_provider
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,10 @@ class ExperimentDaemon:
         self.platform.body = body
         if self.loop.status.phase in TERMINAL:
             return
+        if self.loop.status.phase is ExperimentPhase.PENDING:  # the target may have appeared or changed
+            old = self.loop.provider
+            self.loop.provider = await self._provider(self.loop.spec)
+            await old.close()
         await self.loop.tick()
 
     async def _build(self, body: Obj, generation: int | None) -> None:
@@ -165,21 +170,15 @@ class ExperimentDaemon:
             spec = ExperimentSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
             raise _BadSpec(spec_problem(exc)) from None
-        md = await self.ctx.client.get(API_VERSION, TARGET_KIND, self.owner.namespace, spec.target.name)
-        backend = ModelDeploymentSpec.model_validate(md["spec"]).backend if md else None
-        metrics_url = (
-            self.ctx.router_metrics_url(backend, spec.target.name, self.owner.namespace) if backend else "http://none"
-        )
-        provider_spec = ModelDeploymentSpec.model_validate(md["spec"]).analysis.provider if md else None
-        try:
-            status = ExperimentStatus.model_validate(body.get("status") or {})
-        except ValidationError:
-            status = ExperimentStatus()
-        if self.loop is not None:
+        if self.loop is not None:  # a new generation: the loop's own status is newer than the body's
+            status = self.loop.status
             await self.loop.provider.close()
-        provider = create_provider(
-            provider_spec or ProviderSpec(), metrics_url=metrics_url, client=self.ctx.provider_http()
-        )
+        else:
+            try:
+                status = ExperimentStatus.model_validate(body.get("status") or {})
+            except ValidationError:
+                status = ExperimentStatus()
+        provider = await self._provider(spec)
         self.platform = KubeExperimentPlatform(self.ctx, self.owner, spec)
         self.loop = ExperimentLoop(
             spec,
@@ -193,6 +192,23 @@ class ExperimentDaemon:
             poll_s=self.ctx.poll_s,
         )
         self.generation = generation
+
+    async def _provider(self, spec: ExperimentSpec) -> MetricProvider:
+        """The target's own metric provider (its analysis.provider, on its router); the builtin provider on a URL
+        that answers nothing while the target does not exist (the experiment waits in Pending then)."""
+        md = await self.ctx.client.get(API_VERSION, TARGET_KIND, self.owner.namespace, spec.target.name)
+        target = None
+        if md is not None:
+            try:
+                target = ModelDeploymentSpec.model_validate(md.get("spec") or {})
+            except ValidationError:
+                target = None  # the target's own controller reports its bad spec
+        if target is None:
+            return create_provider(
+                ProviderSpec(), metrics_url="http://127.0.0.1:9/none", client=self.ctx.provider_http()
+            )
+        url = self.ctx.router_metrics_url(target.backend, spec.target.name, self.owner.namespace)
+        return create_provider(target.analysis.provider, metrics_url=url, client=self.ctx.provider_http())
 
     async def _report(self, message: str) -> None:
         log.warning("experiment %s/%s: %s", self.owner.namespace, self.owner.name, message)
