@@ -67,5 +67,5 @@ def test_ray_ingress_serves_the_arms_and_without_arms_the_routing() -> None:
 def test_the_annotation_round_trips_and_refuses_garbage() -> None:
     assert ExperimentArms.from_json(ARMS.to_json()) == ARMS
     assert ARMS.with_weights({"control": 5, "treatment": 95}).arms[1][2] == 95
-    with pytest.raises(ValueError, match="sluice.dev/experiment-arms"):
+    with pytest.raises(ValueError, match=r"sluice\.dev/experiment-arms"):
         ExperimentArms.from_json('{"arms": 3}')
