@@ -287,6 +287,18 @@ INVALID = {
         "spec.guardrails",
     ),
     "alpha-too-large": (_with(EXP, "spec.alpha", 0.7), "spec.alpha"),
+    "thompson-floor-too-high": (
+        _with(
+            _with(_with(EXP, "spec.allocation", "thompson"), "spec.allocationFloor", 40),
+            "spec.variants",
+            [
+                {"name": "a", "model": MODEL, "weight": 34},
+                {"name": "b", "model": {**MODEL, "version": "v2"}, "weight": 33},
+                {"name": "c", "model": {**MODEL, "version": "v3"}, "weight": 33},
+            ],
+        ),
+        "spec.allocationFloor",
+    ),
     "reference-with-neither": (_with(DP, "spec.reference", {}), "spec.reference"),
     "reference-with-both": (
         _with(DP, "spec.reference", {"uri": "s3://b/p.json", "fromStableVersion": True}),

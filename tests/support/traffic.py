@@ -45,13 +45,14 @@ async def send(plane: _Served, n: int, seed: int, model: str = "fraud") -> Count
     return seen
 
 
-def logistic_onnx(path: Path, target_opset: int | None = None) -> Path:
-    """A LogisticRegression on 4 float features (label: x0 + x1 > 0), no ZipMap: `label` [N], `probabilities` [N, 2]."""
+def logistic_onnx(path: Path, target_opset: int | None = None, width: int = 4) -> Path:
+    """A LogisticRegression on `width` float features (label: x0 + x1 > 0), no ZipMap: `label` [N], `probabilities`
+    [N, 2]."""
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 4)).astype(np.float32)
+    x = rng.normal(size=(256, width)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     onx = to_onnx(LogisticRegression().fit(x, y), x[:1], options={"zipmap": False}, target_opset=target_opset)
     path.write_bytes(onx.SerializeToString())

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: spec.backend of the YAML")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (0 picks a free one; default 8000)")
+    parser.add_argument(
+        "--allow-override",
+        action="store_true",
+        help="honour the override header (x-sluice-variant) from any client; by default only with the admin token",
+    )
 
 
 def serving_config(deployments: list[ModelDeployment]) -> ServingConfig:
@@ -121,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         deployments = load_deployments(path)
         config = serving_config(deployments)
+        if args.allow_override:
+            config = config.model_copy(update={"override_enabled": True})
     except OSError as exc:
         print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -142,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         plane = start_data_plane(config, backend, path.resolve().parent, host=args.host, port=args.port)
         print(f"serving {config.model_name} at {plane.url}  (metrics: {plane.metrics_url})")
+        token_file = getattr(plane, "admin_token_file", None)  # routers in this process; Ray's ingress has none
+        if token_file is not None:
+            print(f"admin API token (Authorization: Bearer <token>) is in {token_file}")
         print(example_curl(plane.url, config, _example_inputs(plane.url, config.model_name)))
         print("Ctrl-C or SIGTERM stops it.")
         sys.stdout.flush()

@@ -8,7 +8,8 @@ The config file is a `ServingConfig` as JSON or YAML. ``--variant-backend`` says
 version (http, triton, onnx: `sluice.serving.backends.VARIANT_BACKENDS`); it is not `--backend` of `sluice serve`,
 which says what serves the versions (ray, triton, onnx). A new kind plugs in through the registry in
 `backends/__init__.py`. Weights change live through `PUT /admin/config`
-(bearer token from $SLUICE_ADMIN_TOKEN when set), or from a ConfigMap with ``--watch-configmap`` (the operator's
+(bearer token from $SLUICE_ADMIN_TOKEN_FILE or $SLUICE_ADMIN_TOKEN; without either a random one is written to a
+0600 file whose path is logged at start), or from a ConfigMap with ``--watch-configmap`` (the operator's
 way, see `sluice.serving.configsource`; the API is the pod's own unless ``--kube-api`` names one, with the bearer
 token from $SLUICE_KUBE_TOKEN when set). SIGTERM or SIGINT stops accepting, lets in-flight requests finish
 (bounded by the request timeout), exits 0. The event loop is uvloop's when installed.
@@ -31,10 +32,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from sluice.serving import admin as admin_auth
 from sluice.serving.backends import VARIANT_BACKENDS, make_variant_backend
 from sluice.serving.config import ServingConfig
 from sluice.serving.configsource import ConfigMapSource, KubeApi, parse_target
-from sluice.serving.httpserver import HttpServer
+from sluice.serving.httpserver import HttpServer, ServerLimits
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     source = None
     try:
+        limits = ServerLimits.from_env()
         config = load_config(args.config)
         router = build_router(config, args.variant_backend)
         if args.watch_configmap:
@@ -109,12 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    auth = admin_auth.for_process("router")
+    if auth.generated:
+        log.info("admin API token written to %s (send it as 'Authorization: Bearer <token>')", auth.token_file)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(HttpServer.for_router(router, args.host, args.port), source))
+            server = HttpServer.for_router(router, args.host, args.port, admin=auth, limits=limits)
+            runner.run(serve(server, source))
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        admin_auth.remove_token_file(auth)
     return 0
 
 

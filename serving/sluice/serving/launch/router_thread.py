@@ -8,8 +8,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from sluice.serving.admin import AdminAuth
 from sluice.serving.config import ServingConfig, VariantConfig
 from sluice.serving.launch.common import LaunchError, wait_ready
 
@@ -19,11 +21,11 @@ log = logging.getLogger(__name__)
 class RouterThread:
     """`HttpServer` serving `build_app(router)` on a background thread with its own event loop."""
 
-    def __init__(self, router: Any, host: str, port: int) -> None:
+    def __init__(self, router: Any, host: str, port: int, admin: AdminAuth | None = None) -> None:
         from sluice.serving.httpserver import HttpServer
 
         self.router = router
-        self.server = HttpServer.for_router(router, host, port)
+        self.server = HttpServer.for_router(router, host, port, admin=admin)
         self.host = host
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -79,6 +81,7 @@ class RouterPlane:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     # ServingConfig -> ServingConfig run before the router sees an update (Triton: endpoints, reloads)
     prepare: Callable[[ServingConfig], ServingConfig] | None = None
+    admin_token_file: Path | None = None  # where the admin API's bearer token is (see sluice.serving.admin)
     stopped: bool = False
 
     @property
@@ -116,11 +119,19 @@ def serve_router(
     cleanups: list[Callable[[], None]],
 ) -> RouterPlane:
     """A `Router` over `factory`'s backends, served here; returns once the model answers ready."""
+    from sluice.serving import admin
     from sluice.serving.router import Router
 
     router = Router(config, {v.name: factory(v, config) for v in config.variants}, factory=factory)
-    server = RouterThread(router, host, port)
-    plane = RouterPlane(server, host, 0, cleanups)
+    auth = admin.for_process("serve")  # the configured token, else a generated one in a 0600 file
+    cleanups = [lambda: admin.remove_token_file(auth), *cleanups]
+    try:
+        server = RouterThread(router, host, port, auth)
+    except ValueError as exc:  # a bad $SLUICE_HTTP_* limit: undo what was started (tritonserver, the token file)
+        for cleanup in reversed(cleanups):
+            cleanup()
+        raise LaunchError(str(exc)) from exc
+    plane = RouterPlane(server, host, 0, cleanups, admin_token_file=auth.token_file)
     try:
         plane.port = server.start(ready_timeout_s)
         wait_ready(plane.url, config, ready_timeout_s)
