@@ -5,7 +5,7 @@
 Two routers that differ only in `ServingConfig.drift` (none, or one profile of 20 numeric features with 9 edges each
 plus the prediction's 9 edges) serve the same 20-feature ONNX LogisticRegression, measured side by side:
 
-* in-process: `DataPlane.infer` (JSON decode, routing, model, binning, encode) on one event loop with an in-loop
+* in-process: `ProtocolEndpoints.infer` (JSON decode, routing, model, binning, encode) on one event loop with an in-loop
   onnxruntime backend, at batch 1 and 32, in interleaved blocks (none, features, none, ...); p50/p99 per side;
 * binning alone: `FeatureCounts.observe` per request at batch 1 and 32;
 * over HTTP: both routers as `sluice.serving.host_standalone` processes in front of one model server, open-loop
@@ -112,15 +112,14 @@ def _stats(lat: list[float]) -> dict[str, float]:
 
 
 async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str, Any]]:
-    from sluice.serving.protocol.dataplane import DataPlane
-
     from sluice.serving.config import ServingConfig
+    from sluice.serving.protocol.endpoints import ProtocolEndpoints
     from sluice.serving.router import Router
     from sluice.serving.scores import score_outputs
     from sluice.serving.tensors import InferRequest, Tensor
 
     planes = {
-        name: DataPlane(Router(ServingConfig.model_validate(_config(drift)), {"stable": _OrtBackend(path)}))
+        name: ProtocolEndpoints(Router(ServingConfig.model_validate(_config(drift)), {"stable": _OrtBackend(path)}))
         for name, drift in (("none", False), ("features", True))
     }
     headers = {"content-type": "application/json"}
@@ -142,7 +141,7 @@ async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str,
         none, feat = _stats(lat["none"]), _stats(lat["features"])
         rows.append(
             {
-                "path": "in-process DataPlane.infer",
+                "path": "in-process ProtocolEndpoints.infer",
                 "batch": batch,
                 "requests_per_side": len(lat["none"]),
                 "p50_ms_none": none["p50_ms"],
