@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from tests.serving.helpers import OnnxBackend, row, serve, v2_body
+from tests.support import wait_for
 
 from sluice.serving.app import build_app
 from sluice.serving.config import ServingConfig
@@ -214,7 +215,7 @@ def test_shutdown_lets_the_request_in_flight_finish_and_runs_lifespan_shutdown(m
         assert started.wait(10)
         with connect(f"http://127.0.0.1:{server.port}") as sock:
             sock.sendall(infer_request(json.dumps(v2_body(row(1))).encode()))
-            time.sleep(0.1)  # the request is now inside the backend's 0.5 s delay
+            wait_for("the request inside the backend's 0.5 s delay", lambda: backend.calls == 1, 5, 0.005)
             loop.call_soon_threadsafe(stop.set)
             status, headers, _ = read_response(sock, bytearray())
             assert status == 200  # answered, not dropped
