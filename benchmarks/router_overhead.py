@@ -4,8 +4,8 @@
 
 Processes (all on 127.0.0.1): two minimal v2 model servers (Starlette + uvicorn + one onnxruntime session of a
 skl2onnx LogisticRegression, 4 float features; the second one only answers shadows), a Sluice router
-(`python -m sluice.serving.host_standalone --backend http`, pooled keep-alive client to the model server), and this
-load generator (aiohttp, keep-alive). Targets:
+(`python -m sluice.serving.host_standalone`, whose default variant backend is http: a pooled keep-alive client to
+the model server), and this load generator (aiohttp, keep-alive). Targets:
 
 * ``straight``      - v2 REST JSON to the model server;
 * ``router``        - the same body to the router (100% stable, no mirror);
@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support import answers, free_port, wait_for
+from tests.support.traffic import logistic_onnx
 
 MODEL = "lr"
 RESULTS = Path(__file__).parent / "results" / "router_overhead.json"
@@ -69,11 +70,12 @@ def model_server(port: int, model_path: str) -> None:
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    width = session.get_inputs()[0].shape[1]
     meta = {
         "name": MODEL,
         "versions": ["1"],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}],
+        "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, width]}],
         "outputs": [
             {"name": "label", "datatype": "INT64", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
@@ -174,10 +176,9 @@ def alt_router(kind: str, port: int, config_path: str) -> None:
 
 def _rsgi_infer(app: Any) -> Any:
     """An RSGI app answering infer (and liveness) straight from `DataPlane`, as `HttpServer` does."""
-    from sluice.serving.protocol.endpoints import dumps
-
     from sluice.serving.app import check_request_headers, header_map, infer_target
     from sluice.serving.errors import ServingError
+    from sluice.serving.protocol.endpoints import dumps
 
     plane = app.plane
 
@@ -215,18 +216,7 @@ ALT_SERVERS = ("uvicorn", "granian", "granian_rsgi")
 # ---- orchestration --------------------------------------------------------------------------------------------
 
 
-def _model(path: Path) -> None:
-    from skl2onnx import to_onnx
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 4)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-    onx = to_onnx(LogisticRegression().fit(x, y), x[:1], options={"zipmap": False}, target_opset=17)
-    path.write_bytes(onx.SerializeToString())
-
-
-def _wait_live(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
+def wait_live(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
     def live() -> bool:
         if any(p.poll() is not None for p in procs):
             raise RuntimeError("a benchmark process exited during start-up")
@@ -301,7 +291,7 @@ def _pct(lat: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(lat) * 1000, q))
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
     """utime + stime of one process, from /proc (what a request costs there, however busy the machine is)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -321,7 +311,7 @@ async def _measure(urls: dict[str, str], pids: dict[str, list[int]], args: argpa
             await _saturate(session, url, 4, 1.0)
         for rnd in range(args.rounds):
             for name, url in urls.items():
-                before = {str(p): _cpu_s(p) for p in pids[name]}
+                before = {str(p): cpu_s(p) for p in pids[name]}
                 for rate in args.rates:
                     lat, err = await _fixed_rate(session, url, rate, args.seconds)
                     fixed[name][rate] += lat
@@ -334,7 +324,7 @@ async def _measure(urls: dict[str, str], pids: dict[str, list[int]], args: argpa
                 errors[name] += err
                 served[name] += len(lat)
                 for p in pids[name]:
-                    cpu[name][str(p)] = cpu[name].get(str(p), 0.0) + _cpu_s(p) - before[str(p)]
+                    cpu[name][str(p)] = cpu[name].get(str(p), 0.0) + cpu_s(p) - before[str(p)]
                 p50s = "  ".join(f"{r:g}/s p50 {_pct(fixed[name][r], 50):.2f} ms" for r in args.rates)
                 print(f"round {rnd + 1} {name:14s} {p50s}  sat {rps:.0f} req/s", flush=True)
     out: dict[str, Any] = {}
@@ -378,6 +368,11 @@ def main() -> int:
     )
     parser.add_argument("--model-server", nargs=2, metavar=("PORT", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--alt-router", nargs=3, metavar=("KIND", "PORT", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="instead: drift feature binning (20 features + prediction) vs none, see features_main",
+    )
     args = parser.parse_args()
     args.rates = [float(r) for r in str(args.rate).split(",")]
     if args.model_server:
@@ -390,11 +385,15 @@ def main() -> int:
     unknown = sorted(set(alts) - set(ALT_SERVERS))
     if unknown:
         parser.error(f"--servers: unknown {unknown}; choose from {list(ALT_SERVERS)}")
+    if args.features:
+        from router_overhead_features import features_main
+
+        return features_main(args)
 
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         root = Path(tmp)
-        _model(root / "m.onnx")
+        logistic_onnx(root / "m.onnx", target_opset=17)
         ports = {k: free_port() for k in ("model", "shadow_model", "router", "router_shadow")}
         try:
             for k in ("model", "shadow_model"):
@@ -438,7 +437,7 @@ def main() -> int:
                 )
                 procs.append(alt_procs[kind])
             for port in ports.values():
-                _wait_live(f"http://127.0.0.1:{port}/v2/health/live", procs)
+                wait_live(f"http://127.0.0.1:{port}/v2/health/live", procs)
             path = f"/v2/models/{MODEL}/infer"
             urls = {
                 "straight": f"{model_ep}{path}",

@@ -160,7 +160,7 @@ def test_the_router_config_points_each_variant_at_its_versions_grpc_service() ->
     [container] = pod["containers"]
     args = container["args"]
     assert args[args.index("--watch-configmap") + 1] == "default/fraud-router"
-    assert args[args.index("--backend") + 1] == "triton"
+    assert args[args.index("--variant-backend") + 1] == "triton"
     mount = container["volumeMounts"][0]
     assert args[args.index("--config") + 1] == f"{mount['mountPath']}/config.json"
     assert pod["volumes"][0] == {"name": mount["name"], "configMap": {"name": "fraud-router"}}

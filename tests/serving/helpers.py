@@ -42,7 +42,7 @@ def train(flip: bool) -> bytes:
 
 
 class OnnxBackend:
-    """Minimal in-test Backend over a real onnxruntime session (the real runtime is another area's)."""
+    """Minimal in-test VariantBackend over a real onnxruntime session (the real one: test_runtime.py)."""
 
     def __init__(self, model: bytes, version: str, *, delay_s: float = 0.0, batch_size: int | None = None) -> None:
         opts = ort.SessionOptions()

@@ -88,7 +88,7 @@ def start_router(tmp_path: Path) -> Iterator[Any]:
         path.write_text(text)  # the mounted start-up copy
         port = free_port()
         log = tmp_path / f"{name}.log"
-        args = ["--config", str(path), "--backend", "onnx", "--port", str(port), "--kube-api", api]
+        args = ["--config", str(path), "--variant-backend", "onnx", "--port", str(port), "--kube-api", api]
         args += ["--watch-configmap", f"{NAMESPACE}/{name}", "--watch-timeout", str(watch_timeout_s)]
         with log.open("w") as out:
             proc = subprocess.Popen(

@@ -76,7 +76,9 @@ def _wait_ready(base: str, proc: subprocess.Popen[str]) -> None:
 
 def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str, tmp_path: Path) -> None:
     port = free_port()
-    proc = _start(["--config", str(_write_config(tmp_path, model_server)), "--port", str(port), "--backend", "http"])
+    proc = _start(
+        ["--config", str(_write_config(tmp_path, model_server)), "--port", str(port), "--variant-backend", "http"]
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, proc)
@@ -138,7 +140,7 @@ def test_unreachable_backend_is_503_not_a_crash(model_server: str, tmp_path: Pat
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        ("kind", "unknown backend kind 'nope'; known: ['http', 'onnx', 'triton']"),
+        ("kind", "argument --variant-backend: invalid choice: 'nope'"),
         ("missing", "cannot read config"),
         ("invalid", "is not a valid ServingConfig"),
         ("no-endpoint", "the http backend needs 'endpoint'"),
@@ -155,7 +157,7 @@ def test_bad_startup_exits_2_naming_the_problem(tmp_path: Path, setup: str, mess
         raw = json.loads(path.read_text())
         del raw["variants"][0]["endpoint"]
         path.write_text(json.dumps(raw))
-    proc = _start(["--config", str(path), "--port", str(free_port()), "--backend", backend])
+    proc = _start(["--config", str(path), "--port", str(free_port()), "--variant-backend", backend])
     try:
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 2

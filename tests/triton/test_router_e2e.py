@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def router_url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m sluice.serving.host_standalone --backend triton`: stable v1 at 100 %, canary v2 at 0 %."""
+    """`python -m sluice.serving.host_standalone --variant-backend triton`: stable v1 at 100 %, canary v2 at 0 %."""
     config = {
         "model_name": MODEL,
         "variants": [
@@ -39,7 +39,7 @@ def router_url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -
     log = path.with_suffix(".log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "sluice.serving.host_standalone", "--config", str(path), "--port", str(port),
-         "--backend", "triton"],
+         "--variant-backend", "triton"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )  # fmt: skip

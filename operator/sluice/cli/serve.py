@@ -24,13 +24,12 @@ from sluice.engine.routing import Routing
 from sluice.engine.routing import serving_config as engine_serving_config
 from sluice.rollout.core import version_ref
 from sluice.serving.config import ServingConfig
+from sluice.serving.launch import BACKENDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", required=True, metavar="FILE", help="ModelDeployment YAML")
-    parser.add_argument(
-        "--backend", choices=["ray", "triton", "onnx"], default=None, help="default: spec.backend of the YAML"
-    )
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: spec.backend of the YAML")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (0 picks a free one; default 8000)")
     parser.add_argument(

@@ -243,6 +243,12 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False, admin: 
         raw = await read_body(request, dp().router.config.max_request_bytes)
         return _reply(await dp().predict(request.path_params["name"], raw, request.headers, t0))
 
+    async def outcomes(request: Request) -> Response:
+        _check_content_type(request)
+        cfg = dp().router.outcomes.config
+        raw = await read_body(request, cfg.max_body_bytes if cfg else 1024 * 1024)
+        return _reply(dp().outcomes(request.path_params["name"], raw))
+
     async def metrics(_: Request) -> Response:
         return Response(dp().router.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -278,6 +284,7 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False, admin: 
         Route("/v2/models/{name}/infer", _guard(infer), methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", _guard(infer), methods=["POST"]),
         Route("/v1/models/{name}:predict", _guard(predict), methods=["POST"]),
+        Route("/v2/models/{name}/outcomes", _guard(outcomes), methods=["POST"]),
         Route("/metrics", _guard(metrics), methods=["GET"]),
         Route("/admin/config", _guard(get_config), methods=["GET"]),
         Route("/admin/config", _guard(put_config), methods=["PUT"]),

@@ -1,7 +1,8 @@
 """Data-plane errors, each with the HTTP status every host maps it to.
 
 Backends, codecs and the router raise these; `app.py` renders them as `{"error": "..."}` with `status_code`.
-Anything else escaping a backend is treated as `BackendError` (500) by the router.
+Anything else escaping a backend is treated as `BackendUnavailable` (503) by the router: the backend is unusable
+right now, like an unreachable one. Anything else escaping a host's own code is a logged 500 "internal error".
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class PayloadTooLarge(ServingError):
     status_code = 413
 
 
+class Unprocessable(ServingError):
+    """422: well-formed, but a value its field cannot take (an unknown outcome metric, a conversion other than 0/1)."""
+
+    status_code = 422
+
+
 class UnsupportedMediaType(ServingError):
     """415: the Content-Type is not JSON."""
 
@@ -112,9 +119,3 @@ class BackendTimeout(ServingError):
     """504: the backend did not answer within `ServingConfig.request_timeout_s` (5xx-class)."""
 
     status_code = 504
-
-
-class ShadowQueueFull(ServingError):
-    """Internal: a shadow copy was dropped because too many shadows are in flight; never reaches a client."""
-
-    status_code = 503

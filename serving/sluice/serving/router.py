@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from sluice.serving.backends.base import Backend
+from sluice.serving.backends.base import VariantBackend
 from sluice.serving.config import STABLE, ServingConfig, VariantConfig
 from sluice.serving.errors import (
     BackendError,
@@ -28,7 +28,9 @@ from sluice.serving.errors import (
     clip,
     hide_uris,
 )
+from sluice.serving.features import FeatureCounts
 from sluice.serving.metrics import RouterMetrics
+from sluice.serving.outcomes import Outcomes
 from sluice.serving.scores import Scored, compare, score_outputs
 from sluice.serving.split import EveryNth, SmoothWeighted, sticky_pick
 from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata
@@ -36,7 +38,7 @@ from sluice.serving.validation import validate_request
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[VariantConfig, ServingConfig], Backend]
+VariantBackendFactory = Callable[[VariantConfig, ServingConfig], VariantBackend]
 
 # Errors after which a canary request is retried on stable when `fallback_to_stable` is on (5xx-class only).
 _FALLBACK_ERRORS = (BackendError, BackendUnavailable, BackendTimeout)
@@ -55,12 +57,13 @@ class Routed:
     variant: str
     version: str
     fell_back_from: str | None = None
+    enrolled: bool = False  # the router chose the arm (split or unit hash), so its outcomes are arm samples
 
 
 @dataclass(eq=False)
 class _State:
     config: ServingConfig
-    backends: dict[str, Backend]
+    backends: dict[str, VariantBackend]
     splitter: SmoothWeighted
     mirror: EveryNth | None
     names: tuple[str, ...]
@@ -69,7 +72,7 @@ class _State:
     inflight: int = 0
 
 
-def _make_state(config: ServingConfig, backends: Mapping[str, Backend]) -> _State:
+def _make_state(config: ServingConfig, backends: Mapping[str, VariantBackend]) -> _State:
     missing = [v.name for v in config.variants if v.name not in backends]
     if missing:
         raise InvalidInput(f"no backend for variant(s) {missing}")
@@ -92,9 +95,9 @@ class Router:
     def __init__(
         self,
         config: ServingConfig,
-        backends: Mapping[str, Backend],
+        backends: Mapping[str, VariantBackend],
         *,
-        factory: BackendFactory | None = None,
+        factory: VariantBackendFactory | None = None,
         metrics: RouterMetrics | None = None,
         max_shadow_in_flight: int = 64,
     ) -> None:
@@ -104,6 +107,10 @@ class Router:
         self.max_shadow_in_flight = max_shadow_in_flight
         self._shadows: set[asyncio.Task[None]] = set()
         self._closers: set[asyncio.Task[None]] = set()
+        self.outcomes = Outcomes(config.outcomes, lambda: self.metrics.model)
+        self.metrics.registry.register(self.outcomes.totals)
+        self.features = FeatureCounts(config.drift, lambda: self.metrics.model)
+        self.metrics.registry.register(self.features)
         self._publish_weights()
 
     @property
@@ -113,7 +120,8 @@ class Router:
     # ---- assignment -------------------------------------------------------------------------------------------
 
     def choose(self, *, sticky_key: str | None = None, override: str | None = None, version: str | None = None) -> str:
-        """The variant for one request: override > URL version > sticky bucket > weighted split."""
+        """The variant for one request: override > URL version > sticky bucket > control (enrolment 'unit', no
+        unit id) > weighted split."""
         return self._choose(self._state, sticky_key, override, version)
 
     @staticmethod
@@ -134,8 +142,18 @@ class Router:
                 )
             return max(matches, key=lambda v: v.weight).name
         if sticky_key is not None:
-            return sticky_pick(sticky_key, state.names, state.weights)
+            return sticky_pick(sticky_key, state.names, state.weights, state.config.sticky_salt)
+        if state.config.enrolment == "unit":
+            return state.config.control
         return state.splitter.pick()
+
+    @staticmethod
+    def _enrolled(state: _State, sticky_key: str | None, override: str | None, version: str | None) -> bool:
+        """Whether the router assigned the arm: forced requests (override header, URL version) never count, and
+        with enrolment 'unit' only requests carrying a unit id do."""
+        if override is not None or version is not None:
+            return False
+        return sticky_key is not None or state.config.enrolment == "all"
 
     # ---- serving ----------------------------------------------------------------------------------------------
 
@@ -156,7 +174,12 @@ class Router:
             started = time.perf_counter()
             try:
                 response = await self._call(state, variant, request, deadline)
-                routed = Routed(response, variant, state.config.variant(variant).version)
+                routed = Routed(
+                    response,
+                    variant,
+                    state.config.variant(variant).version,
+                    enrolled=self._enrolled(state, sticky_key, override, version),
+                )
             except ServingError as exc:
                 can_fall_back = state.config.fallback_to_stable and override is None and variant != STABLE
                 if not (isinstance(exc, _FALLBACK_ERRORS) and can_fall_back and STABLE in state.backends):
@@ -172,8 +195,14 @@ class Router:
                 except ServingError as stable_exc:
                     stable_exc.variant, stable_exc.version = STABLE, state.config.variant(STABLE).version
                     raise
-                routed = Routed(response, STABLE, state.config.variant(STABLE).version, fell_back_from=variant)
-            self._observe(routed)
+                routed = Routed(
+                    response,
+                    STABLE,
+                    state.config.variant(STABLE).version,
+                    fell_back_from=variant,
+                    enrolled=self._enrolled(state, sticky_key, override, version),
+                )
+            self._observe(routed, request)
             self._maybe_shadow(state, routed, request)
             return routed
         finally:
@@ -212,10 +241,12 @@ class Router:
             state.metadata[variant] = meta
         return meta
 
-    def _observe(self, routed: Routed) -> None:
+    def _observe(self, routed: Routed, request: InferRequest) -> None:
         scored = score_outputs(routed.response.outputs)
         if scored is not None:
             self.metrics.scores(routed.version, routed.variant, scored.scores.tolist())
+        if self.features.active:
+            self.features.observe(routed.version, routed.variant, request.inputs, scored)
         batch = routed.response.parameters.get("batch_size")
         if batch is not None and str(batch).isdigit():
             self.metrics.batch_size(routed.version, routed.variant, int(batch))
@@ -294,12 +325,14 @@ class Router:
 
     # ---- live configuration -----------------------------------------------------------------------------------
 
-    def update(self, config: ServingConfig, backends: Mapping[str, Backend] | None = None) -> None:
+    def update(self, config: ServingConfig, backends: Mapping[str, VariantBackend] | None = None) -> None:
         """Swap in new weights/mirror/variants atomically; backends no longer used close once their requests end."""
         old = self._state
         new = _make_state(config, backends if backends is not None else old.backends)
         self._state = new
         self.metrics.model = config.model_name
+        self.outcomes.configure(config.outcomes)
+        self.features.configure(config.drift)
         self._publish_weights()
         retired = [b for b in old.backends.values() if all(b is not nb for nb in new.backends.values())]
         if retired:
@@ -328,8 +361,8 @@ class Router:
             raise InvalidInput(
                 f"variant {new_variants[0].name!r} is new and this router has no backend factory to create it"
             )
-        backends: dict[str, Backend] = {}
-        created: list[Backend] = []
+        backends: dict[str, VariantBackend] = {}
+        created: list[VariantBackend] = []
         try:
             for v in config.variants:
                 existing = by_key.get(_backend_key(v))
@@ -349,7 +382,7 @@ class Router:
         self.update(config, backends)
 
     @staticmethod
-    async def _verify(v: VariantConfig, backend: Backend, timeout_s: float) -> None:
+    async def _verify(v: VariantConfig, backend: VariantBackend, timeout_s: float) -> None:
         """The new variant's model is loaded and describes itself, or ConfigRejected says why (URIs hidden)."""
         try:
             async with asyncio.timeout(timeout_s):
@@ -368,7 +401,7 @@ class Router:
     def _publish_weights(self) -> None:
         self.metrics.set_weights({(v.version, v.name): v.weight for v in self._state.config.variants})
 
-    def _retire(self, old: _State, backends: list[Backend]) -> None:
+    def _retire(self, old: _State, backends: list[VariantBackend]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

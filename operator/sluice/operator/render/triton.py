@@ -298,7 +298,7 @@ def router_selector(owner: Owner) -> dict[str, str]:
 
 def router_args(owner: Owner) -> list[str]:
     return [
-        "--backend",
+        "--variant-backend",
         "triton",
         "--host",
         "0.0.0.0",

@@ -6,7 +6,9 @@ protocol semantics and the request metrics live in one place.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ import numpy as np
 import orjson
 
 from sluice.serving.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServingError, clip
+from sluice.serving.outcomes import parse_outcomes
 from sluice.serving.protocol.limits import check_request_size
 from sluice.serving.protocol.v2_codec import decode_infer_request, encode_infer_response
 from sluice.serving.router import Routed, Router
@@ -23,8 +26,15 @@ from sluice.serving.tensors import V2_TO_NUMPY, InferRequest, ModelMetadata, Ten
 
 SERVER_NAME = "sluice"
 SERVER_VERSION = "0.1.0"
+# Response header: the variant (arm) that served the request. The request header of the same default name
+# (`ServingConfig.override_header`) asks for a variant; the response header always says which one answered.
 VARIANT_HEADER = "x-sluice-variant"
 VERSION_HEADER = "x-sluice-model-version"
+# Response header, when outcomes are configured: the id to report outcomes against (the request's own v2 `id`, or
+# one the router made up when the client sent none).
+REQUEST_ID_HEADER = "x-sluice-request-id"
+_ID_PREFIX = os.urandom(6).hex()  # per process: ids of different replicas and restarts never collide
+_ID_COUNTER = itertools.count(1)
 UNROUTED = ""  # variant/version label of requests rejected before a variant was chosen
 
 log = logging.getLogger(__name__)
@@ -143,6 +153,11 @@ class ProtocolEndpoints:
             )
             variant, model_version = routed.variant, routed.version
             reply = self._plain_reply(routed) if plain else self._v2_reply(routed, request)
+            if self.router.outcomes.enabled:
+                rid = request.id or f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+                if routed.enrolled:
+                    self.router.outcomes.record(rid, sticky, variant, model_version)
+                reply.headers[REQUEST_ID_HEADER] = rid
         except ServingError as exc:
             reply = Reply(exc.status_code, exc.to_json())
             if exc.variant is not None and exc.version is not None:
@@ -154,6 +169,17 @@ class ProtocolEndpoints:
             reply = Reply(500, {"error": "internal error"})
         self.router.metrics.request(model_version, variant, reply.status, time.perf_counter() - t0)
         return reply
+
+    def outcomes(self, name: str, raw: bytes) -> Reply:
+        """Join reported outcomes to the arms that served them: 202 with counts (unknown ids are not an error of
+        the batch; they are counted in `sluice_outcomes_unmatched_total` and listed, the first 100)."""
+        self._check_model(name)
+        outcomes = self.router.outcomes
+        if outcomes.config is None:
+            raise ModelNotFound(f"model {name!r} takes no outcomes: no experiment configures outcome metrics")
+        items = parse_outcomes(parse_json(raw), outcomes.config)
+        matched, missed = outcomes.report(items)
+        return Reply(202, {"accepted": matched, "unmatched": len(missed), "unmatched_ids": missed[:100]})
 
     @staticmethod
     def _headers(routed: Routed) -> dict[str, str]:
