@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from tests.serving.helpers import MODEL, OnnxBackend, config, row, serve, v2_body
+from tests.serving.helpers import ADMIN_HEADERS, MODEL, OnnxBackend, config, row, serve, v2_body
 
 from sluice.serving import metric_names as mn
 from sluice.serving.config import ServingConfig
@@ -225,7 +225,9 @@ async def test_a_weight_change_keeps_who_was_served(model_bytes: bytes) -> None:
             arm = r.headers["x-sluice-variant"]
             arms = [{**a, "weight": 100 if a["name"] != arm else 0} for a in ARMS]
             cfg = config(variants=arms, sticky_header="x-user", outcomes=OUTCOMES).model_dump_json()
-            put = await client.put("/admin/config", content=cfg, headers={"content-type": "application/json"})
+            put = await client.put(
+                "/admin/config", content=cfg, headers={"content-type": "application/json", **ADMIN_HEADERS}
+            )
             assert put.status_code == 200, put.text
             resp = await client.post(OUT, json={"id": "before", "metric": "converted", "value": 1})
             assert resp.json()["accepted"] == 1
