@@ -150,6 +150,11 @@ def test_idle_flood_hits_the_cap_with_a_clear_answer_then_drains(base: str) -> N
     assert all(read_answer(s, 0.5) == b"" for s in socks[:200])
     for s in socks:
         s.close()
+    # The server's own 503s are counted like every other 5xx (empty variant/version: no model was chosen).
+    metrics = httpx.get(f"{base}/metrics", timeout=5).text
+    [line] = [x for x in metrics.splitlines() if x.startswith("sluice_requests_total{") and 'code="503"' in x]
+    assert 'variant=""' in line
+    assert float(line.rsplit(" ", 1)[1]) >= 55
 
 
 def test_huge_url_and_headers_are_refused_while_parsing(base: str) -> None:
@@ -306,3 +311,29 @@ def test_abrupt_disconnects_leave_nothing_behind(base: str) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
         s.close()
     assert_served(base)
+
+
+def test_an_h2c_upgrade_offer_is_answered_over_http11_then_closed(base: str) -> None:
+    """`curl --http2` offers h2c: the request runs and gets its answer (never a 400), then the connection closes."""
+    offer = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+    for raw in (
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + offer + b"\r\n",
+        b"POST "
+        + URL.encode()
+        + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n" % len(GOOD_BODY)
+        + offer
+        + b"\r\n"
+        + GOOD_BODY,
+    ):
+        s = connect(base)
+        s.sendall(raw)
+        answer = read_answer(s)
+        s.close()
+        assert status_of(answer) == 200, answer[:300]
+        assert b"connection: close" in answer
+    assert b'"outputs"' in answer  # the POST's body was read after the offer
+    s = connect(base)
+    s.sendall(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    assert status_of(read_answer(s)) == 400
+    s.close()
