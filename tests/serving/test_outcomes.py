@@ -327,3 +327,13 @@ def test_the_local_data_plane_of_sluice_serve_takes_outcomes_and_bins_features()
     assert sum(bins.values()) == 20
     below = sum(v for k, v in bins.items() if dict(k)["bin"] == "0")
     assert below == 10  # u - 10 < 0 for u in 0..9
+
+
+def test_salted_buckets_are_uniform_so_the_split_holds() -> None:
+    """10,000 units over 100 buckets: a chi-squared test of uniformity does not reject, and a 10/90 split holds."""
+    from scipy.stats import chisquare
+
+    counts = Counter(bucket(f"user-{u}", "exp-uid-1") for u in range(10_000))
+    assert chisquare([counts[b] for b in range(100)]).pvalue > 0.001
+    share = sum(counts[b] for b in range(10)) / 10_000
+    assert abs(share - 0.10) < 0.01
