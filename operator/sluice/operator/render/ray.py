@@ -175,7 +175,7 @@ def cluster_config(owner: Owner, spec: ModelDeploymentSpec, config: OperatorConf
             }
         ],
     }
-    # The ingress replica (the router) runs in a worker; the head runs Serve's proxy and controller.
+    # The ingress replica (the router) may be placed on the head or a worker: both read the same token.
     head_pod = out["headGroupSpec"]["template"]["spec"]
     mount_admin_token(owner, head_pod, head_pod["containers"][0])
     mount_admin_token(owner, worker_pod, worker_pod["containers"][0])
