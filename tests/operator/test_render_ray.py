@@ -252,6 +252,17 @@ def test_head_runs_no_models_and_pods_are_restricted() -> None:
             assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
+def test_ray_pods_mount_the_optional_admin_token_secret() -> None:
+    """The ingress (the router) reads its admin token from the same optional Secret as Triton's router."""
+    cluster = render(SPECS["gpu"], canary(10))["spec"]["rayClusterConfig"]
+    for t in [cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]]:
+        [volume] = [v for v in t["spec"]["volumes"] if "secret" in v]
+        assert volume["secret"] == {"secretName": "iris-router-admin", "optional": True}
+        [container] = t["spec"]["containers"]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert {"name": "SLUICE_ADMIN_TOKEN_FILE", "value": f"{mount['mountPath']}/token"} in container["env"]
+
+
 def test_gpu_workers_use_chart_defaults_unless_the_spec_names_its_own() -> None:
     worker = _worker(render(SPECS["gpu"], canary(10)))
     assert worker["containers"][0]["resources"]["limits"][GPU_RESOURCE] == "2"

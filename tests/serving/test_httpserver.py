@@ -18,7 +18,7 @@ from tests.support import wait_for
 
 from sluice.serving.app import build_app
 from sluice.serving.config import ServingConfig
-from sluice.serving.httpserver import HttpServer
+from sluice.serving.httpserver import HttpServer, ServerLimits
 from sluice.serving.router import Router
 from sluice.serving.tensors import InferRequest, InferResponse, Tensor
 
@@ -257,3 +257,23 @@ def test_nan_outputs_come_back_as_null_and_nan_inputs_are_a_400(model_bytes: byt
         )
         assert bad.status_code == 400
         assert bad.json()["error"].startswith("body is not valid JSON")
+
+
+def test_server_limits_from_the_environment() -> None:
+    limits = ServerLimits.from_env({"SLUICE_HTTP_MAX_URL_BYTES": "4096", "SLUICE_HTTP_HEADER_TIMEOUT_S": "2.5"})
+    assert (limits.max_url_bytes, limits.header_timeout_s) == (4096, 2.5)
+    assert limits.keep_alive_timeout_s == ServerLimits().keep_alive_timeout_s
+    with pytest.raises(ValueError, match=r"\$SLUICE_HTTP_MAX_HEADERS: '1e3x' is not a number"):
+        ServerLimits.from_env({"SLUICE_HTTP_MAX_HEADERS": "1e3x"})
+    with pytest.raises(ValueError, match=r"\$SLUICE_HTTP_BODY_TIMEOUT_S must be positive"):
+        ServerLimits.from_env({"SLUICE_HTTP_BODY_TIMEOUT_S": "0"})
+
+
+def test_connection_cap_stays_below_the_file_descriptor_limit() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no file-descriptor limit in this process to stay below")
+    assert ServerLimits(max_connections=10**9).connection_cap() == max(1, soft - 64)
+    assert ServerLimits(max_connections=50).connection_cap() == min(50, max(1, soft - 64))

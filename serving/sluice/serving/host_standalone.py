@@ -11,7 +11,8 @@ which says what serves the versions (ray, triton, onnx). A new kind plugs in thr
 (bearer token from $SLUICE_ADMIN_TOKEN_FILE or $SLUICE_ADMIN_TOKEN; without either a random one is written to a
 0600 file whose path is logged at start), or from a ConfigMap with ``--watch-configmap`` (the operator's
 way, see `sluice.serving.configsource`; the API is the pod's own unless ``--kube-api`` names one, with the bearer
-token from $SLUICE_KUBE_TOKEN when set). SIGTERM or SIGINT stops accepting, lets in-flight requests finish
+token from $SLUICE_KUBE_TOKEN when set). HTTP limits and timeouts come from $SLUICE_HTTP_* (`ServerLimits`,
+docs/serving/security.md). SIGTERM or SIGINT stops accepting, lets in-flight requests finish
 (bounded by the request timeout), exits 0. The event loop is uvloop's when installed.
 """
 

@@ -22,6 +22,7 @@ from sluice.api.status import VersionRef
 from sluice.engine.routing import desired_config
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
+from sluice.operator.render.admin import mount_admin_token
 from sluice.operator.render.gpu import insufficient_gpu, placement
 from sluice.operator.render.meta import DEPLOYMENT_LABEL, child_meta, label_value, labels, ray_service_name
 from sluice.serving.config import ServingConfig, VariantConfig
@@ -174,6 +175,10 @@ def cluster_config(owner: Owner, spec: ModelDeploymentSpec, config: OperatorConf
             }
         ],
     }
+    # The ingress replica (the router) may be placed on the head or a worker: both read the same token.
+    head_pod = out["headGroupSpec"]["template"]["spec"]
+    mount_admin_token(owner, head_pod, head_pod["containers"][0])
+    mount_admin_token(owner, worker_pod, worker_pod["containers"][0])
     if a is not None:
         out["enableInTreeAutoscaling"] = True
     return out

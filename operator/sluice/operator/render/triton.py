@@ -24,6 +24,7 @@ from sluice.api.status import VersionRef
 from sluice.engine.routing import desired_config
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
+from sluice.operator.render.admin import mount_admin_token
 from sluice.operator.render.gpu import insufficient_gpu, placement
 from sluice.operator.render.meta import (
     DEPLOYMENT_LABEL,
@@ -45,11 +46,6 @@ ROUTER_PORT = 8000
 FLAVOUR = "onnxruntime"
 MODEL_REPOSITORY = "/models"
 CONFIG_DIR = "/etc/sluice"
-# The admin API's bearer token: the Secret `<router>-admin` (key `token`) when the platform team creates it; without
-# it the router writes a random token into its own pod (reachable only by `kubectl exec`), so the admin API is
-# never open. The mount is optional so a router starts before (or without) the Secret.
-ADMIN_DIR = "/var/run/sluice/admin"
-ADMIN_TOKEN_FILE_ENV = "SLUICE_ADMIN_TOKEN_FILE"
 CONFIG_KEY = "config.json"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 TRITON_COMPONENT, ROUTER_COMPONENT = "tritonserver", "router"
@@ -311,10 +307,6 @@ def router_args(owner: Owner) -> list[str]:
     ]
 
 
-def admin_secret_name(owner: Owner) -> str:
-    return f"{router_name(owner)}-admin"
-
-
 def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
     """Depends on the owner and the operator's settings only: no weight, version or config hash in the template."""
     name = router_name(owner)
@@ -335,18 +327,12 @@ def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
                     "initialDelaySeconds": 5,
                     "periodSeconds": 10,
                 },
-                "env": [{"name": ADMIN_TOKEN_FILE_ENV, "value": f"{ADMIN_DIR}/token"}],
-                "volumeMounts": [
-                    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                    {"name": "admin-token", "mountPath": ADMIN_DIR, "readOnly": True},
-                ],
+                "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
             }
         ],
-        "volumes": [
-            {"name": "config", "configMap": {"name": name}},
-            {"name": "admin-token", "secret": {"secretName": admin_secret_name(owner), "optional": True}},
-        ],
+        "volumes": [{"name": "config", "configMap": {"name": name}}],
     }
+    mount_admin_token(owner, pod, pod["containers"][0])
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
