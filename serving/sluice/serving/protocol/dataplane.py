@@ -14,8 +14,18 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sluice.serving.errors import InvalidInput, ModelNotFound, ServingError
-from sluice.serving.protocol.v2_codec import decode_infer_request, encode_infer_response
+from sluice.serving.errors import InvalidInput, ModelNotFound, ServingError, UnsupportedMediaType
+from sluice.serving.protocol.v2_codec import (
+    BINARY_TYPE,
+    HEADER_LENGTH,
+    JSON_OUTPUTS,
+    OutputEncoding,
+    decode_infer_request,
+    encode_binary_response,
+    encode_infer_response,
+    output_encoding,
+    split_body,
+)
 from sluice.serving.router import Routed, Router
 from sluice.serving.tensors import V2_TO_NUMPY, InferRequest, ModelMetadata, Tensor
 
@@ -28,11 +38,24 @@ UNROUTED = ""  # variant/version label of requests rejected before a variant was
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """An answer for the transport: status, JSON body and extra headers."""
+    """An answer for the transport: status, JSON body and extra headers.
+
+    `payload` set: the body is these bytes (a binary-extension answer: JSON header then tensors, with
+    `Inference-Header-Content-Length` in `headers`), sent as `content_type`, and `body` is only its JSON header.
+    """
 
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    payload: bytes | None = None
+
+    @property
+    def content_type(self) -> str:
+        return BINARY_TYPE if self.payload is not None else "application/json"
+
+    def content(self) -> bytes:
+        """The bytes of the body as sent."""
+        return self.payload if self.payload is not None else dumps(self.body)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -82,7 +105,7 @@ class DataPlane:
         return {"ready": await self.router.ready()}
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
 
     async def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         self._check_model(name)
@@ -119,14 +142,21 @@ class DataPlane:
         variant, model_version = UNROUTED, UNROUTED
         try:
             self._check_model(name)
-            body = parse_json(raw)
-            request = await self._plain_request(body) if plain else decode_infer_request(body, raw)
+            if plain:
+                if HEADER_LENGTH in headers:
+                    raise UnsupportedMediaType("the binary tensor data extension is for /v2/models/NAME/infer")
+                request, encoding = await self._plain_request(parse_json(raw)), JSON_OUTPUTS
+            else:
+                header, binary = split_body(raw, headers.get(HEADER_LENGTH))
+                body = parse_json(header)
+                request = decode_infer_request(body, raw if binary is None else None, binary)
+                encoding = output_encoding(body)
             sticky = headers.get(cfg.sticky_header.lower()) if cfg.sticky_header else None
             routed = await self.router.infer(
                 request, sticky_key=sticky, override=headers.get(cfg.override_header.lower()), version=version
             )
             variant, model_version = routed.variant, routed.version
-            reply = self._plain_reply(routed) if plain else self._v2_reply(routed, request)
+            reply = self._plain_reply(routed) if plain else self._v2_reply(routed, request, encoding)
         except ServingError as exc:
             reply = Reply(exc.status_code, exc.to_json())
             if exc.variant is not None and exc.version is not None:
@@ -139,12 +169,17 @@ class DataPlane:
     def _headers(routed: Routed) -> dict[str, str]:
         return {VARIANT_HEADER: routed.variant, VERSION_HEADER: routed.version}
 
-    def _v2_reply(self, routed: Routed, request: InferRequest) -> Reply:
+    def _v2_reply(self, routed: Routed, request: InferRequest, encoding: OutputEncoding) -> Reply:
         body = encode_infer_response(routed.response, request.outputs)
         body["model_version"] = routed.version
         if request.id is not None:
             body["id"] = request.id
-        return Reply(200, body, self._headers(routed))
+        headers = self._headers(routed)
+        if not encoding.any:
+            return Reply(200, body, headers)
+        payload, header_length = encode_binary_response(body, encoding, routed.response.outputs)
+        headers[HEADER_LENGTH] = str(header_length)
+        return Reply(200, body, headers, payload)
 
     async def _plain_request(self, body: Any) -> InferRequest:
         """Instances become the model's single input, cast to its datatype."""
