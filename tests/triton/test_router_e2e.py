@@ -111,3 +111,25 @@ def test_router_metadata_and_bad_input(router_url: str) -> None:
             client.infer(MODEL, [item])
         assert info.value.status() == "400", str(info.value)
         assert "X" in str(info.value.message())
+
+
+def test_tritonclient_defaults_get_the_same_binary_answer_from_the_router_as_from_triton(
+    router_url: str, triton: TritonServer
+) -> None:
+    """tritonclient.http with its defaults (binary tensors both ways) against the router and against Triton itself."""
+    x = np.random.default_rng(5).normal(size=(5, 4)).astype(np.float32)
+    answers = []
+    for url in (router_url, triton.http_url):
+        with httpclient.InferenceServerClient(url) as client:
+            item = httpclient.InferInput("X", list(x.shape), "FP32")
+            item.set_data_from_numpy(x)
+            result = client.infer(MODEL, [item], model_version="" if url == router_url else "1")
+            outputs = result.get_response()["outputs"]
+            assert all("binary_data_size" in o["parameters"] for o in outputs), outputs
+            answers.append((result.as_numpy("label"), result.as_numpy("probabilities")))
+    (label, probs), (triton_label, triton_probs) = answers
+    # Triton's own answer carries its config's [N, 1] label; the router restores onnxruntime's [N] (backends/triton).
+    np.testing.assert_array_equal(label, triton_label.reshape(-1))
+    np.testing.assert_allclose(probs, triton_probs, rtol=1e-6)
+    assert probs.dtype == triton_probs.dtype
+    assert probs.shape == triton_probs.shape
