@@ -210,7 +210,7 @@ def test_binary_size_must_match_the_shape_and_bytes_elements_their_lengths() -> 
     head, _ = split_body(raw, length)
     body = json.loads(head)
     body["inputs"][0]["shape"] = [3, 4]
-    with pytest.raises(InvalidInput, match=r"needs 48 bytes, binary_data_size is 32"):
+    with pytest.raises(InvalidInput, match=r"needs 48 bytes, got 32"):
         decode_infer_request(body, None, split_body(raw, length)[1])
     words = b"\x05\x00\x00\x00ab"  # claims 5 bytes, has 2
     head = json.dumps(

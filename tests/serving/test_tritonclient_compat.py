@@ -142,7 +142,7 @@ def test_binary_request_errors_name_the_problem(url: str) -> None:
         short = httpclient.InferInput("X", [2, 4], "FP32")
         short.set_data_from_numpy(X)
         short.set_shape([3, 4])  # the shape claims 3 rows, the binary data holds 2
-        with pytest.raises(InferenceServerException, match="needs 48 bytes, binary_data_size is 32"):
+        with pytest.raises(InferenceServerException, match="needs 48 bytes, got 32"):
             client.infer(MODEL, [short])
         assert client.is_server_live()  # and it still serves
     finally:

@@ -31,8 +31,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def router_url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m sluice.serving.host_standalone --backend triton`: stable v1 at 100 %, canary v2 at 0 %."""
+def router(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """`python -m sluice.serving.host_standalone --backend triton --grpc-port G`: stable v1 at 100 %, canary v2 at
+    0 %; yields its HTTP and gRPC addresses."""
     config = {
         "model_name": MODEL,
         "variants": [
@@ -44,10 +45,11 @@ def router_url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -
     path = tmp_path_factory.mktemp("router") / "serving.json"
     path.write_text(json.dumps(config))
     port = _free_port()
+    grpc_port = _free_port()
     log = path.with_suffix(".log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "sluice.serving.host_standalone", "--config", str(path), "--port", str(port),
-         "--backend", "triton"],
+         "--backend", "triton", "--grpc-port", str(grpc_port)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -65,7 +67,7 @@ def router_url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -
             if time.monotonic() > deadline:
                 raise RuntimeError(f"router not ready: {path.with_suffix('.log').read_text()}")
             time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
     finally:
         process.terminate()
         try:
@@ -74,6 +76,11 @@ def router_url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -
             process.kill()
             process.wait(5)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def router_url(router: tuple[str, str]) -> str:
+    return router[0]
 
 
 def _infer(url: str, x: np.ndarray, headers: dict[str, str] | None = None) -> httpclient.InferResult:
@@ -133,3 +140,46 @@ def test_tritonclient_defaults_get_the_same_binary_answer_from_the_router_as_fro
     np.testing.assert_allclose(probs, triton_probs, rtol=1e-6)
     assert probs.dtype == triton_probs.dtype
     assert probs.shape == triton_probs.shape
+
+
+def test_tritonclient_grpc_defaults_through_the_router_match_triton(
+    router: tuple[str, str], triton: TritonServer
+) -> None:
+    """tritonclient.grpc (sync and aio, defaults: raw contents) against the router's gRPC port and Triton's own."""
+    import asyncio
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.grpc.aio as grpcaio
+
+    x = np.random.default_rng(6).normal(size=(7, 4)).astype(np.float32)
+
+    def item(mod: object) -> object:
+        tensor = mod.InferInput("X", list(x.shape), "FP32")  # type: ignore[attr-defined]
+        tensor.set_data_from_numpy(x)
+        return tensor
+
+    with grpcclient.InferenceServerClient(router[1]) as client:
+        assert client.is_server_ready()
+        assert client.is_model_ready(MODEL, "v2")
+        assert client.get_model_metadata(MODEL).inputs[0].name == "X"
+        via_router = client.infer(MODEL, [item(grpcclient)])
+        assert via_router.get_response().model_version == "v1"
+        canary = client.infer(MODEL, [item(grpcclient)], headers={"x-sluice-variant": "canary"})
+        assert canary.get_response().model_version == "v2"
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(
+                MODEL, [grpcclient.InferInput("X", [1, 3], "FP32").set_data_from_numpy(np.zeros((1, 3), np.float32))]
+            )
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+        direct = client.infer(MODEL, [item(grpcclient)], model_version="1")
+    np.testing.assert_allclose(via_router.as_numpy("probabilities"), direct.as_numpy("probabilities"), rtol=1e-6)
+    np.testing.assert_array_equal(via_router.as_numpy("label"), direct.as_numpy("label").reshape(-1))
+
+    async def aio_calls() -> list[np.ndarray]:
+        async with grpcaio.InferenceServerClient(router[1]) as aio:
+            results = await asyncio.gather(*(aio.infer(MODEL, [item(grpcaio)]) for _ in range(6)))
+        return [r.as_numpy("probabilities") for r in results]
+
+    for probs in asyncio.run(aio_calls()):
+        np.testing.assert_allclose(probs, via_router.as_numpy("probabilities"), rtol=1e-6)

@@ -69,8 +69,11 @@ def start_data_plane(
     *,
     ready_timeout_s: float = 120.0,
     ray_args: dict[str, Any] | None = None,
+    grpc_port: int | None = None,
 ) -> DataPlane:
-    """Start serving `config`; returns once every variant answers ready (or raises LaunchError and cleans up)."""
+    """Start serving `config`; returns once every variant answers ready (or raises LaunchError and cleans up).
+
+    `grpc_port` (onnx and triton; 0 picks a free one) also serves the v2 gRPC API there: see `plane.grpc_port`."""
     if backend == "ray":
         from sluice.serving.ray.local import start_ray_plane
 
@@ -78,9 +81,9 @@ def start_data_plane(
             config, base_dir, host, port or free_port(host), ready_timeout_s=ready_timeout_s, args=ray_args or {}
         )
     if backend == "onnx":
-        return _start_onnx_plane(config, base_dir, host, port, ready_timeout_s)
+        return _start_onnx_plane(config, base_dir, host, port, ready_timeout_s, grpc_port=grpc_port)
     if backend == "triton":
-        return _start_triton_plane(config, base_dir, host, port, ready_timeout_s)
+        return _start_triton_plane(config, base_dir, host, port, ready_timeout_s, grpc_port=grpc_port)
     raise LaunchError(f"unknown backend {backend!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -90,11 +93,16 @@ def start_data_plane(
 class _RouterServer:
     """`HttpServer` serving `build_app(router)` on a background thread with its own event loop."""
 
-    def __init__(self, router: Any, host: str, port: int) -> None:
+    def __init__(self, router: Any, host: str, port: int, grpc_port: int | None = None) -> None:
         from sluice.serving.httpserver import HttpServer
 
         self.router = router
         self.server = HttpServer.for_router(router, host, port)
+        self.grpc: Any = None
+        if grpc_port is not None:
+            from sluice.serving.grpcserver import GrpcServer
+
+            self.grpc = GrpcServer(self.server.app.plane, host, grpc_port)
         self.host = host
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -114,10 +122,14 @@ class _RouterServer:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         await self.server.start()
-        self._started.set()
         try:
+            if self.grpc is not None:
+                await self.grpc.start()
+            self._started.set()
             await self._stop.wait()
         finally:
+            if self.grpc is not None:
+                await self.grpc.shutdown()
             await self.server.shutdown()
 
     def start(self, timeout_s: float) -> int:
@@ -149,6 +161,7 @@ class _LocalPlane:
     port: int
     cleanups: list[Any] = field(default_factory=list)
     prepare: Any = None  # ServingConfig -> ServingConfig run before the router sees an update (Triton endpoints)
+    grpc_port: int | None = None  # the v2 gRPC API's port when served
     _stopped: bool = False
 
     @property
@@ -177,15 +190,23 @@ class _LocalPlane:
 
 
 def _serve_router(
-    config: ServingConfig, factory: Any, host: str, port: int, *, ready_timeout_s: float, cleanups: list[Any]
+    config: ServingConfig,
+    factory: Any,
+    host: str,
+    port: int,
+    *,
+    ready_timeout_s: float,
+    cleanups: list[Any],
+    grpc_port: int | None = None,
 ) -> _LocalPlane:
     from sluice.serving.router import Router
 
     router = Router(config, {v.name: factory(v, config) for v in config.variants}, factory=factory)
-    server = _RouterServer(router, host, port)
+    server = _RouterServer(router, host, port, grpc_port)
     plane = _LocalPlane(server, host, 0, cleanups)
     try:
         plane.port = server.start(ready_timeout_s)
+        plane.grpc_port = server.grpc.port if server.grpc is not None else None
         _wait_ready(plane.url, config, ready_timeout_s)
     except BaseException:
         plane.stop()
@@ -194,18 +215,18 @@ def _serve_router(
 
 
 def _start_onnx_plane(
-    config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float
+    config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float, *, grpc_port: int | None
 ) -> _LocalPlane:
     from sluice.serving.backends.onnx_local import OnnxLocalBackend
 
     def factory(v: VariantConfig, c: ServingConfig) -> OnnxLocalBackend:
         return OnnxLocalBackend.for_variant(v, c, base_dir)
 
-    return _serve_router(config, factory, host, port, ready_timeout_s=ready_timeout_s, cleanups=[])
+    return _serve_router(config, factory, host, port, ready_timeout_s=ready_timeout_s, cleanups=[], grpc_port=grpc_port)
 
 
 def _start_triton_plane(
-    config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float
+    config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float, *, grpc_port: int | None
 ) -> _LocalPlane:
     """The triton engineer's LocalTriton (one tritonserver, every version) with the router here in front."""
     try:
@@ -240,7 +261,9 @@ def _start_triton_plane(
     def factory(v: VariantConfig, c: ServingConfig) -> Any:
         return make_backend("triton", v, c)
 
-    plane = _serve_router(served, factory, host, port, ready_timeout_s=ready_timeout_s, cleanups=[triton.stop])
+    plane = _serve_router(
+        served, factory, host, port, ready_timeout_s=ready_timeout_s, cleanups=[triton.stop], grpc_port=grpc_port
+    )
     plane.prepare = prepare
     return plane
 

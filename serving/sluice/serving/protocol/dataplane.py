@@ -7,9 +7,9 @@ protocol semantics and the request metrics live in one place.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -34,6 +34,7 @@ SERVER_VERSION = "0.1.0"
 VARIANT_HEADER = "x-sluice-variant"
 VERSION_HEADER = "x-sluice-model-version"
 UNROUTED = ""  # variant/version label of requests rejected before a variant was chosen
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,13 @@ def metadata_body(meta: ModelMetadata, name: str, versions: list[str]) -> dict[s
     }
 
 
+def _error_reply(exc: ServingError) -> Reply:
+    reply = Reply(exc.status_code, exc.to_json())
+    if exc.variant is not None and exc.version is not None:
+        reply.headers.update({VARIANT_HEADER: exc.variant, VERSION_HEADER: exc.version})
+    return reply
+
+
 class DataPlane:
     """Endpoint semantics over one Router (one model per router)."""
 
@@ -110,12 +118,15 @@ class DataPlane:
     async def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         self._check_model(name)
         _, meta = await self.router.metadata(version)
-        versions = [version] if version else sorted({v.version for v in self.router.config.variants})
-        return metadata_body(meta, name, versions)
+        return metadata_body(meta, name, self.versions(version))
 
     async def model_ready(self, name: str, version: str | None = None) -> dict[str, Any]:
         self._check_model(name)
         return {"name": name, "ready": await self.router.ready(version)}
+
+    def versions(self, version: str | None = None) -> list[str]:
+        """The versions a metadata answer lists: the one asked for, else every served one."""
+        return [version] if version else sorted({v.version for v in self.router.config.variants})
 
     async def infer(
         self, name: str, version: str | None, raw: bytes, headers: Mapping[str, str], started: float | None = None
@@ -127,6 +138,41 @@ class DataPlane:
         """Plain JSON for humans: {"instances": [[...], ...]} -> {"predictions": [...]}."""
         return await self._serve(name, None, raw, headers, started, plain=True)
 
+    async def handle(
+        self,
+        name: str,
+        version: str | None,
+        headers: Mapping[str, str],
+        started: float | None,
+        *,
+        decode: Callable[[], Awaitable[InferRequest]],
+        encode: Callable[[Routed, InferRequest], T],
+        fail: Callable[[ServingError], T],
+    ) -> T:
+        """The one infer path of every transport (REST, gRPC): decode, route (sticky key and override from
+        `headers`, lower-cased names), encode; a ServingError becomes `fail(exc)`. Counts the request whatever
+        happens, against the variant that served or failed it, with the HTTP status the outcome maps to."""
+        t0 = started if started is not None else time.perf_counter()
+        cfg = self.router.config
+        variant, model_version = UNROUTED, UNROUTED
+        status = 200
+        try:
+            self._check_model(name)
+            request = await decode()
+            sticky = headers.get(cfg.sticky_header.lower()) if cfg.sticky_header else None
+            routed = await self.router.infer(
+                request, sticky_key=sticky, override=headers.get(cfg.override_header.lower()), version=version
+            )
+            variant, model_version = routed.variant, routed.version
+            result = encode(routed, request)
+        except ServingError as exc:
+            status = exc.status_code
+            if exc.variant is not None and exc.version is not None:
+                variant, model_version = exc.variant, exc.version
+            result = fail(exc)
+        self.router.metrics.request(model_version, variant, status, time.perf_counter() - t0)
+        return result
+
     async def _serve(
         self,
         name: str,
@@ -137,33 +183,24 @@ class DataPlane:
         *,
         plain: bool,
     ) -> Reply:
-        t0 = started if started is not None else time.perf_counter()
-        cfg = self.router.config
-        variant, model_version = UNROUTED, UNROUTED
-        try:
-            self._check_model(name)
+        encoding = JSON_OUTPUTS
+
+        async def decode() -> InferRequest:
+            nonlocal encoding
             if plain:
                 if HEADER_LENGTH in headers:
                     raise UnsupportedMediaType("the binary tensor data extension is for /v2/models/NAME/infer")
-                request, encoding = await self._plain_request(parse_json(raw)), JSON_OUTPUTS
-            else:
-                header, binary = split_body(raw, headers.get(HEADER_LENGTH))
-                body = parse_json(header)
-                request = decode_infer_request(body, raw if binary is None else None, binary)
-                encoding = output_encoding(body)
-            sticky = headers.get(cfg.sticky_header.lower()) if cfg.sticky_header else None
-            routed = await self.router.infer(
-                request, sticky_key=sticky, override=headers.get(cfg.override_header.lower()), version=version
-            )
-            variant, model_version = routed.variant, routed.version
-            reply = self._plain_reply(routed) if plain else self._v2_reply(routed, request, encoding)
-        except ServingError as exc:
-            reply = Reply(exc.status_code, exc.to_json())
-            if exc.variant is not None and exc.version is not None:
-                variant, model_version = exc.variant, exc.version
-                reply.headers.update({VARIANT_HEADER: variant, VERSION_HEADER: model_version})
-        self.router.metrics.request(model_version, variant, reply.status, time.perf_counter() - t0)
-        return reply
+                return await self._plain_request(parse_json(raw))
+            header, binary = split_body(raw, headers.get(HEADER_LENGTH))
+            body = parse_json(header)
+            request = decode_infer_request(body, raw if binary is None else None, binary)
+            encoding = output_encoding(body)
+            return request
+
+        def encode(routed: Routed, request: InferRequest) -> Reply:
+            return self._plain_reply(routed) if plain else self._v2_reply(routed, request, encoding)
+
+        return await self.handle(name, version, headers, started, decode=decode, encode=encode, fail=_error_reply)
 
     @staticmethod
     def _headers(routed: Routed) -> dict[str, str]:

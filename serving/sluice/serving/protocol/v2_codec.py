@@ -111,9 +111,7 @@ def decode_tensor(raw: Any, binary: BinaryReader | None = None) -> Tensor:
         raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; expected one of {sorted(V2_TO_NUMPY)}")
     dtype = V2_TO_NUMPY[datatype]
     if binary_size is not None:
-        return Tensor(
-            name=name, data=_from_binary(binary_size, binary, shape=shape, datatype=datatype, dtype=dtype, name=name)
-        )
+        return Tensor(name=name, data=_from_binary(binary_size, binary, shape, datatype, name))
     data = raw["data"]
     if not isinstance(data, list):
         data = [data]
@@ -125,13 +123,7 @@ def decode_tensor(raw: Any, binary: BinaryReader | None = None) -> Tensor:
 
 
 def _from_binary(
-    size: ParamValue,
-    binary: BinaryReader | None,
-    *,
-    shape: tuple[int, ...],
-    datatype: str,
-    dtype: np.dtype[Any],
-    name: str,
+    size: ParamValue, binary: BinaryReader | None, shape: tuple[int, ...], datatype: str, name: str
 ) -> npt.NDArray[Any]:
     """A tensor from its slice of the binary section (little-endian on the wire, native in memory)."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -140,14 +132,21 @@ def _from_binary(
         raise InvalidInput(
             f"input {name!r}: has binary_data_size but the request has no Inference-Header-Content-Length header"
         )
-    chunk = binary.take(size, name)
+    return array_from_bytes(binary.take(size, name), shape, datatype, name)
+
+
+def array_from_bytes(chunk: memoryview | bytes, shape: tuple[int, ...], datatype: str, name: str) -> npt.NDArray[Any]:
+    """A tensor from its raw bytes (binary extension, gRPC raw contents): little-endian on the wire, native here."""
+    if datatype not in V2_TO_NUMPY:
+        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; expected one of {sorted(V2_TO_NUMPY)}")
     count = math.prod(shape)
     if datatype == "BYTES":
         return deserialize_bytes(chunk, count, name).reshape(shape)
+    dtype = V2_TO_NUMPY[datatype]
     expected = count * dtype.itemsize
-    if size != expected:
+    if len(chunk) != expected:
         raise InvalidInput(
-            f"input {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, binary_data_size is {size}"
+            f"input {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, got {len(chunk)}"
         )
     array = np.frombuffer(chunk, dtype=dtype.newbyteorder("<"))
     return array.astype(dtype, copy=False).reshape(shape)
