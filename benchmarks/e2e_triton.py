@@ -33,17 +33,19 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support import answers, free_port, wait_for
 
 from sluice.serving.backends.triton import TritonBackend
 from sluice.serving.tensors import InferRequest, Tensor
@@ -65,26 +67,13 @@ def _model(path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+        return answers(url)
+
+    wait_for(url, ready, timeout_s)
 
 
 def _cpu_seconds(pids: Callable[[], list[int]]) -> float:
@@ -262,7 +251,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                               "endpoint": triton.grpc_url}],
             }  # fmt: skip
             (root / "serving.json").write_text(json.dumps(config))
-            port = _free_port()
+            port = free_port()
             router = subprocess.Popen(
                 [sys.executable, "-m", "sluice.serving.host_standalone", "--config", str(root / "serving.json"),
                  "--port", str(port), "--backend", "triton"],

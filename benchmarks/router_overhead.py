@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,9 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support import answers, free_port, wait_for
 
 MODEL = "lr"
 RESULTS = Path(__file__).parent / "results" / "router_overhead.json"
@@ -115,12 +117,6 @@ def model_server(port: int, model_path: str) -> None:
 # ---- orchestration --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _model(path: Path) -> None:
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
@@ -133,19 +129,12 @@ def _model(path: Path) -> None:
 
 
 def _wait_live(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def live() -> bool:
         if any(p.poll() is not None for p in procs):
             raise RuntimeError("a benchmark process exited during start-up")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+        return answers(url)
+
+    wait_for(url, live, 60)
 
 
 def _router_config(model_ep: str, shadow_ep: str, mirror: int) -> dict[str, Any]:
@@ -294,7 +283,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         root = Path(tmp)
         _model(root / "m.onnx")
-        ports = {k: _free_port() for k in ("model", "shadow_model", "router", "router_shadow")}
+        ports = {k: free_port() for k in ("model", "shadow_model", "router", "router_shadow")}
         try:
             for k in ("model", "shadow_model"):
                 procs.append(

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from tests.support import free_port, wait_for
 
 from sluice.api import ModelDeployment
 from sluice.cli.serve import load_deployments, serving_config
@@ -110,18 +109,12 @@ def _psutil() -> Any:
     return importlib.import_module("psutil")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_serve_on_ray_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
     psutil = _psutil()
     path = _write(tmp_path, ONE + CANARY)
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "serve.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.cli.main", "serve", "-f", str(path), "--backend", "ray", "--port", str(port)],
@@ -132,11 +125,13 @@ def test_serve_on_ray_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
     )
     tree: list[Any] = []
     try:
-        deadline = time.monotonic() + 240
-        while "Ctrl-C or SIGTERM" not in (tmp_path / "serve.log").read_text():
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "sluice serve did not come up"
-            time.sleep(0.5)
+
+        def up() -> bool:
+            text = (tmp_path / "serve.log").read_text()
+            assert proc.poll() is None, text[-3000:]
+            return "Ctrl-C or SIGTERM" in text
+
+        wait_for("sluice serve to come up", up, 240, 0.5)
         out = (tmp_path / "serve.log").read_text()
         assert f"http://127.0.0.1:{port}" in out
         assert "curl -s" in out

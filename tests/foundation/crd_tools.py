@@ -89,7 +89,7 @@ _FUNCTIONS = {"isSorted": _is_sorted, "sum": _sum}
 
 
 @cache
-def _program(rule: str) -> Any:
+def cel_program(rule: str) -> Any:
     return _ENV.program(_ENV.compile(rule), functions=_FUNCTIONS)
 
 
@@ -109,7 +109,7 @@ def cel_errors(node: dict[str, Any], value: Any, path: str = "") -> list[str]:
     out = []
     for rule in node.get("x-kubernetes-validations", []):
         try:
-            result = _program(rule["rule"]).evaluate({"self": json_to_cel(_typed(node, value))})
+            result = cel_program(rule["rule"]).evaluate({"self": json_to_cel(_typed(node, value))})
         except CELEvalError as exc:  # e.g. a field the rule reads is absent: the API server refuses too
             result = exc
         if isinstance(result, Exception) or not bool(result):

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from pydantic import ValidationError
-from tests.foundation.crd_tools import CRD_DIR, REPO, _program, cel_errors, crd, schema, server_errors
+from tests.foundation.crd_tools import CRD_DIR, REPO, cel_errors, cel_program, crd, schema, server_errors
 
 from sluice.api import ModelDeployment
 from sluice.api.base import ApiModel
@@ -80,7 +80,7 @@ def test_schema_is_structural(info: Any) -> None:
 def test_cel_rules_compile_and_field_paths_exist(info: Any) -> None:
     for path, node in _walk(schema(info.kind)):
         for rule in node.get("x-kubernetes-validations", []):
-            _program(rule["rule"])
+            cel_program(rule["rule"])
             target = node
             for part in filter(None, rule.get("fieldPath", "").split(".")):
                 assert part in target.get("properties", {}), f"{path}: fieldPath {rule['fieldPath']} not in schema"

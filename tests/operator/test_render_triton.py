@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2
 
 from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.local.dataplane import Routing
+from sluice.engine.routing import Routing
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Object, Owner, renderer_for
 from sluice.operator.render.gpu import GPU_RESOURCE

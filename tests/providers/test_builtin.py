@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from tests.providers.conftest import MODEL, Exporter, free_port
+from tests.providers.conftest import MODEL, Exporter
+from tests.support import free_port
 
 from sluice.api.model_deployment import MetricProvider as ProviderSpec
 from sluice.providers import Window, create_provider

@@ -22,7 +22,7 @@ from sluice.providers.prometheus import PrometheusProvider
 from sluice.rollout.measurements import NoData, Value
 from sluice.rollout.statistics import psi
 from sluice.serving.config import ServingConfig
-from sluice.serving.launch import DataPlane, start_data_plane
+from sluice.serving.launch import RunningPlane, start_data_plane
 
 MODELS = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "models"
 sys.path.insert(0, str(MODELS))
@@ -42,7 +42,7 @@ def config(canary_uri: str, canary_weight: int) -> ServingConfig:
 
 
 @pytest.fixture(scope="module")
-def plane() -> Iterator[DataPlane]:
+def plane() -> Iterator[RunningPlane]:
     p = start_data_plane(config("file:fraud-v2-bad.onnx", 40), "onnx", MODELS, ready_timeout_s=60)
     try:
         yield p
@@ -50,7 +50,7 @@ def plane() -> Iterator[DataPlane]:
         p.stop()
 
 
-async def send(plane: DataPlane, n: int, seed: int) -> Counter[str]:
+async def send(plane: RunningPlane, n: int, seed: int) -> Counter[str]:
     rows = traffic.features(n, seed=seed)
     seen: Counter[str] = Counter()
     async with httpx.AsyncClient(timeout=30) as client:
@@ -62,7 +62,7 @@ async def send(plane: DataPlane, n: int, seed: int) -> Counter[str]:
     return seen
 
 
-async def test_builtin_counts_what_clients_saw(plane: DataPlane) -> None:
+async def test_builtin_counts_what_clients_saw(plane: RunningPlane) -> None:
     provider = BuiltinProvider(plane.metrics_url)
     try:
         window = Window(model="fraud", interval_s=30)
@@ -82,7 +82,7 @@ async def test_builtin_counts_what_clients_saw(plane: DataPlane) -> None:
         await provider.close()
 
 
-async def test_prometheus_reads_the_real_router(plane: DataPlane, prometheus_server: Prometheus) -> None:
+async def test_prometheus_reads_the_real_router(plane: RunningPlane, prometheus_server: Prometheus) -> None:
     prometheus_server.scrape("sluice-router", plane.url.removeprefix("http://"))
     provider = PrometheusProvider(prometheus_server.url)
     try:

@@ -14,9 +14,10 @@ from prometheus_client import start_http_server
 from tests.rollout.helpers import Clock, make_spec
 
 from sluice.api.status import Phase
-from sluice.local.dataplane import DataPlanePlatform, Routing, serving_config
-from sluice.local.loop import RolloutLoop
-from sluice.local.platform import Platform
+from sluice.engine.modeldeployment import RolloutLoop
+from sluice.engine.platform import Platform
+from sluice.engine.routing import Routing, serving_config
+from sluice.local.modeldeployment import LocalPlatform
 from sluice.providers.builtin import BuiltinProvider
 from sluice.serving.config import ServingConfig
 from sluice.serving.metrics import RouterMetrics
@@ -65,7 +66,7 @@ async def run_rollout(
     spec_v1 = make_spec("v1", analysis={"interval": "30s", "minRequests": 20, "failureThreshold": 2})
     spec_v1.rollout.canary.steps = spec_v1.rollout.canary.steps[1:]  # one step: 50%
     handle = RecordingHandle()
-    platform = DataPlanePlatform(spec_v1, handle)
+    platform = LocalPlatform(spec_v1, handle)
     assert isinstance(platform, Platform)
     clock = Clock()
     provider = BuiltinProvider(url)
@@ -114,7 +115,7 @@ async def test_good_canary_is_promoted_on_the_data_plane(router_metrics: tuple[R
 async def test_run_stops_when_asked(router_metrics: tuple[RouterMetrics, str]) -> None:
     spec = make_spec("v1")
     provider = BuiltinProvider(router_metrics[1])
-    loop = RolloutLoop(spec, DataPlanePlatform(spec, RecordingHandle()), provider, name="fraud", poll_s=0.01)
+    loop = RolloutLoop(spec, LocalPlatform(spec, RecordingHandle()), provider, name="fraud", poll_s=0.01)
     stop = asyncio.Event()
     try:
         task = asyncio.create_task(loop.run(stop))

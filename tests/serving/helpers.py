@@ -118,19 +118,11 @@ def config(**kw: object) -> ServingConfig:
 
 
 def free_socket() -> socket.socket:
+    """A bound, not yet listening socket on a free port, handed to a server in this process (no race for the port)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for servers started as their own process)."""
-    sock = free_socket()
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 # Which HTTP server `serve` runs: the router's own (`HttpServer`, what the standalone router and `sluice serve` use)

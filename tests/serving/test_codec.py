@@ -21,8 +21,8 @@ from sluice.serving.protocol.v2_codec import (
     split_body,
     tensor_bytes,
 )
-from sluice.serving.protocol.validation import validate_request
 from sluice.serving.tensors import V2_TO_NUMPY, InferResponse, ModelMetadata, Tensor, TensorSpec
+from sluice.serving.validation import validate_request
 
 META = ModelMetadata("m", "v1", "onnx", (TensorSpec("X", "FP32", (-1, 4)),), (TensorSpec("label", "INT64", (-1,)),))
 

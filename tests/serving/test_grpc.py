@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from sluice.serving.config import ServingConfig
 from sluice.serving.errors import BackendUnavailable
 from sluice.serving.grpcserver import GrpcServer
-from sluice.serving.protocol.dataplane import DataPlane
+from sluice.serving.protocol.endpoints import ProtocolEndpoints
 from sluice.serving.router import Router
 from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 
@@ -29,7 +29,7 @@ X = np.array([[3, 0, 0, 0], [-3, 0, 0, 0]], dtype=np.float32)
 def serve_grpc(router: Router, **kw: int) -> Iterator[str]:
     """A GrpcServer over `router` on 127.0.0.1:<free port> in its own loop thread; always stopped."""
     loop = asyncio.new_event_loop()
-    server = GrpcServer(DataPlane(router), "127.0.0.1", 0, graceful_timeout_s=2, **kw)
+    server = GrpcServer(ProtocolEndpoints(router), "127.0.0.1", 0, graceful_timeout_s=2, **kw)
     stop = asyncio.Event()
     started = threading.Event()
     failed: list[BaseException] = []

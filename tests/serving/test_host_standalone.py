@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.serving.helpers import MODEL, OnnxBackend, config, free_port, row, serve, v2_body
+from tests.serving.helpers import MODEL, OnnxBackend, config, row, serve, v2_body
+from tests.support import answers, free_port, wait_for
 
 from sluice.serving.router import Router
 
@@ -64,17 +65,11 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def _wait_ready(base: str, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"router exited early: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"{base}/v2/health/live", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("router did not come up within 30 s")
+    def live() -> bool:
+        assert proc.poll() is None, f"router exited early: {proc.stdout.read() if proc.stdout else ''}"
+        return answers(f"{base}/v2/health/live")
+
+    wait_for("the router to come up", live, 30)
 
 
 def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str, tmp_path: Path) -> None:

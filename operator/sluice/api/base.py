@@ -58,6 +58,16 @@ class Rule:
     violation: Callable[[Any], str | None]  # None when valid, else the precise relative path (e.g. ".steps[1].weight")
 
 
+def first_duplicate(prefix: str, names: list[str]) -> str | None:
+    """Path of the first name seen before, e.g. `.checks[2].name` (a `Rule`'s violation for unique names)."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            return f"{prefix}[{i}].name"
+        seen.add(name)
+    return None
+
+
 class RuleViolation(ValueError):
     """A broken cross-field rule; `path` continues the pydantic location so messages name the exact field."""
 

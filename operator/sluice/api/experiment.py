@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta, Rule
-from sluice.api.model_deployment import ModelSpec, _first_duplicate
+from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta, Rule, first_duplicate
+from sluice.api.model_deployment import ModelSpec
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -128,13 +128,13 @@ class ExperimentSpec(ApiModel):
             cel="self.variants.all(v, self.variants.exists_one(w, w.name == v.name))",
             message="variant names must be unique",
             field=".variants",
-            violation=lambda s: _first_duplicate(".variants", [v.name for v in s.variants]),
+            violation=lambda s: first_duplicate(".variants", [v.name for v in s.variants]),
         ),
         Rule(
             cel="!has(self.guardrails) || self.guardrails.all(g, self.guardrails.exists_one(h, h.name == g.name))",
             message="guardrail names must be unique",
             field=".guardrails",
-            violation=lambda s: _first_duplicate(".guardrails", [g.name for g in s.guardrails]),
+            violation=lambda s: first_duplicate(".guardrails", [g.name for g in s.guardrails]),
         ),
     )
 

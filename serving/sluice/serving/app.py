@@ -2,7 +2,7 @@
 
 Served by `sluice.serving.httpserver` in the standalone router and `sluice serve` (which answers infer itself and
 hands everything else to this app) and by Ray Serve in the ingress deployment. The app holds no routing logic:
-it reads bodies (bounded), headers and path parameters and hands them to `DataPlane`.
+it reads bodies (bounded), headers and path parameters and hands them to `ProtocolEndpoints`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 from sluice.serving.config import ServingConfig
 from sluice.serving.errors import InvalidInput, PayloadTooLarge, ServingError, Unauthorized, UnsupportedMediaType
 from sluice.serving.metrics import CONTENT_TYPE_LATEST
-from sluice.serving.protocol.dataplane import DataPlane, Reply, dumps, parse_json
+from sluice.serving.protocol.endpoints import ProtocolEndpoints, Reply, dumps, parse_json
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class SluiceApp(Starlette):
     objects and middleware (measured ~0.1 ms of the router's CPU per request); everything else is plain Starlette.
     Behaviour is the same as the routed handler: bounded body, content-type checks, JSON errors, a 500 on a bug."""
 
-    plane: DataPlane
+    plane: ProtocolEndpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -208,14 +208,14 @@ class SluiceApp(Starlette):
 
 
 def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> SluiceApp:
-    """The ASGI app over `router`; `app.state.dataplane.router` may be swapped to re-point it."""
-    plane = DataPlane(router)
+    """The ASGI app over `router`; `app.state.endpoints.router` may be swapped to re-point it."""
+    plane = ProtocolEndpoints(router)
 
-    def dp() -> DataPlane:
+    def dp() -> ProtocolEndpoints:
         return plane
 
     async def live(_: Request) -> Response:
-        return _Json(DataPlane.live())
+        return _Json(ProtocolEndpoints.live())
 
     async def ready(_: Request) -> Response:
         body = await dp().ready()
@@ -301,5 +301,5 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> Slui
 
     app = SluiceApp(routes=routes, lifespan=lifespan)
     app.plane = plane
-    app.state.dataplane = plane
+    app.state.endpoints = plane
     return app

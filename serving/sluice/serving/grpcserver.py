@@ -1,6 +1,6 @@
-"""The router's gRPC face: KServe v2 `GRPCInferenceService` (as Triton and KServe serve it) over `DataPlane`.
+"""The router's gRPC face: KServe v2 `GRPCInferenceService` (as Triton and KServe serve it) over `ProtocolEndpoints`.
 
-Health, server and model metadata, model readiness and `ModelInfer` go through the same `DataPlane` as REST, so
+Health, server and model metadata, model readiness and `ModelInfer` go through the same `ProtocolEndpoints` as REST, so
 routing, sticky assignment (the sticky header as gRPC metadata), the override header, shadowing, fallback and the
 request metrics are the ones REST has. Errors carry the gRPC code their HTTP status maps to (400 ->
 INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> UNAVAILABLE, ...). Methods the router has no answer for (streaming,
@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from sluice.serving.errors import ServingError
-from sluice.serving.protocol.dataplane import SERVER_NAME, SERVER_VERSION, DataPlane
+from sluice.serving.protocol.endpoints import SERVER_NAME, SERVER_VERSION, ProtocolEndpoints
 from sluice.serving.protocol.grpc_codec import decode_grpc_request, encode_grpc_response, metadata_message
 from sluice.serving.router import Routed
 from sluice.serving.tensors import InferRequest
@@ -60,9 +60,9 @@ def _keep(exc: ServingError) -> ServingError:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    """The v2 gRPC methods over one DataPlane (one model per router)."""
+    """The v2 gRPC methods over one ProtocolEndpoints (one model per router)."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: ProtocolEndpoints) -> None:
         self.plane = plane
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: ServingError) -> None:
@@ -114,11 +114,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
 
 class GrpcServer:
-    """`GRPCInferenceService` for one DataPlane on host:port (port 0 picks a free one: see `self.port`)."""
+    """`GRPCInferenceService` for one ProtocolEndpoints on host:port (port 0 picks a free one: see `self.port`)."""
 
     def __init__(
         self,
-        plane: DataPlane,
+        plane: ProtocolEndpoints,
         host: str,
         port: int,
         *,

@@ -4,10 +4,10 @@ The standalone router and `sluice serve` spend most of their CPU per request out
 per-request machinery (an ASGI task, scope and message dicts, a RequestResponseCycle) is a measured part of it:
 the same fixed JSON answer costs 0.099 ms of server CPU per request under uvicorn and 0.039 ms from a bare
 httptools protocol (benchmarks/router_overhead.py has the router-level figures). So the infer path parses with
-httptools and calls `DataPlane.infer` directly, with the same checks as `SluiceApp._infer` (content type, bounded
-body, JSON errors). Every other request goes to the Starlette app (`build_app`) through a small ASGI bridge, so
-health, metadata, metrics and admin behave exactly as under uvicorn, lifespan included. Inside Ray Serve the app
-still runs under Serve's own server.
+httptools and calls `ProtocolEndpoints.infer` directly, with the same checks as `SluiceApp._infer` (content type,
+bounded body, JSON errors). Every other request goes to the Starlette app (`build_app`) through a small ASGI
+bridge, so health, metadata, metrics and admin behave exactly as under uvicorn, lifespan included. Inside Ray Serve
+the app still runs under Serve's own server.
 
 Deliberate limits: one request at a time per connection (pipelined requests wait their turn), response bodies of
 the ASGI bridge are buffered (the router's endpoints are small; no streaming), no TLS (a pod's sidecar or ingress
@@ -31,7 +31,7 @@ import httptools
 
 from sluice.serving.app import SluiceApp, build_app, check_request_headers, header_map, infer_target
 from sluice.serving.errors import PayloadTooLarge, ServingError
-from sluice.serving.protocol.dataplane import dumps as _dumps
+from sluice.serving.protocol.endpoints import dumps as _dumps
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)

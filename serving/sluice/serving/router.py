@@ -24,10 +24,10 @@ from sluice.serving.errors import (
     ServingError,
 )
 from sluice.serving.metrics import RouterMetrics
-from sluice.serving.protocol.validation import validate_request
 from sluice.serving.scores import Scored, compare, score_outputs
 from sluice.serving.split import EveryNth, SmoothWeighted, sticky_pick
 from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata
+from sluice.serving.validation import validate_request
 
 log = logging.getLogger(__name__)
 

@@ -105,5 +105,6 @@ class OnnxLocalBackend:
 
 
 def from_variant(variant: VariantConfig, config: ServingConfig) -> OnnxLocalBackend:
-    """Registry entry (`make_backend("onnx", ...)`): URIs must be absolute here; `file:relative` needs launch.py."""
+    """Registry entry (`make_backend("onnx", ...)`): URIs must be absolute here (`file:relative` needs a base dir,
+    which `sluice.serving.launch` passes to `OnnxLocalBackend.for_variant`)."""
     return OnnxLocalBackend.for_variant(variant, config, base_dir=None)

@@ -1,34 +1,18 @@
-"""A Platform over a local data plane handle (`update(ServingConfig)` / `stop()`), as `sluice run` starts one.
+"""Where a ModelDeployment's traffic goes, and the ONE translation of spec + routing into the data plane's config.
 
-Roles are pointers to versions: the handle is told the whole ServingConfig each time, so what runs always matches
-the rollout's status. Readiness is "the last update was accepted": the local data plane applies a config only once
-its variants answer ready.
+Every platform (the operator's renderers, `sluice run`, `sluice serve`) serves exactly `serving_config(spec,
+routing)`, so a cluster and a laptop split traffic the same way for the same status.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 from sluice.api.base import parse_duration
 from sluice.api.model_deployment import ModelDeploymentSpec
-from sluice.api.status import ModelDeploymentStatus, VersionRef
-from sluice.local.platform import Readiness
-from sluice.rollout.actions import Action, DeployVersion, EmitEvent, PromoteCanary, ScaleDown, SetTraffic
-from sluice.rollout.observations import Command
+from sluice.api.status import VersionRef
+from sluice.rollout.actions import Action, DeployVersion, PromoteCanary, ScaleDown, SetTraffic
 from sluice.serving.config import CANARY, STABLE, BatchingConfig, MirrorConfig, ServingConfig, VariantConfig
-
-log = logging.getLogger(__name__)
-
-
-class DataPlaneHandle(Protocol):
-    """What `sluice.serving.launch.start_data_plane` returns, as far as the rollout needs it."""
-
-    def update(self, config: ServingConfig) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 @dataclass
@@ -91,48 +75,3 @@ def serving_config(spec: ModelDeploymentSpec, routing: Routing) -> ServingConfig
 
 def _variant(name: str, ref: VersionRef, weight: int) -> VariantConfig:
     return VariantConfig(name=name, version=ref.version, uri=ref.uri, sha256=ref.sha256, weight=weight)
-
-
-@dataclass
-class DataPlanePlatform:
-    """Carries actions out on one local data plane; keeps the status and events in memory."""
-
-    spec: ModelDeploymentSpec
-    handle: DataPlaneHandle
-    routing: Routing = field(default_factory=Routing)
-    status: ModelDeploymentStatus = field(default_factory=ModelDeploymentStatus)
-    events: list[EmitEvent] = field(default_factory=list)
-    command: Command | None = None
-    _healthy: bool = True
-
-    async def readiness(self) -> Readiness:
-        return Readiness(
-            stable=self._healthy and self.routing.stable is not None,
-            canary=self._healthy and self.routing.canary is not None,
-        )
-
-    async def carry_out(self, action: Action) -> None:
-        r = self.routing
-        if isinstance(action, EmitEvent):
-            self.events.append(action)
-            log.log(
-                logging.WARNING if action.type == "Warning" else logging.INFO, "%s: %s", action.reason, action.message
-            )
-            return
-        if not r.apply(action):
-            return  # e.g. a version no role points at any more: the config below no longer names it
-        if r.stable is None:
-            return  # nothing to serve until the first version is deployed
-        config = serving_config(self.spec, r)
-        try:
-            await asyncio.to_thread(self.handle.update, config)
-        except Exception:
-            self._healthy = False
-            raise
-        self._healthy = True
-
-    async def save(self, status: ModelDeploymentStatus) -> None:
-        self.status = status
-
-    async def pending_command(self) -> Command | None:
-        return self.command

@@ -1,4 +1,4 @@
-"""The rollout loop: observe, analyse when due, `step`, carry out, save. The same for every platform.
+"""The ModelDeployment controller loop: observe, analyse when due, `step`, carry out, save; the same on every platform.
 
 It ticks every `poll_s` (so readiness and commands are noticed quickly) and runs an analysis every
 `analysis.interval` while a new version is live. The interval clock restarts when the new version gets its traffic,
@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sluice.api.base import parse_duration
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus, Phase
-from sluice.local.platform import Platform
+from sluice.engine.platform import Platform
 from sluice.providers.base import MetricProvider, Window
 from sluice.rollout import Observations, revision_hash, step
 from sluice.rollout.actions import Action

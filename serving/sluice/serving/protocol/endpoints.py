@@ -1,4 +1,4 @@
-"""Transport-free data plane: what each Open Inference Protocol endpoint answers, given a Router.
+"""What each Open Inference Protocol endpoint answers, given a Router, free of any transport.
 
 Hosts (the Starlette app, a Ray ingress) only read bodies and headers and write what this returns, so the
 protocol semantics and the request metrics live in one place.
@@ -95,7 +95,7 @@ def _error_reply(exc: ServingError) -> Reply:
     return reply
 
 
-class DataPlane:
+class ProtocolEndpoints:
     """Endpoint semantics over one Router (one model per router)."""
 
     def __init__(self, router: Router) -> None:

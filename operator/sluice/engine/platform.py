@@ -1,4 +1,4 @@
-"""The seam the rollout loop drives. The local data plane implements it here; the Kopf operator can too."""
+"""The seam the ModelDeployment loop drives: `LocalPlatform` (sluice.local) and `KubePlatform` (sluice.operator)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
-"""pytest fixtures around the API emulator; other test folders import them into their conftest.py:
-
-    from tests.kube.fixtures import kube_emulator, kubeconfig, kube_client  # noqa: F401
+"""pytest fixtures around the API emulator, registered once for every test area by tests/conftest.py.
 
 `kube_emulator` is session-scoped (one server for the whole run, always stopped), with the Sluice CRDs from
-`crds/*.yaml`, KubeRay's RayService CRD (vendored in tests/schemas) and this folder's test CRDs loaded.
+`crds/*.yaml`, KubeRay's RayService CRD (vendored in tests/schemas) and the emulator tests' CRDs (tests/kube/crds).
+Tests that need a private emulator (write counts, hooks) call `start_emulator()` and stop it themselves.
 """
 
 from __future__ import annotations
@@ -13,19 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.kube.emulator import EmulatorThread, SluiceKubeEmulator, load_crd_files
+from tests.support.emulator import EmulatorThread, SluiceKubeEmulator, load_crd_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLUICE_CRDS = REPO_ROOT / "crds"
 RAY_CRD = REPO_ROOT / "tests" / "schemas" / "ray.io_rayservices.yaml"  # KubeRay's CRD, vendored
-TEST_CRDS = Path(__file__).parent / "crds"
+TEST_CRDS = REPO_ROOT / "tests" / "kube" / "crds"
 
 
 def crd_files() -> list[Path]:
-    files = sorted(SLUICE_CRDS.glob("*.yaml")) + sorted(TEST_CRDS.glob("*.yaml"))
-    if RAY_CRD.exists():
-        files.append(RAY_CRD)
-    return files
+    return [*sorted(SLUICE_CRDS.glob("*.yaml")), *sorted(TEST_CRDS.glob("*.yaml")), RAY_CRD]
 
 
 def start_emulator(*, cel_rules: bool = True) -> EmulatorThread:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sluice.api.loading import field_errors
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus
-from sluice.local.loop import RolloutLoop
+from sluice.engine.modeldeployment import RolloutLoop
 from sluice.operator import events
 from sluice.operator.context import OperatorContext
 from sluice.operator.kube import Obj

@@ -1,4 +1,5 @@
-"""Sluice on a local Ray Serve: deployed through the same config path a RayService uses (serveConfigV2).
+"""The "ray" plane: Sluice on a local Ray Serve, deployed through the same config path a RayService uses
+(serveConfigV2).
 
 Deploying the `serve_application` dict (not `serve.run(app)`) is what makes `update()` a lightweight user_config
 change: Serve derives the code version from import_path + args, which stay fixed while only weights move.
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sluice.serving.config import ServingConfig
-from sluice.serving.launch import LaunchError, _wait_ready, remove_tree, temp_dir
+from sluice.serving.launch.common import LaunchError, remove_tree, temp_dir, wait_ready
 from sluice.serving.ray.app import serve_application
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def start_ray_plane(
         client: Any = _get_global_client()
         plane.port = int(client.http_config.port)  # a Serve that was already running keeps its own port
         plane.deploy(config, ready_timeout_s)
-        _wait_ready(plane.url, config, ready_timeout_s)
+        wait_ready(plane.url, config, ready_timeout_s)
     except BaseException:
         plane.stop()
         raise

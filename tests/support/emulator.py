@@ -459,6 +459,7 @@ def field_matcher(text: str) -> Callable[[Obj], bool]:
 class _Watcher:
     store_id: tuple[str, str]
     queue: asyncio.Queue[tuple[int, str, Obj]]
+    user_agent: str = ""
 
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
@@ -619,6 +620,11 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
 
     def clear_write_hooks(self) -> None:
         self._write_hooks.clear()
+
+    def watching(self, plural: str, group: str = "", user_agent: str | tuple[str, ...] = "") -> int:
+        """How many watches of one resource are open now, by clients whose User-Agent starts with `user_agent`:
+        the signal that a client is following, instead of a sleep long enough for its watch to open."""
+        return sum(1 for w in self._watchers if w.store_id == (group, plural) and w.user_agent.startswith(user_agent))
 
     def audited(self, user_agent: str | tuple[str, ...] = "") -> list[AuditEntry]:
         """The audit log of the clients whose User-Agent starts with `user_agent` (all when empty)."""
@@ -1224,7 +1230,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
             return in_ns and labels(meta.get("labels", {})) and fields(obj)
 
         # Subscribe first, then take the snapshot: nothing between the two can be lost (same loop, no await).
-        watcher = _Watcher(rt.store_id, asyncio.Queue())
+        watcher = _Watcher(rt.store_id, asyncio.Queue(), raw.headers.get("User-Agent", ""))
         self._watchers.append(watcher)
         initial: list[tuple[int, str, Obj]]
         if since in ("", "0"):
