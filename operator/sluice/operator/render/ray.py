@@ -24,6 +24,7 @@ from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
 from sluice.operator.render.gpu import insufficient_gpu, placement
 from sluice.operator.render.meta import DEPLOYMENT_LABEL, child_meta, label_value, labels, ray_service_name
+from sluice.operator.render.monitoring import ray_monitors
 from sluice.serving.config import ServingConfig, VariantConfig
 from sluice.serving.ray.spec import INGRESS_NAME, deployment_name, serve_application
 
@@ -62,6 +63,7 @@ class RayRenderer:
     def children(
         self, owner: Owner, spec: ModelDeploymentSpec, desired: Desired, config: OperatorConfig
     ) -> list[Object]:
+        head = {DEPLOYMENT_LABEL: label_value(owner.name), RAY_NODE_TYPE_LABEL: "head"}
         return [
             {
                 "apiVersion": API_VERSION,
@@ -71,7 +73,8 @@ class RayRenderer:
                     "serveConfigV2": serve_config_yaml(spec, desired),
                     "rayClusterConfig": cluster_config(owner, spec, config),
                 },
-            }
+            },
+            *ray_monitors(owner, config, head, SERVE_PORT),
         ]
 
     def ready(

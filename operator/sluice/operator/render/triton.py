@@ -26,6 +26,7 @@ from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
 from sluice.operator.render.gpu import insufficient_gpu, placement
 from sluice.operator.render.meta import (
+    COMPONENT_LABEL,
     DEPLOYMENT_LABEL,
     VERSION_LABEL,
     child_meta,
@@ -35,6 +36,7 @@ from sluice.operator.render.meta import (
     selector,
     version_workload_name,
 )
+from sluice.operator.render.monitoring import triton_monitors
 from sluice.operator.render.ray import with_kept_versions
 from sluice.serving.config import ServingConfig
 
@@ -46,7 +48,6 @@ FLAVOUR = "onnxruntime"
 MODEL_REPOSITORY = "/models"
 CONFIG_DIR = "/etc/sluice"
 CONFIG_KEY = "config.json"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 TRITON_COMPONENT, ROUTER_COMPONENT = "tritonserver", "router"
 RUN_AS = 10001  # the sluice user of serving/Dockerfile (router and init container)
 TRITON_RUN_AS = 1000  # triton-server, the non-root user of NVIDIA's tritonserver images
@@ -77,7 +78,7 @@ class TritonRenderer:
             out += [version_deployment(owner, spec, ref, config), version_service(owner, ref.version)]
         if router:
             out += [router_deployment(owner, config), router_service(owner)]
-        return out
+        return out + triton_monitors(owner, config, ROUTER_COMPONENT, TRITON_COMPONENT)
 
     def ready(
         self,
