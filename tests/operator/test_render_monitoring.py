@@ -63,6 +63,11 @@ def test_triton_monitors_scrape_the_router_and_every_tritonserver() -> None:
         assert monitor["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
         assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["models"]}
         assert monitor["spec"]["endpoints"][0]["interval"] == "30s"
+        (relabel,) = monitor["spec"]["endpoints"][0]["relabelings"]
+        assert relabel == {
+            "sourceLabels": ["__meta_kubernetes_service_label_sluice_dev_model_deployment"],
+            "targetLabel": "model_deployment",
+        }
     (router,) = _selected(monitors["fraud-router"], objects)
     assert router["metadata"]["name"] == "fraud-router"
     assert {p["name"] for p in router["spec"]["ports"]} >= {"http"}

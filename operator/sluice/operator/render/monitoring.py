@@ -19,6 +19,10 @@ from sluice.operator.render import Object, Owner
 from sluice.operator.render.meta import COMPONENT_LABEL, DEPLOYMENT_LABEL, child_meta, dns_label, label_value
 
 API_VERSION = "monitoring.coreos.com/v1"
+# DEPLOYMENT_LABEL of the scraped Service as Prometheus' service discovery spells it (non-alphanumerics become _).
+MODEL_DEPLOYMENT_META = "__meta_kubernetes_service_label_" + "".join(
+    c if c.isalnum() else "_" for c in DEPLOYMENT_LABEL
+)
 
 
 def _name(owner: Owner, suffix: str) -> str:
@@ -36,7 +40,16 @@ def service_monitor(owner: Owner, config: OperatorConfig, suffix: str, component
         "spec": {
             "selector": {"matchLabels": {DEPLOYMENT_LABEL: label_value(owner.name), COMPONENT_LABEL: component}},
             "namespaceSelector": {"matchNames": [owner.namespace]},
-            "endpoints": [{"port": port, "path": "/metrics", "interval": config.monitor_interval, "scheme": "http"}],
+            "endpoints": [
+                {
+                    "port": port,
+                    "path": "/metrics",
+                    "interval": config.monitor_interval,
+                    "scheme": "http",
+                    # The chart's PrometheusRule and dashboard aggregate per ModelDeployment by this label.
+                    "relabelings": [{"sourceLabels": [MODEL_DEPLOYMENT_META], "targetLabel": "model_deployment"}],
+                }
+            ],
         },
     }
 
