@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_ROUTER_IMAGE = "ghcr.io/sluice-dev/sluice-serving:0.1.0"
+DEFAULT_ROUTER_GPU_IMAGE = "ghcr.io/sluice-dev/sluice-serving:0.1.0-gpu"  # serving/Dockerfile built with EXTRAS=gpu,...
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
 # The ServiceMonitor CRD's own pattern for `interval`.
 _DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
@@ -17,6 +18,7 @@ _DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([
 @dataclass(frozen=True)
 class OperatorConfig:
     router_image: str = DEFAULT_ROUTER_IMAGE  # Sluice router and Ray Serve app (serving/Dockerfile)
+    router_gpu_image: str = DEFAULT_ROUTER_GPU_IMAGE  # the same with onnxruntime-gpu: model pods asking for GPUs
     triton_image: str = DEFAULT_TRITON_IMAGE  # default for backend triton when spec.tritonImage is empty
     gpu_node_selector: Mapping[str, str] = field(default_factory=dict)  # for pods asking for GPUs
     gpu_tolerations: tuple[Mapping[str, Any], ...] = ()  # for pods asking for GPUs
@@ -57,6 +59,7 @@ class OperatorConfig:
             raise ValueError(f"SLUICE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
         return cls(
             router_image=env.get("SLUICE_ROUTER_IMAGE") or DEFAULT_ROUTER_IMAGE,
+            router_gpu_image=env.get("SLUICE_ROUTER_GPU_IMAGE") or DEFAULT_ROUTER_GPU_IMAGE,
             triton_image=env.get("SLUICE_TRITON_IMAGE") or DEFAULT_TRITON_IMAGE,
             gpu_node_selector=selector,
             gpu_tolerations=tuple(tolerations),

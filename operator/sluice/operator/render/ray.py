@@ -22,7 +22,7 @@ from sluice.api.status import VersionRef
 from sluice.engine.routing import serving_config
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
-from sluice.operator.render.gpu import insufficient_gpu, placement
+from sluice.operator.render.gpu import insufficient_gpu, placement, serving_image
 from sluice.operator.render.meta import DEPLOYMENT_LABEL, child_meta, label_value, labels, ray_service_name
 from sluice.operator.render.monitoring import ray_monitors
 from sluice.serving.config import ServingConfig, VariantConfig
@@ -142,7 +142,7 @@ def cluster_config(owner: Owner, spec: ModelDeploymentSpec, config: OperatorConf
         replicas = minimum
     worker_pod: dict[str, Any] = {
         **_pod_security(),
-        "containers": [_container("ray-worker", config.router_image, resources, ports=[])],
+        "containers": [_container("ray-worker", serving_image(spec.resources, config), resources, ports=[])],
     }
     if node_selector:
         worker_pod["nodeSelector"] = node_selector
