@@ -42,6 +42,7 @@ from sluice.serving.config import ServingConfig
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 ROUTER_PORT = 8000
+ROUTER_GRPC_PORT = 8001  # the router's KServe v2 gRPC API (Triton's HTTP/gRPC pair)
 # sluice.serving.triton.repository.Flavour.ONNXRUNTIME (platform onnxruntime_onnx, what a real Triton image serves);
 # spelt out because that module imports tritonclient, which the operator may not (tests check the two agree).
 FLAVOUR = "onnxruntime"
@@ -300,6 +301,8 @@ def router_args(owner: Owner) -> list[str]:
         "0.0.0.0",
         "--port",
         str(ROUTER_PORT),
+        "--grpc-port",
+        str(ROUTER_GRPC_PORT),
         "--config",
         f"{CONFIG_DIR}/{CONFIG_KEY}",
         "--watch-configmap",
@@ -318,7 +321,10 @@ def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
                 **_container("router", config.router_image, ROUTER_RESOURCES),
                 "command": ["python", "-m", "sluice.serving.host_standalone"],
                 "args": router_args(owner),
-                "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+                "ports": [
+                    {"name": "http", "containerPort": ROUTER_PORT},
+                    {"name": "grpc", "containerPort": ROUTER_GRPC_PORT},
+                ],
                 # Live, not /v2/health/ready: the latter fails while any variant with traffic is down, and a
                 # failing canary must not take the router (and stable's traffic) out of its Service.
                 "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 5},
@@ -352,7 +358,10 @@ def router_service(owner: Owner) -> Object:
         "spec": {
             "type": "ClusterIP",
             "selector": router_selector(owner),
-            "ports": [{"name": "http", "port": ROUTER_PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": ROUTER_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": ROUTER_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
         },
     }
 
