@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from tests.support import free_port, wait_for  # noqa: E402
+from tests.support import free_port, listening, wait_for  # noqa: E402
 
 from batching import body, fair_ray_priority, load, make_models  # noqa: E402
 from sluice.serving.config import ServingConfig  # noqa: E402
@@ -63,11 +62,6 @@ FASTAPI_APP = textwrap.dedent(
 )
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @contextlib.contextmanager
 def fastapi_server(model: Path, tmp: Path) -> Iterator[str]:
     """The tutorial server in its own process for the duration of the block; yields its infer URL."""
@@ -81,7 +75,7 @@ def fastapi_server(model: Path, tmp: Path) -> Iterator[str]:
         env={**os.environ, "BENCH_MODEL": str(model)},
     )
     try:
-        wait_for(f"the FastAPI server on port {port}", lambda: _listening(port), 60)
+        wait_for(f"the FastAPI server on port {port}", lambda: listening(port), 60)
         yield f"http://127.0.0.1:{port}/v2/models/m/infer"
     finally:
         proc.terminate()

@@ -13,34 +13,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import start_http_server
 from tests.support import free_port, wait_for
-
-from sluice.serving.metrics import RouterMetrics
+from tests.support.router_metrics import Exporter, exported_router_metrics
 
 MODEL = "fraud"
 PROMETHEUS = shutil.which("prometheus")
 
 
-@dataclass
-class Exporter:
-    metrics: RouterMetrics
-    url: str
-    address: str  # host:port for a scrape config
-
-
 @pytest.fixture(scope="session")
 def exporter() -> Iterator[Exporter]:
     """The router's RouterMetrics (exact names, labels and buckets of the data plane) over real HTTP."""
-    metrics = RouterMetrics(MODEL)
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
-    try:
-        port = server.server_port
-        yield Exporter(metrics, f"http://127.0.0.1:{port}/metrics", f"127.0.0.1:{port}")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with exported_router_metrics(MODEL) as exporter:
+        yield exporter
 
 
 def _write_config(path: Path, targets: dict[str, str]) -> None:

@@ -7,10 +7,11 @@ import time
 
 import httpx
 import pytest
-from tests.providers.conftest import MODEL, Exporter
+from tests.providers.conftest import MODEL
 from tests.support import free_port
+from tests.support.router_metrics import Exporter
 
-from sluice.api.model_deployment import MetricProvider as ProviderSpec
+from sluice.api.model_deployment import ProviderSpec
 from sluice.providers import Window, create_provider
 from sluice.providers.prometheus import PrometheusProvider
 from sluice.rollout.measurements import MetricError, NoData, Value

@@ -6,15 +6,13 @@ What the providers report must equal what the clients saw: every response names 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from tests.providers.conftest import Prometheus
+from tests.support.traffic import send
 
 from sluice.providers import Window
 from sluice.providers.builtin import BuiltinProvider
@@ -25,8 +23,6 @@ from sluice.serving.config import ServingConfig
 from sluice.serving.launch import RunningPlane, start_data_plane
 
 MODELS = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "models"
-sys.path.insert(0, str(MODELS))
-import traffic  # noqa: E402
 
 
 def config(canary_uri: str, canary_weight: int) -> ServingConfig:
@@ -48,18 +44,6 @@ def plane() -> Iterator[RunningPlane]:
         yield p
     finally:
         p.stop()
-
-
-async def send(plane: RunningPlane, n: int, seed: int) -> Counter[str]:
-    rows = traffic.features(n, seed=seed)
-    seen: Counter[str] = Counter()
-    async with httpx.AsyncClient(timeout=30) as client:
-        for row in rows:
-            body = traffic.v2_request(row.reshape(1, -1))
-            resp = await client.post(f"{plane.url}/v2/models/fraud/infer", json=body)
-            resp.raise_for_status()
-            seen[resp.json()["model_version"]] += 1
-    return seen
 
 
 async def test_builtin_counts_what_clients_saw(plane: RunningPlane) -> None:

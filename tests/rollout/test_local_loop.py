@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import start_http_server
 from tests.rollout.helpers import Clock, make_spec
+from tests.support.router_metrics import exported_router_metrics
 
 from sluice.api.status import Phase
 from sluice.engine.modeldeployment import RolloutLoop
@@ -41,14 +41,8 @@ class RecordingHandle:
 
 @pytest.fixture
 def router_metrics() -> Iterator[tuple[RouterMetrics, str]]:
-    metrics = RouterMetrics(MODEL)
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
-    try:
-        yield metrics, f"http://127.0.0.1:{server.server_port}/metrics"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with exported_router_metrics(MODEL) as exporter:
+        yield exporter.metrics, exporter.url
 
 
 def send(metrics: RouterMetrics, config: ServingConfig, n: int, canary_error_rate: float) -> None:

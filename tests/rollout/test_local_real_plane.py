@@ -6,14 +6,13 @@ driven by the test, so a 30 s analysis interval takes no wall time.
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from tests.rollout.helpers import Clock
+from tests.support.traffic import send
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import Phase
@@ -25,8 +24,6 @@ from sluice.rollout.core import version_ref
 from sluice.serving.launch import RunningPlane, start_data_plane
 
 MODELS = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "models"
-sys.path.insert(0, str(MODELS))
-import traffic  # noqa: E402
 
 
 def spec(uri: str, version: str) -> ModelDeploymentSpec:
@@ -57,16 +54,6 @@ def plane() -> Iterator[RunningPlane]:
         yield p
     finally:
         p.stop()
-
-
-async def send(plane: RunningPlane, n: int, seed: int) -> Counter[str]:
-    seen: Counter[str] = Counter()
-    async with httpx.AsyncClient(timeout=30) as client:
-        for row in traffic.features(n, seed=seed):
-            resp = await client.post(f"{plane.url}/v2/models/fraud/infer", json=traffic.v2_request(row.reshape(1, -1)))
-            resp.raise_for_status()
-            seen[resp.json()["model_version"]] += 1
-    return seen
 
 
 async def rollout(plane: RunningPlane, candidate: ModelDeploymentSpec) -> RolloutLoop:

@@ -4,6 +4,7 @@ garbage never replaces a good config, closed watches resume and an expired resou
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.serving.helpers import ADMIN, ADMIN_HEADERS
 from tests.support import answers, free_port, wait_for
 from tests.support.emulator import WATCH_HISTORY, EmulatorThread
 from tests.support.kube import start_emulator
@@ -42,7 +44,7 @@ class Router:
 
     def __init__(self, api: str, name: str, proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
         self.api, self.name, self.proc, self.base, self.log = api, name, proc, base, log
-        self.http = httpx.Client(base_url=base, timeout=10)
+        self.http = httpx.Client(base_url=base, timeout=10, headers=ADMIN_HEADERS)
 
     @property
     def cm_url(self) -> str:
@@ -86,11 +88,14 @@ def start_router(tmp_path: Path) -> Iterator[Any]:
         path.write_text(text)  # the mounted start-up copy
         port = free_port()
         log = tmp_path / f"{name}.log"
-        args = ["--config", str(path), "--backend", "onnx", "--port", str(port), "--kube-api", api]
+        args = ["--config", str(path), "--variant-backend", "onnx", "--port", str(port), "--kube-api", api]
         args += ["--watch-configmap", f"{NAMESPACE}/{name}", "--watch-timeout", str(watch_timeout_s)]
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sluice.serving.host_standalone", *args], stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "sluice.serving.host_standalone", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "SLUICE_ADMIN_TOKEN": str(ADMIN.token)},
             )
         router = Router(api, name, proc, f"http://127.0.0.1:{port}", log)
         routers.append(router)

@@ -76,7 +76,8 @@ def backends(model_bytes: bytes, flipped_model_bytes: bytes) -> dict[str, OnnxBa
 
 @pytest.fixture(scope="module")
 def url(backends: dict[str, OnnxBackend]) -> Iterator[str]:
-    router = Router(config(sticky_header="x-user", mirror={"variant": "canary", "percent": 100}), backends)
+    cfg = config(sticky_header="x-user", mirror={"variant": "canary", "percent": 100})
+    router = Router(cfg, backends)
     with serve_grpc(router) as target:
         yield target
 
@@ -270,3 +271,27 @@ def test_grpc_status_names_are_the_protocol_ones() -> None:
     assert grpc_code(InvalidInput("x")) is grpc.StatusCode.INVALID_ARGUMENT
     assert grpc_code(ModelNotFound("x")) is grpc.StatusCode.NOT_FOUND
     assert grpc_code(BackendUnavailable("x")) is grpc.StatusCode.UNAVAILABLE
+
+
+def test_override_is_off_by_default_and_the_served_variant_comes_back_as_metadata(model_bytes: bytes) -> None:
+    """As over REST: without override_enabled the header is ignored; the variant and version that answered come
+    back as initial metadata (REST's response headers)."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    cfg = config(
+        override_enabled=False,
+        variants=[
+            {"name": "stable", "version": "v1", "uri": "file://v1.onnx", "weight": 100},
+            {"name": "canary", "version": "v2", "uri": "file://v2.onnx", "weight": 0},
+        ],
+    )
+    router = Router(cfg, {"stable": OnnxBackend(model_bytes, "v1"), "canary": OnnxBackend(model_bytes, "v2")})
+    with serve_grpc(router) as target, grpc.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        message = service_pb2.ModelInferRequest(model_name=MODEL)
+        message.inputs.add(name="X", datatype="FP32", shape=[2, 4])
+        message.raw_input_contents.append(X.tobytes())
+        response, call = stub.ModelInfer.with_call(message, metadata=(("x-sluice-variant", "canary"),))
+        assert response.model_version == "v1"
+        metadata = dict(call.initial_metadata())
+        assert (metadata["x-sluice-variant"], metadata["x-sluice-model-version"]) == ("stable", "v1")

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["answers", "free_port", "wait_for"]
+__all__ = ["answers", "free_port", "listening", "wait_for"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,3 +43,10 @@ def answers(url: str, timeout_s: float = 1.0) -> bool:
         return httpx.get(url, timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Something accepts TCP connections on host:port (a server that has no health endpoint yet)."""
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0

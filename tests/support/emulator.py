@@ -1,6 +1,6 @@
 """A Kubernetes API emulator with real-server semantics, built on kmock's `KubernetesEmulator`.
 
-kmock 0.8 serves objects over real HTTP but lacks what Kopf, kubectl and the official client rely on (FACTS.md):
+kmock 0.8 serves objects over real HTTP but lacks what Kopf, kubectl and the official client rely on:
 resourceVersion/uid/generation bookkeeping, 201/409/422 answers, a race-free watch, PUT, dryRun, selectors,
 finalizers, garbage collection, the status subresource and CRD schema handling. This subclass keeps kmock's HTTP
 server and its reaction DSL for non-API paths and answers every Kubernetes API path itself, from one in-memory store

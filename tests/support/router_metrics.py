@@ -1,16 +1,46 @@
-"""A stand-in for the routers' /metrics when no data plane runs: one Prometheus text endpoint per ModelDeployment,
-in the router's metric names, with healthy traffic for both variants, or 5xx on the canary for the names in `bad`, so
-that the operator's analysis passes or fails for real. (The router's own metrics class is
-`sluice.serving.metrics.RouterMetrics`; tests that run a real router scrape that instead.)
+"""Router /metrics for tests that run no router.
+
+- `exported_router_metrics(model)`: the router's own metrics class (`sluice.serving.metrics.RouterMetrics`: exact
+  names, labels and buckets) over real HTTP; the test records requests into it as a router would.
+- `SyntheticRouterMetrics`: one Prometheus text endpoint per ModelDeployment, in the router's metric names, with
+  healthy traffic for both variants, or 5xx on the canary for the names in `bad`, so that the operator's analysis
+  passes or fails for real without anyone sending requests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import start_http_server
+
 from sluice.serving import metric_names as mn
+from sluice.serving.metrics import RouterMetrics
+
+
+@dataclass
+class Exporter:
+    metrics: RouterMetrics
+    url: str  # the /metrics URL
+    address: str  # host:port for a scrape config
+
+
+@contextlib.contextmanager
+def exported_router_metrics(model: str) -> Iterator[Exporter]:
+    """`RouterMetrics(model)` served on 127.0.0.1 (a free port) until the block ends."""
+    metrics = RouterMetrics(model)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        port = server.server_port
+        yield Exporter(metrics, f"http://127.0.0.1:{port}/metrics", f"127.0.0.1:{port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 class SyntheticRouterMetrics:

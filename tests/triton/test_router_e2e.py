@@ -23,8 +23,8 @@ pytestmark = [pytest.mark.triton, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def router(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """`python -m sluice.serving.host_standalone --backend triton --grpc-port G`: stable v1 at 100 %, canary v2 at
-    0 %; yields its HTTP and gRPC addresses."""
+    """`python -m sluice.serving.host_standalone --variant-backend triton --grpc-port G`: stable v1 at 100 %, canary
+    v2 at 0 %; yields its HTTP and gRPC addresses."""
     config = {
         "model_name": MODEL,
         "variants": [
@@ -32,6 +32,7 @@ def router(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> It
             {"name": "canary", "version": "v2", "uri": "file:v2.onnx", "weight": 0, "endpoint": triton.grpc_url},
         ],
         "request_timeout_s": 10,
+        "override_enabled": True,  # the tests pick the canary with the override header (off by default)
     }
     path = tmp_path_factory.mktemp("router") / "serving.json"
     path.write_text(json.dumps(config))
@@ -40,7 +41,7 @@ def router(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> It
     log = path.with_suffix(".log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "sluice.serving.host_standalone", "--config", str(path), "--port", str(port),
-         "--backend", "triton", "--grpc-port", str(grpc_port)],
+         "--variant-backend", "triton", "--grpc-port", str(grpc_port)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )  # fmt: skip

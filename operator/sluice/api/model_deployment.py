@@ -398,7 +398,7 @@ class ProviderType(StrEnum):
     PROMETHEUS = "prometheus"  # PromQL over a Prometheus HTTP API
 
 
-class MetricProvider(ApiModel):
+class ProviderSpec(ApiModel):
     """Where analysis reads metrics from."""
 
     type: ProviderType = Field(default=ProviderType.BUILTIN, description="builtin or prometheus.")
@@ -435,7 +435,7 @@ class Analysis(ApiModel):
         ge=0,
         description="Fewer new-version requests than this in an interval count as no data: progress holds.",
     )
-    provider: MetricProvider = Field(default_factory=MetricProvider, description="Where the metrics come from.")
+    provider: ProviderSpec = Field(default_factory=ProviderSpec, description="Where the metrics come from.")
     checks: list[Check] = Field(
         default_factory=list,
         max_length=32,

@@ -6,6 +6,12 @@ built-in metric provider, while optional synthetic traffic (`--load RPS`) flows 
 
 Exit codes: 0 the last revision was promoted (or, for a single document, is serving), 1 it was rolled back,
 3 it was aborted, failed or did not finish within --timeout, 2 invalid input.
+
+With an Experiment in the files (and its target ModelDeployment), the experiment runs on the target's local data
+plane instead: `--load RPS` sends enrolled requests and `--outcomes control=0.10,treatment=0.12` simulates each
+arm's outcome (conversion rate, or MEAN:SD for a mean metric). Exit codes: 0 Concluded (a verdict, with or
+without a winner), 1 Stopped (no verdict: maximum duration, guardrails, stopped), 3 Failed or --timeout,
+2 invalid input.
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from sluice.api.experiment import Experiment, ExperimentPhase
+from sluice.api.loading import load_file
+from sluice.api.model_deployment import ModelDeployment
 from sluice.api.status import Phase
 from sluice.cli.serve import load_deployments
 from sluice.engine.routing import Routing, serving_config
+from sluice.local.experiment import parse_outcomes, run_experiment
 from sluice.local.modeldeployment import run_rollout
 from sluice.rollout.core import version_ref
-from sluice.serving.launch import LaunchError, start_data_plane
+from sluice.serving.launch import BACKENDS, LaunchError, start_data_plane
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_INVALID, EXIT_OTHER = 0, 1, 2, 3
 _EXIT = {Phase.SUCCEEDED: EXIT_PROMOTED, Phase.STABLE: EXIT_PROMOTED, Phase.ROLLED_BACK: EXIT_ROLLED_BACK}
@@ -33,15 +43,30 @@ log = logging.getLogger("sluice.run")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", action="append", required=True, type=Path, help="ModelDeployment YAML")
-    parser.add_argument("--backend", choices=["ray", "triton", "onnx"], help="override spec.backend")
+    parser.add_argument("--backend", choices=BACKENDS, help="override spec.backend")
     parser.add_argument("--load", type=float, default=0.0, metavar="RPS", help="synthetic requests per second")
     parser.add_argument("--output", choices=["text", "json"], default="text", help="json prints the final status")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds per rollout")
     parser.add_argument("--port", type=int, default=0, help="router port (default: a free one)")
+    parser.add_argument(
+        "--outcomes",
+        default="",
+        metavar="ARM=RATE,...",
+        help="Experiment: simulated outcome per arm, a conversion rate (control=0.10) or MEAN:SD (control=5:1.5)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        objects = _objects(args.filename)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    experiments = [o for o in objects if isinstance(o, Experiment)]
+    if experiments:
+        deployments = [o for o in objects if isinstance(o, ModelDeployment)]
+        return run_experiment_command(args, experiments, deployments)
     try:
         docs = [d for path in args.filename for d in load_deployments(path)]
     except (OSError, ValueError) as exc:
@@ -72,3 +97,71 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"result: {status.phase.value} — {status.message}")
     return _EXIT.get(status.phase, EXIT_OTHER)
+
+
+_EXPERIMENT_EXIT = {ExperimentPhase.CONCLUDED: EXIT_PROMOTED, ExperimentPhase.STOPPED: EXIT_ROLLED_BACK}
+
+
+def _objects(paths: list[Path]) -> list[object]:
+    """Every API object in the files, in order; ValueError lists each invalid field."""
+    problems: list[str] = []
+    found: list[object] = []
+    for path in paths:
+        for doc in load_file(path):
+            if doc.error is not None:
+                problems += [f"{doc.source}: {e}" for e in doc.error.errors]
+            else:
+                found.append(doc.obj)
+    if problems:
+        raise ValueError("invalid YAML:\n  " + "\n  ".join(problems))
+    return found
+
+
+def run_experiment_command(args: argparse.Namespace, experiments: list[Experiment], docs: list[ModelDeployment]) -> int:
+    """`sluice run` on files with an Experiment and its target ModelDeployment."""
+    if len(experiments) != 1:
+        print(f"error: one Experiment per run, got {len(experiments)}", file=sys.stderr)
+        return EXIT_INVALID
+    experiment = experiments[0]
+    try:
+        outcomes = parse_outcomes(args.outcomes) if args.outcomes else {}
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    wanted = experiment.spec.target.name
+    target = next((d for d in docs if d.metadata.name == wanted), None)
+    if target is None:
+        print(f"error: spec.target.name: no ModelDeployment {wanted!r} in the files", file=sys.stderr)
+        return EXIT_INVALID
+    arms = {v.name for v in experiment.spec.variants}
+    unknown = sorted(set(outcomes) - arms)
+    if unknown:
+        print(f"error: --outcomes names {unknown}, not arms of the experiment ({sorted(arms)})", file=sys.stderr)
+        return EXIT_INVALID
+    backend: Literal["ray", "triton", "onnx"] = args.backend or target.spec.backend.value
+    config = serving_config(target.spec, Routing(stable=version_ref(target.spec.model)))
+    try:
+        plane = start_data_plane(config, backend, args.filename[0].resolve().parent, port=args.port)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_OTHER
+    quiet = args.output == "json"
+    try:
+        if not quiet:
+            print(f"serving {target.spec.model.name} on {plane.url} ({backend}); metrics at {plane.metrics_url}")
+        status, platform, traffic = asyncio.run(
+            run_experiment(
+                target, experiment, plane, load_rps=args.load, outcomes=outcomes, timeout_s=args.timeout, quiet=quiet
+            )
+        )
+    finally:
+        plane.stop()
+    if quiet:
+        print(json.dumps(status.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2))
+    else:
+        if traffic is not None:
+            print(f"traffic: {traffic.sent} requests ({traffic.failed} failed), {traffic.reported} outcomes reported")
+        if platform.promoted is not None:
+            print(f"promoted {platform.promoted.version}: it now serves {target.spec.model.name} on this plane")
+        print(f"result: {status.phase.value} — winner {status.winner or 'none'} — {status.verdict or status.message}")
+    return _EXPERIMENT_EXIT.get(status.phase, EXIT_OTHER)

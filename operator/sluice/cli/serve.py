@@ -24,15 +24,19 @@ from sluice.engine.routing import Routing
 from sluice.engine.routing import serving_config as engine_serving_config
 from sluice.rollout.core import version_ref
 from sluice.serving.config import ServingConfig
+from sluice.serving.launch import BACKENDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", required=True, metavar="FILE", help="ModelDeployment YAML")
-    parser.add_argument(
-        "--backend", choices=["ray", "triton", "onnx"], default=None, help="default: spec.backend of the YAML"
-    )
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: spec.backend of the YAML")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (0 picks a free one; default 8000)")
+    parser.add_argument(
+        "--allow-override",
+        action="store_true",
+        help="honour the override header (x-sluice-variant) from any client; by default only with the admin token",
+    )
     parser.add_argument(
         "--grpc-port",
         type=int,
@@ -139,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         deployments = load_deployments(path)
         config = serving_config(deployments)
+        if args.allow_override:
+            config = config.model_copy(update={"override_enabled": True})
     except OSError as exc:
         print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -166,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
         served_grpc = getattr(plane, "grpc_port", None)
         if served_grpc is not None:
             print(f"gRPC (KServe v2 GRPCInferenceService) at {args.host}:{served_grpc}")
+        token_file = getattr(plane, "admin_token_file", None)  # routers in this process; Ray's ingress has none
+        if token_file is not None:
+            print(f"admin API token (Authorization: Bearer <token>) is in {token_file}")
         print(example_curl(plane.url, config, _example_inputs(plane.url, config.model_name)))
         print("Ctrl-C or SIGTERM stops it.")
         sys.stdout.flush()

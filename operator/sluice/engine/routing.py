@@ -75,3 +75,29 @@ def serving_config(spec: ModelDeploymentSpec, routing: Routing) -> ServingConfig
 
 def _variant(name: str, ref: VersionRef, weight: int) -> VariantConfig:
     return VariantConfig(name=name, version=ref.version, uri=ref.uri, sha256=ref.sha256, weight=weight)
+
+
+def experiment_config(
+    spec: ModelDeploymentSpec,
+    arms: tuple[tuple[str, VersionRef, int], ...],
+    *,
+    header: str,
+    salt: str,
+    metric: str,
+    kind: str,
+) -> ServingConfig:
+    """The target's data plane serving an experiment's arms: one weighted variant per arm (name, model, weight),
+    units enrolled by `header` hashed with `salt`, requests without it sent to the first arm (the control) and not
+    enrolled, outcomes of `metric` taken and joined to the arm. Everything else (batching, timeouts) stays the
+    target's. Raises ValueError (from the config's own validation) on an inconsistent set of arms."""
+    base = serving_config(spec, Routing(stable=arms[0][1])).model_dump()
+    base.update(
+        variants=[_variant(name, ref, weight).model_dump() for name, ref, weight in arms],
+        mirror=None,
+        sticky_header=header,
+        sticky_salt=salt,
+        enrolment="unit",
+        control_variant=arms[0][0],
+        outcomes={"metrics": {metric: kind}},
+    )
+    return ServingConfig.model_validate(base)

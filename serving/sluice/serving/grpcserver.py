@@ -21,8 +21,16 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from sluice.serving.errors import ServingError
-from sluice.serving.protocol.endpoints import SERVER_NAME, SERVER_VERSION, ProtocolEndpoints
+from sluice.serving.protocol.endpoints import (
+    REQUEST_ID_HEADER,
+    SERVER_NAME,
+    SERVER_VERSION,
+    VARIANT_HEADER,
+    VERSION_HEADER,
+    ProtocolEndpoints,
+)
 from sluice.serving.protocol.grpc_codec import decode_grpc_request, encode_grpc_response, metadata_message
+from sluice.serving.protocol.limits import check_request_size
 from sluice.serving.router import Routed
 from sluice.serving.tensors import InferRequest
 
@@ -96,13 +104,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return metadata_message(body)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        """Routed as REST is; the variant, version and (with outcomes on) request id come back as initial metadata,
+        as REST sends them as headers."""
         started = time.perf_counter()
         name = request.model_name
+        cfg = self.plane.router.config
+        sent: list[tuple[str, str]] = []
 
         async def decode() -> InferRequest:
+            shapes = [{"name": t.name, "shape": list(t.shape)} for t in request.inputs]
+            check_request_size({"inputs": shapes}, cfg.max_request_rows, cfg.max_request_elements)
             return decode_grpc_request(request)
 
-        def encode(routed: Routed, decoded: InferRequest) -> Any:
+        def encode(routed: Routed, decoded: InferRequest, request_id: str | None) -> Any:
+            sent.extend([(VARIANT_HEADER, routed.variant), (VERSION_HEADER, routed.version)])
+            if request_id is not None:
+                sent.append((REQUEST_ID_HEADER, request_id))
             return encode_grpc_response(routed.response, decoded, name, routed.version)
 
         result = await self.plane.handle(
@@ -110,6 +127,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
         if isinstance(result, ServingError):
             await self._abort(context, result)
+        await context.send_initial_metadata(tuple(sent))
         return result
 
 

@@ -48,6 +48,11 @@ ROUTER_GRPC_PORT = 8001  # the router's KServe v2 gRPC API (Triton's HTTP/gRPC p
 FLAVOUR = "onnxruntime"
 MODEL_REPOSITORY = "/models"
 CONFIG_DIR = "/etc/sluice"
+# The admin API's bearer token: the Secret `<router>-admin` (key `token`) when the platform team creates it; without
+# it the router writes a random token into its own pod (reachable only by `kubectl exec`), so the admin API is
+# never open. The mount is optional so a router starts before (or without) the Secret.
+ADMIN_DIR = "/var/run/sluice/admin"
+ADMIN_TOKEN_FILE_ENV = "SLUICE_ADMIN_TOKEN_FILE"
 CONFIG_KEY = "config.json"
 TRITON_COMPONENT, ROUTER_COMPONENT = "tritonserver", "router"
 RUN_AS = 10001  # the sluice user of serving/Dockerfile (router and init container)
@@ -295,7 +300,7 @@ def router_selector(owner: Owner) -> dict[str, str]:
 
 def router_args(owner: Owner) -> list[str]:
     return [
-        "--backend",
+        "--variant-backend",
         "triton",
         "--host",
         "0.0.0.0",
@@ -308,6 +313,10 @@ def router_args(owner: Owner) -> list[str]:
         "--watch-configmap",
         f"{owner.namespace}/{router_name(owner)}",
     ]
+
+
+def admin_secret_name(owner: Owner) -> str:
+    return f"{router_name(owner)}-admin"
 
 
 def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
@@ -333,10 +342,17 @@ def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
                     "initialDelaySeconds": 5,
                     "periodSeconds": 10,
                 },
-                "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+                "env": [{"name": ADMIN_TOKEN_FILE_ENV, "value": f"{ADMIN_DIR}/token"}],
+                "volumeMounts": [
+                    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                    {"name": "admin-token", "mountPath": ADMIN_DIR, "readOnly": True},
+                ],
             }
         ],
-        "volumes": [{"name": "config", "configMap": {"name": name}}],
+        "volumes": [
+            {"name": "config", "configMap": {"name": name}},
+            {"name": "admin-token", "secret": {"secretName": admin_secret_name(owner), "optional": True}},
+        ],
     }
     return {
         "apiVersion": "apps/v1",

@@ -53,18 +53,26 @@ class RayPlane:
 
         app = self.application(config)
         self.app_name = app["name"]
+        before = self._deployed_at()
         client: Any = _get_global_client()
         client.deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}))
-        self._wait_running(timeout_s)
+        self._wait_running(before, timeout_s)
 
-    def _wait_running(self, timeout_s: float) -> None:
+    def _deployed_at(self) -> float | None:
+        """When the controller last took a target for the application (None: no such application yet)."""
+        from ray import serve
+
+        status = serve.status().applications.get(self.app_name)
+        return None if status is None else float(status.last_deployed_time_s)
+
+    def _wait_running(self, before: float | None, timeout_s: float) -> None:
+        """RUNNING after the controller took this deploy's target (its deploy time moved past `before`)."""
         from ray import serve
 
         deadline = time.monotonic() + timeout_s
-        time.sleep(0.2)  # let the controller pick the new target up before polling its status
         while time.monotonic() < deadline:
             status = serve.status().applications.get(self.app_name)
-            if status is not None:
+            if status is not None and (before is None or status.last_deployed_time_s > before):
                 if status.status == "RUNNING":
                     return
                 if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):

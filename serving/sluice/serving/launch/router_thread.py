@@ -8,8 +8,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from sluice.serving.admin import AdminAuth
 from sluice.serving.config import ServingConfig, VariantConfig
 from sluice.serving.launch.common import LaunchError, wait_ready
 
@@ -20,11 +22,13 @@ class RouterThread:
     """`HttpServer` serving `build_app(router)` (and a `GrpcServer` when given a gRPC port) on a background thread
     with its own event loop."""
 
-    def __init__(self, router: Any, host: str, port: int, grpc_port: int | None = None) -> None:
+    def __init__(
+        self, router: Any, host: str, port: int, admin: AdminAuth | None = None, grpc_port: int | None = None
+    ) -> None:
         from sluice.serving.httpserver import HttpServer
 
         self.router = router
-        self.server = HttpServer.for_router(router, host, port)
+        self.server = HttpServer.for_router(router, host, port, admin=admin)
         self.grpc: Any = None
         if grpc_port is not None:
             from sluice.serving.grpcserver import GrpcServer
@@ -90,6 +94,7 @@ class RouterPlane:
     # ServingConfig -> ServingConfig run before the router sees an update (Triton: endpoints, reloads)
     prepare: Callable[[ServingConfig], ServingConfig] | None = None
     grpc_port: int | None = None  # the v2 gRPC API's port when served
+    admin_token_file: Path | None = None  # where the admin API's bearer token is (see sluice.serving.admin)
     stopped: bool = False
 
     @property
@@ -128,11 +133,19 @@ def serve_router(
     grpc_port: int | None = None,
 ) -> RouterPlane:
     """A `Router` over `factory`'s backends, served here; returns once the model answers ready."""
+    from sluice.serving import admin
     from sluice.serving.router import Router
 
     router = Router(config, {v.name: factory(v, config) for v in config.variants}, factory=factory)
-    server = RouterThread(router, host, port, grpc_port)
-    plane = RouterPlane(server, host, 0, cleanups)
+    auth = admin.for_process("serve")  # the configured token, else a generated one in a 0600 file
+    cleanups = [lambda: admin.remove_token_file(auth), *cleanups]
+    try:
+        server = RouterThread(router, host, port, auth, grpc_port)
+    except ValueError as exc:  # a bad $SLUICE_HTTP_* limit: undo what was started (tritonserver, the token file)
+        for cleanup in reversed(cleanups):
+            cleanup()
+        raise LaunchError(str(exc)) from exc
+    plane = RouterPlane(server, host, 0, cleanups, admin_token_file=auth.token_file)
     try:
         plane.port = server.start(ready_timeout_s)
         plane.grpc_port = server.grpc.port if server.grpc is not None else None

@@ -14,15 +14,15 @@ def start_triton_plane(
     config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float, *, grpc_port: int | None = None
 ) -> RouterPlane:
     try:
-        from sluice.serving.backends import make_backend
-        from sluice.serving.triton.local import LocalTriton
+        from sluice.serving.backends import make_variant_backend
+        from sluice.serving.triton.managed import ManagedTriton
         from sluice.serving.triton.server import TritonServerError
     except ImportError as exc:
         raise LaunchError(
             f"the Triton backend is unavailable ({exc}); install the extras: sluice[triton,triton-local]"
         ) from exc
 
-    triton = LocalTriton(base_dir=base_dir, startup_timeout_s=ready_timeout_s)
+    triton = ManagedTriton(base_dir=base_dir, startup_timeout_s=ready_timeout_s)
     try:
         served = triton.start(config)
     except (TritonServerError, ValueError) as exc:
@@ -43,7 +43,7 @@ def start_triton_plane(
         return ready
 
     def factory(v: VariantConfig, c: ServingConfig) -> Any:
-        return make_backend("triton", v, c)
+        return make_variant_backend("triton", v, c)
 
     plane = serve_router(
         served, factory, host, port, ready_timeout_s=ready_timeout_s, cleanups=[triton.stop], grpc_port=grpc_port

@@ -6,6 +6,9 @@ protocol semantics and the request metrics live in one place.
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,7 +17,16 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from sluice.serving.errors import InvalidInput, ModelNotFound, ServingError, UnsupportedMediaType
+from sluice.serving.errors import (
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServingError,
+    UnsupportedMediaType,
+    clip,
+)
+from sluice.serving.outcomes import parse_outcomes
+from sluice.serving.protocol.limits import check_request_size
 from sluice.serving.protocol.v2_codec import (
     BINARY_TYPE,
     HEADER_LENGTH,
@@ -31,10 +43,19 @@ from sluice.serving.tensors import V2_TO_NUMPY, InferRequest, ModelMetadata, Ten
 
 SERVER_NAME = "sluice"
 SERVER_VERSION = "0.1.0"
+# Response header: the variant (arm) that served the request. The request header of the same default name
+# (`ServingConfig.override_header`) asks for a variant; the response header always says which one answered.
 VARIANT_HEADER = "x-sluice-variant"
 VERSION_HEADER = "x-sluice-model-version"
+# Response header, when outcomes are configured: the id to report outcomes against (the request's own v2 `id`, or
+# one the router made up when the client sent none).
+REQUEST_ID_HEADER = "x-sluice-request-id"
+_ID_PREFIX = os.urandom(6).hex()  # per process: ids of different replicas and restarts never collide
+_ID_COUNTER = itertools.count(1)
 UNROUTED = ""  # variant/version label of requests rejected before a variant was chosen
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +119,22 @@ def _error_reply(exc: ServingError) -> Reply:
 class ProtocolEndpoints:
     """Endpoint semantics over one Router (one model per router)."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, is_admin: Callable[[Mapping[str, str]], bool] | None = None) -> None:
         self.router = router
+        # Whether a request carries the admin credential (which may always use the override header).
+        self.is_admin = is_admin
 
     def _check_model(self, name: str) -> None:
         if name != self.router.config.model_name:
-            raise ModelNotFound(f"unknown model {name!r}; this server serves {self.router.config.model_name!r}")
+            raise ModelNotFound(f"unknown model {clip(name)!r}; this server serves {self.router.config.model_name!r}")
+
+    def _override(self, headers: Mapping[str, str]) -> str | None:
+        """The override header's value when this request may use it (enabled in the config, or an admin caller)."""
+        cfg = self.router.config
+        value = headers.get(cfg.override_header.lower())
+        if value is None or cfg.override_enabled or (self.is_admin is not None and self.is_admin(headers)):
+            return value
+        return None
 
     @staticmethod
     def live() -> dict[str, Any]:
@@ -146,12 +177,13 @@ class ProtocolEndpoints:
         started: float | None,
         *,
         decode: Callable[[], Awaitable[InferRequest]],
-        encode: Callable[[Routed, InferRequest], T],
+        encode: Callable[[Routed, InferRequest, str | None], T],
         fail: Callable[[ServingError], T],
     ) -> T:
         """The one infer path of every transport (REST, gRPC): decode, route (sticky key and override from
-        `headers`, lower-cased names), encode; a ServingError becomes `fail(exc)`. Counts the request whatever
-        happens, against the variant that served or failed it, with the HTTP status the outcome maps to."""
+        `headers`, lower-cased names), record the arm for outcomes, encode (with the request id to report outcomes
+        against, when outcomes are on); a ServingError becomes `fail(exc)`, a bug `fail` of a 500. Counts the
+        request whatever happens, against the variant that served or failed it, with its HTTP status."""
         t0 = started if started is not None else time.perf_counter()
         cfg = self.router.config
         variant, model_version = UNROUTED, UNROUTED
@@ -161,15 +193,25 @@ class ProtocolEndpoints:
             request = await decode()
             sticky = headers.get(cfg.sticky_header.lower()) if cfg.sticky_header else None
             routed = await self.router.infer(
-                request, sticky_key=sticky, override=headers.get(cfg.override_header.lower()), version=version
+                request, sticky_key=sticky, override=self._override(headers), version=version
             )
             variant, model_version = routed.variant, routed.version
-            result = encode(routed, request)
+            request_id = None
+            if self.router.outcomes.enabled:
+                request_id = request.id or f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+                if routed.enrolled:
+                    self.router.outcomes.record(request_id, sticky, variant, model_version)
+            result = encode(routed, request, request_id)
         except ServingError as exc:
             status = exc.status_code
             if exc.variant is not None and exc.version is not None:
                 variant, model_version = exc.variant, exc.version
             result = fail(exc)
+        except Exception:
+            # A bug, not the client's fault: still answered and counted (every 5xx shows in the metrics).
+            log.exception("unhandled error serving %s", clip(name))
+            status = 500
+            result = fail(ServingError("internal error"))
         self.router.metrics.request(model_version, variant, status, time.perf_counter() - t0)
         return result
 
@@ -193,14 +235,30 @@ class ProtocolEndpoints:
                 return await self._plain_request(parse_json(raw))
             header, binary = split_body(raw, headers.get(HEADER_LENGTH))
             body = parse_json(header)
+            cfg = self.router.config
+            check_request_size(body, cfg.max_request_rows, cfg.max_request_elements)
             request = decode_infer_request(body, raw if binary is None else None, binary)
             encoding = output_encoding(body)
             return request
 
-        def encode(routed: Routed, request: InferRequest) -> Reply:
-            return self._plain_reply(routed) if plain else self._v2_reply(routed, request, encoding)
+        def encode(routed: Routed, request: InferRequest, request_id: str | None) -> Reply:
+            reply = self._plain_reply(routed) if plain else self._v2_reply(routed, request, encoding)
+            if request_id is not None:
+                reply.headers[REQUEST_ID_HEADER] = request_id
+            return reply
 
         return await self.handle(name, version, headers, started, decode=decode, encode=encode, fail=_error_reply)
+
+    def outcomes(self, name: str, raw: bytes) -> Reply:
+        """Join reported outcomes to the arms that served them: 202 with counts (unknown ids are not an error of
+        the batch; they are counted in `sluice_outcomes_unmatched_total` and listed, the first 100)."""
+        self._check_model(name)
+        outcomes = self.router.outcomes
+        if outcomes.config is None:
+            raise ModelNotFound(f"model {name!r} takes no outcomes: no experiment configures outcome metrics")
+        items = parse_outcomes(parse_json(raw), outcomes.config)
+        matched, missed = outcomes.report(items)
+        return Reply(202, {"accepted": matched, "unmatched": len(missed), "unmatched_ids": missed[:100]})
 
     @staticmethod
     def _headers(routed: Routed) -> dict[str, str]:
@@ -222,6 +280,9 @@ class ProtocolEndpoints:
         """Instances become the model's single input, cast to its datatype."""
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list) or not body["instances"]:
             raise InvalidInput('body must be {"instances": [[...], ...]} with at least one instance')
+        limit = self.router.config.max_request_rows
+        if len(body["instances"]) > limit:
+            raise PayloadTooLarge(f"{len(body['instances'])} instances exceed the limit of {limit} rows per request")
         _, meta = await self.router.metadata()
         if len(meta.inputs) != 1:
             raise InvalidInput(f"plain predict needs a single-input model; this one has {len(meta.inputs)} inputs")

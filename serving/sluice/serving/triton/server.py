@@ -1,7 +1,7 @@
 """Start and stop the real tritonserver that ships in the nvidia-pytriton wheel (the `triton-local` extra).
 
 That build has only the python backend, so models are served through the python flavour of
-`sluice.serving.triton.repository`. What it needs to run at all (measured, see FACTS.md):
+`sluice.serving.triton.repository`. What it needs to run at all (measured with nvidia-pytriton 0.7):
 
 * a backend directory holding ``python/{libtriton_python.so, triton_python_backend_utils.py,
   triton_python_backend_stub}`` — the stub matching the running interpreter's Python version;

@@ -1,4 +1,4 @@
-"""LocalTriton: the tritonserver `sluice serve/run --backend triton` uses, following config updates live."""
+"""ManagedTriton: the tritonserver `sluice serve/run --backend triton` uses, following config updates live."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sluice.serving.backends.triton import TritonBackend
 from sluice.serving.config import ServingConfig
 from sluice.serving.tensors import InferRequest, Tensor
-from sluice.serving.triton.local import LocalTriton
+from sluice.serving.triton.managed import ManagedTriton
 from sluice.serving.triton.repository import sha256_of
 from sluice.serving.triton.server import TritonServerError
 
@@ -43,7 +43,7 @@ async def test_start_update_and_stop(tmp_path: Path, onnx_models: dict[str, Path
     models.mkdir()
     shutil.copy(onnx_models["v1"], models / "a.onnx")
     shutil.copy(onnx_models["v2"], models / "b.onnx")
-    triton = LocalTriton(base_dir=tmp_path)  # relative file: URIs resolve against the YAML's directory
+    triton = ManagedTriton(base_dir=tmp_path)  # relative file: URIs resolve against the YAML's directory
     try:
         served = triton.start(_config(("stable", "v1", "file:models/a.onnx", 100)))
         assert served.variant("stable").endpoint == triton.endpoint
@@ -90,7 +90,7 @@ def test_bad_checksum_is_a_clear_error_and_cleans_up(tmp_path: Path, onnx_models
             ],
         }
     )
-    triton = LocalTriton()
+    triton = ManagedTriton()
     with pytest.raises(TritonServerError, match="sha256 mismatch"):
         triton.start(config)
     assert triton.server is None
@@ -102,7 +102,7 @@ async def test_a_canary_that_fails_to_load_is_reported_and_stable_keeps_serving(
     tmp_path: Path, onnx_models: dict[str, Path]
 ) -> None:
     (tmp_path / "bad.onnx").write_bytes(b"truncated download")
-    triton = LocalTriton(base_dir=tmp_path)
+    triton = ManagedTriton(base_dir=tmp_path)
     try:
         served = triton.start(_config(("stable", "v1", onnx_models["v1"].as_uri(), 100)))
         with pytest.raises(TritonServerError, match="could not load the new versions"):

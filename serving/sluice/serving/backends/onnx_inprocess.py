@@ -1,4 +1,4 @@
-"""In-process Backend: onnxruntime in a worker thread behind an asyncio dynamic batcher.
+"""In-process VariantBackend: onnxruntime in a worker thread behind an asyncio dynamic batcher.
 
 Used by `sluice serve` / `sluice run` tests and the benchmarks where a Ray cluster would only add noise. One worker
 thread per model: onnxruntime releases the GIL, so the event loop keeps forming the next batch while one runs.
@@ -21,8 +21,8 @@ from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata, T
 log = logging.getLogger(__name__)
 
 
-class OnnxLocalBackend:
-    """A Backend over one OnnxModel; loads lazily on first use so construction never blocks the event loop."""
+class InProcessOnnxBackend:
+    """A VariantBackend over one OnnxModel; loads lazily on first use so construction never blocks the event loop."""
 
     def __init__(self, model: OnnxModel, batching: BatchingConfig | None = None) -> None:
         self.model = model
@@ -44,7 +44,7 @@ class OnnxLocalBackend:
     @classmethod
     def for_variant(
         cls, variant: VariantConfig, config: ServingConfig, base_dir: Path | None, options: RuntimeOptions | None = None
-    ) -> OnnxLocalBackend:
+    ) -> InProcessOnnxBackend:
         model = OnnxModel(
             config.model_name,
             variant.version,
@@ -104,7 +104,7 @@ class OnnxLocalBackend:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def from_variant(variant: VariantConfig, config: ServingConfig) -> OnnxLocalBackend:
-    """Registry entry (`make_backend("onnx", ...)`): URIs must be absolute here (`file:relative` needs a base dir,
-    which `sluice.serving.launch` passes to `OnnxLocalBackend.for_variant`)."""
-    return OnnxLocalBackend.for_variant(variant, config, base_dir=None)
+def from_variant(variant: VariantConfig, config: ServingConfig) -> InProcessOnnxBackend:
+    """Registry entry (`make_variant_backend("onnx", ...)`): URIs must be absolute here (`file:relative` needs a
+    base dir, which `sluice.serving.launch` passes to `InProcessOnnxBackend.for_variant`)."""
+    return InProcessOnnxBackend.for_variant(variant, config, base_dir=None)

@@ -7,7 +7,7 @@ variants never makes a label point at another model file. Updates rewrite ``conf
 as the version policy and ask Triton to reload the model (explicit model control): new versions load, dropped
 ones unload, and a version that fails to load is reported with Triton's reason.
 
-    triton = LocalTriton(base_dir=yaml_dir)
+    triton = ManagedTriton(base_dir=yaml_dir)
     config = triton.start(config)        # variants now carry endpoint = the server's gRPC address
     ...
     config = triton.update(new_config)   # e.g. a canary version appears
@@ -34,7 +34,7 @@ from sluice.serving.triton.repository import (
 from sluice.serving.triton.server import TritonServer, TritonServerError
 
 
-class LocalTriton:
+class ManagedTriton:
     """Owns a model repository in a work dir and the tritonserver serving it; `stop` removes both.
 
     Every failure (fetch, checksum, config, server start, model load) is a `TritonServerError` naming the cause.
