@@ -7,7 +7,9 @@ INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> UNAVAILABLE, ...). Methods the router
 repository and shared-memory control, statistics) answer UNIMPLEMENTED.
 
 A grpc.aio server on the router's event loop, with bounded message sizes (the config's `max_request_bytes` plus
-room for the protobuf framing) and a bounded number of concurrent calls; further calls get RESOURCE_EXHAUSTED.
+room for the protobuf framing), a bounded number of concurrent calls (further calls get RESOURCE_EXHAUSTED) and
+idle connections closed after 5 minutes. gRPC's own HTTP/2 implementation (C-core) parses frames and headers, with
+its default header-size limit.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ GRPC_CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 DEFAULT_MAX_CONCURRENT_RPCS = 256
+IDLE_CONNECTION_MS = 300_000
 _FRAMING_BYTES = 64 * 1024  # protobuf field headers and the JSON-free request envelope around the tensors
 
 
@@ -158,6 +161,8 @@ class GrpcServer:
                 # Answers are as large as the model makes them; bounded all the same so one cannot exhaust memory.
                 ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
                 ("grpc.so_reuseport", 0),
+                # An idle client's connection is closed after 5 minutes (GOAWAY): idle sockets cannot pile up.
+                ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
             ],
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
         )
