@@ -295,3 +295,19 @@ def test_override_is_off_by_default_and_the_served_variant_comes_back_as_metadat
         assert response.model_version == "v1"
         metadata = dict(call.initial_metadata())
         assert (metadata["x-sluice-variant"], metadata["x-sluice-model-version"]) == ("stable", "v1")
+
+
+def test_row_and_element_limits_apply_as_over_rest(model_bytes: bytes) -> None:
+    router = Router(
+        config(max_request_rows=100),
+        {"stable": OnnxBackend(model_bytes, "v1"), "canary": OnnxBackend(model_bytes, "v2")},
+    )
+    with serve_grpc(router) as target, grpcclient.InferenceServerClient(target) as client:
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(MODEL, _inputs(grpcclient, np.zeros((101, 4), np.float32)))
+        assert info.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "101 rows exceed the limit of 100" in info.value.message()
+        assert client.infer(MODEL, _inputs(grpcclient, np.zeros((100, 4), np.float32))).as_numpy("label").shape == (
+            100,
+        )
+    assert 'code="413"' in router.metrics.render().decode()
