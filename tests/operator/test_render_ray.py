@@ -452,3 +452,16 @@ def test_the_api_server_accepts_the_rayservice(kube_client: Any) -> None:
         assert code == 201
         assert body["spec"]["serveConfigV2"] == rs["spec"]["serveConfigV2"]
         assert body["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["groupName"] == "models"
+
+
+def test_gpu_workers_run_the_gpu_serving_image_and_the_head_the_cpu_one() -> None:
+    config = OperatorConfig(
+        router_image="reg.example/sluice-serving:1.0", router_gpu_image="reg.example/sluice:1.0-gpu"
+    )
+    for name, worker_image in (("gpu", "reg.example/sluice:1.0-gpu"), ("cpu", "reg.example/sluice-serving:1.0")):
+        cluster = render(SPECS[name], canary(10), config)["spec"]["rayClusterConfig"]
+        assert cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] == worker_image
+        # The head runs no models (num-cpus 0): the CPU image serves its ingress either way.
+        assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] == config.router_image
+    assert OperatorConfig.from_env({"SLUICE_ROUTER_GPU_IMAGE": "x/y:2-gpu"}).router_gpu_image == "x/y:2-gpu"
+    assert OperatorConfig.from_env({}).router_gpu_image.endswith("-gpu")

@@ -162,3 +162,24 @@ def test_bad_app_args_are_refused_with_names(ray_config: ServingConfig) -> None:
     raw["variants"][1]["version"] = "v1"
     with pytest.raises(ValueError, match="share version 'v1'"):
         serve_application(ServingConfig.model_validate(raw))
+
+
+def test_tritonclient_defaults_binary_tensors_through_the_ray_ingress(ray_plane: Any) -> None:
+    """tritonclient.http with its defaults (binary request and answer) through Serve's proxy and the ingress."""
+    import tritonclient.http as httpclient
+
+    x = np.random.default_rng(9).normal(size=(4, 4)).astype(np.float32)
+    with httpclient.InferenceServerClient(ray_plane.url.removeprefix("http://"), network_timeout=30) as client:
+        item = httpclient.InferInput("features", list(x.shape), "FP32")
+        item.set_data_from_numpy(x)
+        result = client.infer("fraud", [item], model_version="v1")
+        response = result.get_response()
+        assert response["model_version"] == "v1"
+        assert all("binary_data_size" in o["parameters"] for o in response["outputs"])
+        probs = result.as_numpy("probabilities")
+        assert probs.shape == (4, 2)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        json_result = client.infer(
+            "fraud", [item], model_version="v1", outputs=[httpclient.InferRequestedOutput("probabilities", False)]
+        )
+        np.testing.assert_array_equal(json_result.as_numpy("probabilities"), probs)

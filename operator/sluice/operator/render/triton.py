@@ -27,6 +27,7 @@ from sluice.operator.render import Desired, Key, Object, Owner, Ready
 from sluice.operator.render.admin import mount_admin_token
 from sluice.operator.render.gpu import insufficient_gpu, placement
 from sluice.operator.render.meta import (
+    COMPONENT_LABEL,
     DEPLOYMENT_LABEL,
     VERSION_LABEL,
     child_meta,
@@ -36,18 +37,19 @@ from sluice.operator.render.meta import (
     selector,
     version_workload_name,
 )
+from sluice.operator.render.monitoring import triton_monitors
 from sluice.operator.render.ray import with_kept_versions
 from sluice.serving.config import ServingConfig
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 ROUTER_PORT = 8000
+ROUTER_GRPC_PORT = 8001  # the router's KServe v2 gRPC API (Triton's HTTP/gRPC pair)
 # sluice.serving.triton.repository.Flavour.ONNXRUNTIME (platform onnxruntime_onnx, what a real Triton image serves);
 # spelt out because that module imports tritonclient, which the operator may not (tests check the two agree).
 FLAVOUR = "onnxruntime"
 MODEL_REPOSITORY = "/models"
 CONFIG_DIR = "/etc/sluice"
 CONFIG_KEY = "config.json"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 TRITON_COMPONENT, ROUTER_COMPONENT = "tritonserver", "router"
 RUN_AS = 10001  # the sluice user of serving/Dockerfile (router and init container)
 TRITON_RUN_AS = 1000  # triton-server, the non-root user of NVIDIA's tritonserver images
@@ -78,7 +80,7 @@ class TritonRenderer:
             out += [version_deployment(owner, spec, ref, config), version_service(owner, ref.version)]
         if router:
             out += [router_deployment(owner, config), router_service(owner)]
-        return out
+        return out + triton_monitors(owner, config, ROUTER_COMPONENT, TRITON_COMPONENT)
 
     def ready(
         self,
@@ -300,6 +302,8 @@ def router_args(owner: Owner) -> list[str]:
         "0.0.0.0",
         "--port",
         str(ROUTER_PORT),
+        "--grpc-port",
+        str(ROUTER_GRPC_PORT),
         "--config",
         f"{CONFIG_DIR}/{CONFIG_KEY}",
         "--watch-configmap",
@@ -318,7 +322,10 @@ def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
                 **_container("router", config.router_image, ROUTER_RESOURCES),
                 "command": ["python", "-m", "sluice.serving.host_standalone"],
                 "args": router_args(owner),
-                "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+                "ports": [
+                    {"name": "http", "containerPort": ROUTER_PORT},
+                    {"name": "grpc", "containerPort": ROUTER_GRPC_PORT},
+                ],
                 # Live, not /v2/health/ready: the latter fails while any variant with traffic is down, and a
                 # failing canary must not take the router (and stable's traffic) out of its Service.
                 "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 5},
@@ -353,7 +360,10 @@ def router_service(owner: Owner) -> Object:
         "spec": {
             "type": "ClusterIP",
             "selector": router_selector(owner),
-            "ports": [{"name": "http", "port": ROUTER_PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": ROUTER_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": ROUTER_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
         },
     }
 
