@@ -14,16 +14,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sluice.drift.profile import PREDICTION, ProfileError
+from sluice.drift.profile import PREDICTION, ProfileError, feature_key
 
 Columns = dict[str, npt.NDArray[Any]]
 
 SUFFIXES = (".csv", ".parquet", ".pq", ".npy", ".npz")
-
-
-def feature_key(input_name: str, column: int | None) -> str:
-    """The feature key of BRIEF's metric labels: `name[column]` for a column of a 2-D input, else `name`."""
-    return input_name if column is None else f"{input_name}[{column}]"
 
 
 def _array_columns(name: str, array: npt.NDArray[Any], source: str) -> Columns:

@@ -43,6 +43,8 @@ class NumericFeature(_Model):
     edges: list[float] = Field(description="Strictly increasing finite bin edges; bins are open at both ends.")
     counts: list[int] = Field(description="Reference rows per bin, len(edges) + 1 of them.")
     missing: int = Field(default=0, ge=0, description="Reference rows whose value was NaN.")
+    mean: float | None = Field(default=None, description="Mean of the values (not NaN).")
+    std: float | None = Field(default=None, ge=0, description="Standard deviation; scales the Wasserstein score.")
     sample: list[float] = Field(default_factory=list, description="Sorted uniform sample of the values, for exact KS.")
 
     @model_validator(mode="after")
@@ -125,6 +127,11 @@ class Profile(_Model):
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=1) + "\n"
+
+
+def feature_key(input_name: str, column: int | None) -> str:
+    """The `feature` label of the router's counters: `name[column]` for a column of a 2-D input, else `name`."""
+    return input_name if column is None else f"{input_name}[{column}]"
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
@@ -210,6 +217,8 @@ def numeric_profile(
         edges=edges.tolist(),
         counts=counts.tolist(),
         missing=int(nan.sum()),
+        mean=float(finite.mean()) if finite.size else None,
+        std=float(finite.std()) if finite.size else None,
         sample=np.sort(sample).tolist(),
     )
 
