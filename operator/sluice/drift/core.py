@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from sluice.api.base import parse_duration
 from sluice.api.drift_policy import (
@@ -105,7 +106,7 @@ def _score(
     method: DriftMethod,
     ref: NumericFeature | CategoricalFeature,
     counts: st.FloatArray,
-    current: Sequence[float] | None,
+    current: npt.ArrayLike | None,
 ) -> tuple[float, float | None]:
     ref_counts = np.asarray(ref.counts, dtype=np.float64)
     if method == DriftMethod.PSI:
@@ -127,30 +128,69 @@ def _score(
     return distance / scale, None
 
 
-def _feature_state(score: float, significant: bool, spec: DriftPolicySpec) -> DriftState:
-    if significant and score >= spec.thresholds.critical:
+@dataclass(frozen=True)
+class WatchedFeature:
+    key: str
+    type: str  # numeric | categorical
+    method: DriftMethod
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What an evaluation needs of a policy; `sluice drift` builds one without a DriftPolicy."""
+
+    features: tuple[WatchedFeature, ...]
+    warning: float = 0.1
+    critical: float = 0.25
+    alpha: float = 0.05
+    min_samples: int = 1
+    drift_share: float = 0.0
+
+    @classmethod
+    def from_spec(cls, spec: DriftPolicySpec) -> Settings:
+        features = tuple(
+            WatchedFeature(key, f.type, f.method or spec.method)
+            for f, key in zip(spec.features, feature_keys(spec), strict=True)
+        )
+        return cls(
+            features,
+            spec.thresholds.warning,
+            spec.thresholds.critical,
+            spec.alpha,
+            spec.min_samples,
+            spec.drift_share,
+        )
+
+
+def _feature_state(score: float, significant: bool, settings: Settings) -> DriftState:
+    if significant and score >= settings.critical:
         return DriftState.DRIFTED
-    if significant and score >= spec.thresholds.warning:
+    if significant and score >= settings.warning:
         return DriftState.WARNING
     return DriftState.OK
 
 
 def evaluate(
-    spec: DriftPolicySpec,
+    settings: Settings | DriftPolicySpec,
     profile: Profile,
     window: Counts,
-    current_samples: Mapping[str, Sequence[float]] | None = None,
+    current_samples: Mapping[str, npt.ArrayLike] | None = None,
 ) -> Evaluation:
-    """Score each feature's window counts against the profile; Holm-correct the p-values; give the verdict."""
+    """Score each feature's window counts against the profile; Holm-correct the p-values; give the verdict.
+
+    With raw current values for a ks feature whose profile has a sample, KS is exact on the samples.
+    """
+    if isinstance(settings, DriftPolicySpec):
+        settings = Settings.from_spec(settings)
     samples_by_key = current_samples or {}
     raw: list[tuple[str, DriftMethod, int, float | None, float | None]] = []
-    for feature, key in zip(spec.features, feature_keys(spec), strict=True):
-        method = feature.method or spec.method
+    for feature in settings.features:
+        key, method = feature.key, feature.method
         if feature.type == "categorical" and method in (DriftMethod.KS, DriftMethod.WASSERSTEIN):
-            method = DriftMethod.CHI2  # the spec's default suits numeric features; categories get chi2
+            method = DriftMethod.CHI2  # the policy's default suits numeric features; categories get chi2
         counts = np.asarray(window.get(key, ()), dtype=np.float64)
         n = int(counts.sum()) if counts.size else 0
-        if n < spec.min_samples:
+        if n < settings.min_samples:
             raw.append((key, method, n, None, None))
             continue
         score, p = _score(method, profile.feature(key), counts, samples_by_key.get(key))
@@ -163,13 +203,13 @@ def evaluate(
             results.append(FeatureResult(key, method, n, DriftState.NO_DATA))
             continue
         adj = adjusted.get(i)
-        verdict = _feature_state(value, adj is None or adj < spec.alpha, spec)
+        verdict = _feature_state(value, adj is None or adj < settings.alpha, settings)
         results.append(FeatureResult(key, method, n, verdict, value, p_value, adj))
     evaluated = [r for r in results if r.state != DriftState.NO_DATA]
     drifted = sum(r.state == DriftState.DRIFTED for r in results)
     if not evaluated:
         state = DriftState.NO_DATA
-    elif drifted and drifted / len(evaluated) >= spec.drift_share:
+    elif drifted and drifted / len(evaluated) >= settings.drift_share:
         state = DriftState.DRIFTED
     elif any(r.state in (DriftState.WARNING, DriftState.DRIFTED) for r in evaluated):
         state = DriftState.WARNING
@@ -182,7 +222,8 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def _summary(evaluation: Evaluation) -> str:
+def summary(evaluation: Evaluation) -> str:
+    """The verdict in one sentence."""
     if evaluation.state == DriftState.NO_DATA:
         return "too few samples in the window for every feature"
     worst = max(evaluation.features, key=lambda f: (_SEVERITY[f.state], f.score or 0.0))
@@ -275,7 +316,7 @@ def _stopped(
 def _evaluated(
     spec: DriftPolicySpec, status: DriftPolicyStatus, obs: Observations, now: datetime, evaluation: Evaluation
 ) -> tuple[DriftPolicyStatus, list[Action]]:
-    message = _summary(evaluation)
+    message = summary(evaluation)
     conditions = set_condition(
         status.conditions, EVALUATED, True, reason="Evaluated", message=message, now=now, generation=obs.generation
     )

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy.typing as npt
+
 from sluice.drift.profile import Profile
 
 Counts = Mapping[str, Sequence[float]]  # feature key -> count per bin, in the profile's bin order
@@ -44,7 +46,7 @@ class Observations:
     window: Counts | None = None  # counts per feature in the window ending now; None: not measured
     window_start: datetime | None = None
     problem: Problem | None = None  # the reference or the counters could not be read
-    current_samples: Mapping[str, Sequence[float]] = field(default_factory=dict)  # raw values for exact KS
+    current_samples: Mapping[str, npt.ArrayLike] = field(default_factory=dict)  # raw values for exact KS
 
 
 def window_counts(earlier: Reading | None, later: Reading) -> dict[str, list[float]]:

@@ -200,6 +200,22 @@ def bin_categorical(values: Sequence[str] | Column, categories: Sequence[str]) -
     return out
 
 
+def count_values(feature: NumericFeature | CategoricalFeature, values: Column) -> npt.NDArray[np.int64]:
+    """Counts of `values` in the feature's bins, as the router counts them (NaN and None left out)."""
+    if isinstance(feature, NumericFeature):
+        if not is_numeric(values):
+            raise ProfileError(
+                f"feature {feature.name!r}: numeric in the profile, but the data is {np.asarray(values).dtype}"
+            )
+        return bin_numeric(np.asarray(values, dtype=np.float64), np.asarray(feature.edges, dtype=np.float64))
+    present = [v for v in np.asarray(values, dtype=object).tolist() if not _is_missing(v)]
+    return bin_categorical([str(v) for v in present], feature.categories)
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 def numeric_profile(
     name: str, values: Column, bins: int = DEFAULT_BINS, sample_size: int = DEFAULT_SAMPLE_SIZE, seed: int = 0
 ) -> NumericFeature:
@@ -226,7 +242,7 @@ def numeric_profile(
 def categorical_profile(name: str, values: Column, top_k: int = DEFAULT_TOP_K) -> CategoricalFeature:
     if top_k < 1:
         raise ProfileError(f"top_k: need at least 1, got {top_k}")
-    present = [v for v in np.asarray(values, dtype=object).tolist() if v is not None and v == v]  # noqa: PLR0124
+    present = [v for v in np.asarray(values, dtype=object).tolist() if not _is_missing(v)]
     missing = len(values) - len(present)
     uniques, counts = np.unique(np.asarray([str(v) for v in present], dtype=str), return_counts=True)
     order = sorted(range(len(uniques)), key=lambda i: (-int(counts[i]), str(uniques[i])))
