@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 from sluice.cli.main import main
 from sluice.drift.data import read_columns
@@ -59,6 +61,20 @@ def test_bins_follow_searchsorted_right_and_nan_is_missing() -> None:
     assert isinstance(feature, NumericFeature)
     assert feature.missing == 1
     assert sum(feature.counts) == 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=hst.lists(
+        hst.one_of(hst.floats(-10, 10), hst.just(float("nan")), hst.integers(-3, 3).map(float)), max_size=200
+    ),
+    edges=hst.lists(hst.integers(-40, 40).map(lambda i: i / 4), min_size=0, max_size=60, unique=True).map(sorted),
+)
+def test_counting_by_comparison_equals_searchsorted_binning(values: list[float], edges: list[float]) -> None:
+    array, e = np.asarray(values, dtype=float), np.asarray(edges, dtype=float)
+    finite = array[~np.isnan(array)]
+    expected = np.bincount(np.searchsorted(e, finite, side="right"), minlength=e.size + 1)
+    assert bin_numeric(array, e).tolist() == expected.tolist()
 
 
 def test_heavy_ties_collapse_edges_instead_of_repeating_them() -> None:

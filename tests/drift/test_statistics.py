@@ -155,3 +155,10 @@ def test_identical_distributions_score_zero() -> None:
     assert st.js(counts, counts) == pytest.approx(0.0, abs=TOL)
     assert st.ks_binned(counts, counts)[0] == pytest.approx(0.0, abs=TOL)
     assert st.chi2(counts, counts)[2] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n", [150, 5_000, 60_000, 250_000])
+@pytest.mark.parametrize("z", [0.5, 1.0, 1.49, 1.5, 2.0, 3.0, 8.0, 19.0, 20.0])
+def test_kolmogorov_sf_equals_scipy_kstwo_in_every_branch(n: int, z: float) -> None:
+    d = z / np.sqrt(n)
+    assert st._kstwo_sf(d, n) == pytest.approx(stats.kstwo.sf(d, n), abs=TOL, rel=1e-8)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy import special as _special
 from scipy import stats as _stats
 
 FloatArray = npt.NDArray[np.float64]
@@ -70,12 +71,42 @@ def _ecdf_gap(ref: FloatArray, cur: FloatArray) -> FloatArray:
     return gap
 
 
+def _smirnov(n: int, x: float) -> float:
+    """One-sided Smirnov sf by the exact Birnbaum-Tingey sum, vectorised in log space.
+
+    scipy.special.smirnov sums the same series term by term (0.4 s at n = 2e5, ~20 s at n = 5e5 here); this agrees
+    with it to ~4e-10 relative (gammaln's rounding at large n), far inside 1e-9 absolute for these tail p-values.
+    """
+    j = np.arange(0, math.floor(n * (1.0 - x)) + 1, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        log_terms = (
+            _special.gammaln(n + 1.0)
+            - _special.gammaln(j + 1.0)
+            - _special.gammaln(n - j + 1.0)
+            + (n - j) * np.log1p(-x - j / n)
+            + (j - 1.0) * np.log(x + j / n)
+        )
+    top = float(np.max(log_terms))
+    return float(x * math.exp(top) * np.sum(np.exp(log_terms - top)))
+
+
+def _kstwo_sf(d: float, n: int) -> float:
+    """scipy.stats.kstwo.sf(d, n), with scipy's own branch for 2.2 <= n d^2 < 370 (p below 0.025) computed by
+    `_smirnov` instead of scipy's slow series; every other case is scipy's code."""
+    t = n * d
+    if n > 140 and 1.0 < t < n - 1 and d < 0.5 and 2.2 <= t * d < 370.0:
+        return min(1.0, max(0.0, 2.0 * _smirnov(n, d)))
+    return float(_stats.kstwo.sf(d, n))
+
+
 def _ks_pvalue(d: Any, n1: Any, n2: Any) -> Any:
     """scipy's asymptotic two-sided p-value: kstwo.sf(d, round(n1 n2 / (n1 + n2)))."""
     n1f, n2f = np.asarray(n1, dtype=np.float64), np.asarray(n2, dtype=np.float64)
     m, n = np.maximum(n1f, n2f), np.minimum(n1f, n2f)
     en = np.round(m * n / (m + n))
-    return np.clip(_stats.kstwo.sf(d, en), 0.0, 1.0)
+    d_b, en_b = np.broadcast_arrays(np.asarray(d, dtype=np.float64), en)
+    out = np.array([_kstwo_sf(float(x), int(k)) for x, k in zip(d_b.ravel(), en_b.ravel(), strict=True)])
+    return np.clip(out.reshape(d_b.shape), 0.0, 1.0)
 
 
 def ks_binned(reference: ArrayLike, current: ArrayLike) -> tuple[Any, Any]:
