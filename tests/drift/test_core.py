@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
+from sluice.api.base import get_condition
 from sluice.api.drift_policy import DriftPolicySpec, DriftPolicyStatus, DriftState
 from sluice.drift import statistics as st
 from sluice.drift.actions import CreateRetrainJob, EmitEvent, RollbackTarget
 from sluice.drift.core import evaluate, job_name, step
 from sluice.drift.observations import Observations, Problem, Reading, baseline, window_counts
 from sluice.drift.profile import Profile, build_profile
-from sluice.rollout.conditions import get_condition
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 RNG = np.random.default_rng(7)

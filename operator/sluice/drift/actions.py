@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from sluice.rollout.actions import EmitEvent
+
+@dataclass(frozen=True)
+class EmitEvent:
+    """A Kubernetes-style Event: type Normal or Warning, a CamelCase reason, a sentence."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)

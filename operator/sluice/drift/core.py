@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from sluice.api.base import parse_duration
+from sluice.api.base import get_condition, parse_duration, set_condition
 from sluice.api.drift_policy import (
     P_VALUE_METHODS,
     ActionType,
@@ -32,7 +32,6 @@ from sluice.drift import statistics as st
 from sluice.drift.actions import Action, CreateRetrainJob, EmitEvent, RollbackTarget
 from sluice.drift.observations import Counts, Observations, Problem
 from sluice.drift.profile import CategoricalFeature, NumericFeature, Profile, feature_key
-from sluice.rollout.conditions import get_condition, set_condition
 
 EVALUATED = "Evaluated"  # condition: True when the last evaluation ran; False names the field that stopped it
 DRIFTED = "Drifted"  # condition: True while the policy's verdict is Drifted

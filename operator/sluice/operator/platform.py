@@ -1,4 +1,4 @@
-"""KubePlatform: the rollout loop's Platform on Kubernetes (the twin of sluice/local/dataplane.py).
+"""KubePlatform: the ModelDeployment loop's Platform on Kubernetes (the twin of sluice/local/modeldeployment.py).
 
 What runs is a pure function of the status: `Desired` (roles, weights and every version that keeps a workload) is
 rebuilt from the stored status when the daemon starts or a tick fails, and updated by each action exactly as the
@@ -20,8 +20,8 @@ import httpx
 from sluice.api.base import GROUP, VERSION, ConditionStatus
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus, VersionRef
-from sluice.local.dataplane import Routing
-from sluice.local.platform import Readiness
+from sluice.engine.platform import Readiness
+from sluice.engine.routing import Routing
 from sluice.operator import events
 from sluice.operator.config import OperatorConfig
 from sluice.operator.kube import ApiError, KubeClient, Obj, contains, merge_diff, our_fields

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.local.dataplane import Routing
+from sluice.engine.routing import Routing
 from sluice.operator.config import OperatorConfig
 
 Object = dict[str, Any]  # a Kubernetes object as JSON
