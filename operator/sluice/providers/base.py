@@ -33,6 +33,16 @@ class ArmCounters:
 
 
 ArmsReading = dict[str, ArmCounters]  # by variant (arm) name
+FeatureBinCounts = dict[str, dict[int, float]]  # drift: feature key -> bin index -> cumulative rows
+
+
+@runtime_checkable
+class FeatureCounts(Protocol):
+    """Reads a drift policy's per-feature bin counters from the router (builtin provider)."""
+
+    async def feature_bins(self, model: str, policy: str) -> Measurement[FeatureBinCounts]:
+        """Cumulative rows per feature and bin since the router started, summed over versions and variants."""
+        ...
 
 
 @runtime_checkable
