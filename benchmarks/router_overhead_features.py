@@ -5,7 +5,7 @@
 Two routers that differ only in `ServingConfig.drift` (none, or one profile of 20 numeric features with 9 edges each
 plus the prediction's 9 edges) serve the same 20-feature ONNX LogisticRegression, measured side by side:
 
-* in-process: `DataPlane.infer` (JSON decode, routing, model, binning, encode) on one event loop with an in-loop
+* in-process: `ProtocolEndpoints.infer` (JSON decode, routing, model, binning, encode) on one event loop with an in-loop
   onnxruntime backend, at batch 1 and 32, in interleaved blocks (none, features, none, ...); p50/p99 per side;
 * beside them, a third router with outcomes on (each request records its request id and unit id in the store);
 * binning alone: `FeatureCounts.observe` per request at batch 1 and 32;
@@ -115,15 +115,14 @@ def _stats(lat: list[float]) -> dict[str, float]:
 
 
 async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str, Any]]:
-    from sluice.serving.protocol.dataplane import DataPlane
-
     from sluice.serving.config import ServingConfig
+    from sluice.serving.protocol.endpoints import ProtocolEndpoints
     from sluice.serving.router import Router
     from sluice.serving.scores import score_outputs
     from sluice.serving.tensors import InferRequest, Tensor
 
     planes = {
-        name: DataPlane(
+        name: ProtocolEndpoints(
             Router(ServingConfig.model_validate(_config(drift, outcomes=out)), {"stable": _OrtBackend(path)})
         )
         for name, drift, out in (("none", False, False), ("features", True, False), ("outcomes", False, True))
@@ -148,7 +147,7 @@ async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str,
         none, feat = _stats(lat["none"]), _stats(lat["features"])
         rows.append(
             {
-                "path": "in-process DataPlane.infer",
+                "path": "in-process ProtocolEndpoints.infer",
                 "batch": batch,
                 "requests_per_side": len(lat["none"]),
                 "p50_ms_none": none["p50_ms"],
@@ -161,7 +160,7 @@ async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str,
         out = _stats(lat["outcomes"])
         rows.append(
             {
-                "path": "in-process DataPlane.infer, outcomes recorded (request + unit id)",
+                "path": "in-process ProtocolEndpoints.infer, outcomes recorded (request + unit id)",
                 "batch": batch,
                 "requests_per_side": len(lat["outcomes"]),
                 "p50_ms_none": none["p50_ms"],
@@ -291,7 +290,7 @@ def features_main(args: argparse.Namespace) -> int:
         summary = asyncio.run(_in_process(root / "m.onnx", args.rounds, per_block=400))
         summary.append(_http(root, args))
     for row in summary:
-        if row["path"] == "in-process DataPlane.infer":
+        if row["path"] == "in-process ProtocolEndpoints.infer":
             row["goal_added_p50_ms"] = GOAL_MS
             row["goal_met"] = row["added_p50_ms"] <= GOAL_MS
         elif row["path"].startswith("HTTP"):
