@@ -111,7 +111,7 @@ def test_arms_are_served_decided_by_outcomes_and_the_winner_promoted(
         assert status["phase"] == "Concluded", status
         assert status["winner"] == "treatment"
         assert status["variants"][1]["samples"] >= 100
-        assert load.traffic.failed == 0
+        assert load.traffic.tally.failed == 0, load.traffic.tally.summary()
         # promoteWinner: the target's spec.model is the winner's, the arms are gone, the target rolls it out
         wait_for("the arms to go", lambda: ARMS_ANNOTATION not in ((cluster.md("fraud") or {})["metadata"].get(
             "annotations") or {}), 20)  # fmt: skip

@@ -27,6 +27,7 @@ from sluice.experiment.actions import Action, DeployArms, EmitEvent, EndArms, Pr
 from sluice.experiment.core import TERMINAL
 from sluice.experiment.observations import ExperimentCommand
 from sluice.local.modeldeployment import DataPlaneHandle, RunningPlane
+from sluice.local.traffic import Tally, first_input, infer_body
 from sluice.providers.factory import create_provider
 from sluice.rollout.core import version_ref
 from sluice.serving.config import ServingConfig
@@ -134,7 +135,8 @@ class ExperimentTraffic:
     ) -> None:
         self.url, self.model, self.header, self.rps = url, model, header, rps
         self.metric, self.kind, self.outcomes, self.seed = metric, kind, outcomes, seed
-        self.sent = self.failed = self.reported = self.rejected = 0
+        self.tally = Tally()
+        self.reported = self.rejected = 0
 
     def _value(self, rng: np.random.Generator, arm: str) -> float | None:
         if arm not in self.outcomes:
@@ -148,36 +150,23 @@ class ExperimentTraffic:
         rng = np.random.default_rng(self.seed)
         pending: list[dict[str, object]] = []
         async with httpx.AsyncClient(timeout=30) as client:
-            meta = (await client.get(f"{self.url}/v2/models/{self.model}")).json()
-            first = meta["inputs"][0]
-            width = [d if d > 0 else 1 for d in first["shape"][1:]]
+            name, width = await first_input(client, self.url, self.model)
             period, next_at, flush_at = 1.0 / self.rps, time.monotonic(), time.monotonic() + 0.5
             while not stop.is_set():
                 row = rng.standard_normal(size=[1, *width]).astype(np.float32)
-                body = {
-                    "inputs": [
-                        {
-                            "name": first["name"],
-                            "shape": list(row.shape),
-                            "datatype": "FP32",
-                            "data": row.ravel().tolist(),
-                        }
-                    ]
-                }
                 try:
                     resp = await client.post(
                         f"{self.url}/v2/models/{self.model}/infer",
-                        json=body,
-                        headers={self.header: f"unit-{self.sent:x}-{self.seed}"},
+                        json=infer_body(name, row),
+                        headers={self.header: f"unit-{self.tally.sent:x}-{self.seed}"},
                     )
-                    self.failed += resp.status_code >= 500
+                    self.tally.answered(resp.status_code)
                     rid, arm = resp.headers.get(REQUEST_ID_HEADER), resp.headers.get(VARIANT_HEADER, "")
                     value = self._value(rng, arm)
                     if resp.status_code == 200 and rid and value is not None:
                         pending.append({"id": rid, "metric": self.metric, "value": value})
-                except httpx.HTTPError:
-                    self.failed += 1
-                self.sent += 1
+                except httpx.HTTPError as exc:
+                    self.tally.broke(exc)
                 if pending and time.monotonic() >= flush_at:
                     await self._flush(client, pending)
                     pending, flush_at = [], time.monotonic() + 0.5
