@@ -34,7 +34,7 @@ from sluice.serving.config import ServingConfig
 
 log = logging.getLogger(__name__)
 
-# The router's response headers (sluice.serving.protocol.endpoints; the operator side may not import it).
+# The router's response headers (sluice.serving.endpoints; the operator side may not import it).
 VARIANT_HEADER = "x-sluice-variant"
 REQUEST_ID_HEADER = "x-sluice-request-id"
 
