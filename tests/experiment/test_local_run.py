@@ -64,6 +64,48 @@ def test_bad_outcomes_and_a_missing_target_are_refused(tmp_path: Path) -> None:
     assert "spec.target.name" in result.stderr
 
 
+def test_an_arm_whose_model_cannot_load_is_stopped_naming_its_variant(tmp_path: Path) -> None:
+    models = (REPO / "manifests/examples/models").as_uri()
+    spec = tmp_path / "broken-arm.yaml"
+    spec.write_text(
+        f"""apiVersion: sluice.dev/v1alpha1
+kind: ModelDeployment
+metadata: {{name: fraud}}
+spec:
+  model: {{name: fraud, uri: "{models}/fraud-v1.onnx", version: v1}}
+  analysis: {{progressDeadline: 2s}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Experiment
+metadata: {{name: broken}}
+spec:
+  target: {{name: fraud}}
+  variants:
+    - {{name: control, weight: 40, model: {{name: fraud, uri: "{models}/fraud-v1.onnx", version: v1}}}}
+    - {{name: treatment, weight: 30, model: {{name: fraud, uri: "{models}/missing.onnx", version: v2}}}}
+    - {{name: third, weight: 30, model: {{name: fraud, uri: "{models}/fraud-v2.onnx", version: v3}}}}
+  primaryMetric: {{name: converted}}
+  minimumSamples: 1000000
+  interval: 1s
+  maximumDuration: 12s
+  endPolicy: manual
+"""
+    )
+    result = _run(
+        "-f", str(spec), "--backend", "onnx", "--load", "30", "--output", "json", "--timeout", "60",
+        "--outcomes", "control=0.1,treatment=0.1,third=0.1",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    status = json.loads(result.stdout)
+    assert status["verdict"] == "no verdict: maximum duration 12s reached"
+    control, treatment, third = status["variants"]
+    assert treatment["stopped"] and not control.get("stopped") and not third.get("stopped")
+    assert treatment["stoppedReason"].startswith("spec.variants[1] (treatment) cannot serve: model ")
+    assert "missing.onnx" in treatment["stoppedReason"]
+    assert control["samples"] > 0 and third["samples"] > 0  # the others kept serving and collecting
+    assert "ArmsHealthy" in {c["type"] for c in status["conditions"]}
+
+
 def test_parse_outcomes() -> None:
     assert parse_outcomes("control=0.1, treatment=0.12") == {"control": (0.1, 0.0), "treatment": (0.12, 0.0)}
     assert parse_outcomes("a=5:1.5") == {"a": (5.0, 1.5)}

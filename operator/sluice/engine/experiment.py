@@ -60,6 +60,30 @@ class ExperimentPlatform(Protocol):
         ...
 
 
+class ArmHealth:
+    """Turns each arm's readiness into a load failure: at once when the platform says the arm failed, otherwise
+    when it has not been ready for `deadline_s` (the target's analysis.progressDeadline, as a canary gets).
+
+    Shared by the platforms so an arm fails by the same rule in the operator and in `sluice run`.
+    """
+
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        self._since: dict[str, float] = {}  # arm -> when (monotonic seconds) it was first seen not ready
+
+    def judge(self, arm: str, ready: bool, reason: str, failed: bool, now: float) -> str | None:
+        """Why `arm` counts as unable to serve, or None (ready, or still within the deadline)."""
+        if ready:
+            self._since.pop(arm, None)
+            return None
+        since = self._since.setdefault(arm, now)
+        if failed:
+            return reason
+        if now - since >= self.deadline_s:
+            return f"not ready {now - since:.0f}s after its arm was deployed (progress deadline): {reason}"
+        return None
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -133,14 +157,16 @@ class ExperimentLoop:
         if self.status.phase in (ExperimentPhase.CONCLUDED, ExperimentPhase.STOPPED, ExperimentPhase.FAILED):
             return []
         target = await self.platform.target()
-        if not self._due(now) and target.command is None and not target.failed_arms:
+        stopped = {v.name for v in self.status.variants if v.stopped}
+        failed = {name: why for name, why in target.failed_arms.items() if name not in stopped}
+        if not self._due(now) and target.command is None and not failed:
             return []
         observations = Observations(
             uid=self.uid,
             generation=self.generation,
             target_exists=target.exists,
             target_rollout=target.rollout,
-            arms=await self._arms(target.failed_arms),
+            arms=await self._arms(failed),
             command=target.command,
         )
         rng = np.random.default_rng(look_seed(self.status.salt or self.uid, self.status.looks))
