@@ -244,3 +244,16 @@ def test_weight_helpers() -> None:
     assert largest_remainder({"a": 1, "b": 1, "c": 1}) == {"a": 34, "b": 33, "c": 33}
     assert largest_remainder({"a": 0, "b": 0}) == {"a": 50, "b": 50}
     assert thompson_weights({"a": 1.0, "b": 0.0, "c": 0.0}, 5) == {"a": 90, "b": 5, "c": 5}
+
+
+def test_arm_health_fails_at_once_when_told_else_after_the_deadline() -> None:
+    from sluice.engine.experiment import ArmHealth
+
+    health = ArmHealth(deadline_s=10.0)
+    assert health.judge("a", False, "loading", False, now=0.0) is None
+    assert health.judge("a", False, "loading", False, now=9.0) is None
+    late = health.judge("a", False, "loading", False, now=10.0)
+    assert late is not None and "loading" in late and "10s" in late
+    assert health.judge("a", True, "", False, now=11.0) is None
+    assert health.judge("a", False, "again", False, now=12.0) is None  # the clock starts over once it was ready
+    assert health.judge("b", False, "DEPLOY_FAILED: bad model", True, now=0.0) == "DEPLOY_FAILED: bad model"
