@@ -210,6 +210,38 @@ def test_stop_command() -> None:
     assert EndArms() in actions
 
 
+def test_conclude_ends_with_the_leader_and_carries_out_the_end_policy() -> None:
+    spec = make_spec(endPolicy="promoteWinner", minimumSamples=10**6)  # far from a statistical verdict
+    status = started(spec)
+    obs = conversions(control=(200, 20), treatment=(200, 30))
+    status, actions = look(spec, status, Observations(uid="uid-1", arms=obs.arms, command=ExperimentCommand.CONCLUDE))
+    assert status.phase is ExperimentPhase.CONCLUDED
+    assert status.winner == "treatment"
+    assert status.verdict is not None and status.verdict.startswith("concluded by hand before a statistical verdict")
+    assert "leader treatment" in status.verdict
+    assert any(isinstance(a, PromoteVariant) and a.name == "treatment" for a in actions)
+    assert EndArms() in actions
+    assert next(c for c in status.conditions if c.type == "Concluded").reason == "ConcludedByHand"
+    # once terminal, the command (still on the object) changes nothing
+    assert look(spec, status, Observations(command=ExperimentCommand.CONCLUDE), minutes=2) == (status, [])
+
+
+def test_conclude_without_outcomes_has_no_winner_and_keeps_control() -> None:
+    spec = make_spec(endPolicy="promoteWinner")
+    status, actions = look(spec, started(spec), Observations(command=ExperimentCommand.CONCLUDE))
+    assert (status.phase, status.winner) == (ExperimentPhase.CONCLUDED, None)
+    assert status.verdict == "concluded by hand: no leader yet (no outcomes), no statistical verdict"
+    assert not any(isinstance(a, PromoteVariant) for a in actions)
+    assert [v.weight for v in status.variants] == [100, 0]
+
+
+def test_command_annotation_values() -> None:
+    assert ExperimentCommand.parse("conclude:1700000000") is ExperimentCommand.CONCLUDE
+    assert ExperimentCommand.parse("stop") is ExperimentCommand.STOP
+    assert ExperimentCommand.parse("promote:1") is None
+    assert ExperimentCommand.parse("") is None
+
+
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [

@@ -183,11 +183,22 @@ class _Step:
                 ExperimentPhase.CONCLUDED, "VerdictReached", analysis.decision.verdict, analysis.decision.winner
             )
             return
+        if obs.command is ExperimentCommand.CONCLUDE:
+            self._finish(ExperimentPhase.CONCLUDED, "ConcludedByHand", self._by_hand(analysis), analysis.leader)
+            return
         if self.spec.allocation is Allocation.THOMPSON:
             shares = {n: analysis.arms[n].probability_best or 0.0 for n in active}
             weights = thompson_weights(shares, self.spec.allocation_floor)
             self._set_weights({v.name: weights.get(v.name, 0) for v in s.variants})
         s.message = self._progress_text(analysis)
+
+    def _by_hand(self, analysis: Analysis) -> str:
+        """The verdict of `conclude`: who led at this look and by how much, marked as no statistical verdict."""
+        if analysis.leader is None:
+            return "concluded by hand: no leader yet (no outcomes), no statistical verdict"
+        lift = f", lift {self.s.lift}" if self.s.lift else ""
+        confidence = f", confidence {self.s.confidence}" if self.s.confidence else ""
+        return f"concluded by hand before a statistical verdict: leader {analysis.leader}{lift}{confidence}"
 
     def _progress_text(self, analysis: Analysis) -> str:
         counts = ", ".join(f"{r.name} {r.samples}" for r in analysis.arms.values())

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 KIND = "Experiment"
 TARGET_KIND = "ModelDeployment"
-COMMAND_ANNOTATION = "sluice.dev/command"  # `stop`: end now with no verdict
+COMMAND_ANNOTATION = "sluice.dev/command"  # `stop:NONCE` / `conclude:NONCE` (ExperimentCommand)
 ROLLING = frozenset({Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING})
 
 
@@ -58,7 +58,7 @@ class KubeExperimentPlatform:
     async def target(self) -> TargetView:
         md = await self._target()
         annotations = (self.body.get("metadata") or {}).get("annotations") or {}
-        command = ExperimentCommand.STOP if annotations.get(COMMAND_ANNOTATION, "").startswith("stop") else None
+        command = ExperimentCommand.parse(annotations.get(COMMAND_ANNOTATION, ""))
         if md is None:
             return TargetView(exists=False, command=command)
         status = md.get("status") or {}
