@@ -217,7 +217,8 @@ def test_conclude_ends_with_the_leader_and_carries_out_the_end_policy() -> None:
     status, actions = look(spec, status, Observations(uid="uid-1", arms=obs.arms, command=ExperimentCommand.CONCLUDE))
     assert status.phase is ExperimentPhase.CONCLUDED
     assert status.winner == "treatment"
-    assert status.verdict is not None and status.verdict.startswith("concluded by hand before a statistical verdict")
+    assert status.verdict is not None
+    assert status.verdict.startswith("concluded by hand before a statistical verdict")
     assert "leader treatment" in status.verdict
     assert any(isinstance(a, PromoteVariant) and a.name == "treatment" for a in actions)
     assert EndArms() in actions
@@ -285,7 +286,9 @@ def test_arm_health_fails_at_once_when_told_else_after_the_deadline() -> None:
     assert health.judge("a", False, "loading", False, now=0.0) is None
     assert health.judge("a", False, "loading", False, now=9.0) is None
     late = health.judge("a", False, "loading", False, now=10.0)
-    assert late is not None and "loading" in late and "10s" in late
+    assert late is not None
+    assert "loading" in late
+    assert "10s" in late
     assert health.judge("a", True, "", False, now=11.0) is None
     assert health.judge("a", False, "again", False, now=12.0) is None  # the clock starts over once it was ready
     assert health.judge("b", False, "DEPLOY_FAILED: bad model", True, now=0.0) == "DEPLOY_FAILED: bad model"

@@ -194,7 +194,11 @@ def test_an_arm_whose_model_cannot_load_is_stopped_naming_its_variant_and_the_ot
     doc["spec"]["variants"] = [
         {**doc["spec"]["variants"][0], "weight": 40},
         {"name": "treatment", "weight": 30, "model": {"name": "fraud", "uri": broken, "version": "v2"}},
-        {"name": "third", "weight": 30, "model": {"name": "fraud", "uri": "file:models/fraud-v2.onnx", "version": "v3"}},
+        {
+            "name": "third",
+            "weight": 30,
+            "model": {"name": "fraud", "uri": "file:models/fraud-v2.onnx", "version": "v3"},
+        },
     ]
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
@@ -206,12 +210,15 @@ def test_an_arm_whose_model_cannot_load_is_stopped_naming_its_variant_and_the_ot
         create_experiment(cluster, doc)
         wait_for("the broken arm stopped", lambda: served(sim).get("treatment") == 0, 40)
         weights = served(sim)
-        assert weights["control"] + weights["third"] == 100 and weights["third"] > 0, weights
+        assert weights["control"] + weights["third"] == 100, weights
+        assert weights["third"] > 0, weights
         status = experiment_status(cluster, "fraud-ab")
         assert status["phase"] == "Running", status
         health = next(c for c in status["conditions"] if c["type"] == "ArmsHealthy")
-        assert health["status"] == "False" and health["reason"] == "ArmStopped"
-        assert "spec.variants[1] (treatment)" in health["message"] and "cannot load model" in health["message"]
+        assert health["status"] == "False"
+        assert health["reason"] == "ArmStopped"
+        assert "spec.variants[1] (treatment)" in health["message"]
+        assert "cannot load model" in health["message"]
         stopped = {v["name"]: v.get("stopped", False) for v in status["variants"]}
         assert stopped == {"control": False, "treatment": True, "third": False}
         assert "ArmStopped" in [e["reason"] for e in cluster.items(f"/api/v1/namespaces/{cluster.ns}/events")]

@@ -363,7 +363,9 @@ def test_a_deployment_past_its_progress_deadline_counts_as_failed() -> None:
         {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"}
     ]
     result = TritonRenderer().ready(OWNER, spec, "v1", good, [])
-    assert not result.ready and result.failed and "no ready replica" in result.reason
+    assert not result.ready
+    assert result.failed
+    assert "no ready replica" in result.reason
 
 
 def test_ready_reports_insufficient_gpu_from_the_versions_own_pods() -> None:

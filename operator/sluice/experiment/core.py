@@ -36,6 +36,7 @@ TARGET_READY = "TargetReady"  # False while the target is missing or mid-rollout
 ARMS_HEALTHY = "ArmsHealthy"  # False while an arm is stopped (the message names spec.variants[i] and why)
 RUNNING = "Running"  # True while the experiment is collecting samples
 CONCLUDED = "Concluded"  # True once a terminal phase was reached; reason says which
+OUTCOMES_READ = "OutcomesRead"  # False while the outcomes cannot be read (shown only once it was ever False)
 
 
 def step(
@@ -173,6 +174,7 @@ class _Step:
         self._check_arms()
         if s.phase in TERMINAL:
             return
+        self._outcomes_condition()
         active = self._active()
         samples = {name: obs.arms[name].outcomes for name in active if name in obs.arms}
         running = {v.name: v.always_valid_p for v in s.variants if v.always_valid_p is not None}
@@ -191,6 +193,15 @@ class _Step:
             weights = thompson_weights(shares, self.spec.allocation_floor)
             self._set_weights({v.name: weights.get(v.name, 0) for v in s.variants})
         s.message = self._progress_text(analysis)
+
+    def _outcomes_condition(self) -> None:
+        """A reading problem (e.g. primaryMetric.query on a provider that cannot run PromQL) is a condition; it is
+        set back to True when the outcomes read again, and never shown for an experiment that never had one."""
+        problem = self.obs.outcomes_problem
+        if problem is not None:
+            self._condition(OUTCOMES_READ, False, "OutcomesUnreadable", problem)
+        elif any(c.type == OUTCOMES_READ for c in self.s.conditions):
+            self._condition(OUTCOMES_READ, True, "OutcomesRead", "the outcomes are read again")
 
     def _by_hand(self, analysis: Analysis) -> str:
         """The verdict of `conclude`: who led at this look and by how much, marked as no statistical verdict."""

@@ -48,3 +48,4 @@ class Observations:
     target_rollout: str | None = None  # the target's rollout in progress, in words; None when it is stable
     arms: dict[str, ArmObservation] = field(default_factory=dict)  # by variant name; missing = nothing yet
     command: ExperimentCommand | None = None
+    outcomes_problem: str | None = None  # the outcomes could not be read (a query error, a provider refusal)

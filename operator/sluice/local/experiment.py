@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
+from sluice.api.base import parse_duration
 from sluice.api.experiment import Experiment, ExperimentPhase, ExperimentStatus, MetricKind
 from sluice.api.model_deployment import ModelDeployment
 from sluice.api.status import VersionRef
-from sluice.api.base import parse_duration
 from sluice.engine.experiment import ArmHealth, ExperimentLoop, TargetView
 from sluice.engine.routing import ExperimentArms, Routing, experiment_config, serving_config
 from sluice.experiment.actions import Action, DeployArms, EmitEvent, EndArms, PromoteVariant, SetWeights
