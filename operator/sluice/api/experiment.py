@@ -189,6 +189,9 @@ class VariantStats(ApiModel):
     """What was observed for one arm."""
 
     name: str = Field(description="Variant name.")
+    version: str | None = Field(
+        default=None, description="Model version this arm serves (spec.variants[i].model.version when it started)."
+    )
     weight: int = Field(default=0, ge=0, le=100, description="Percent of enrolled units this arm gets now.")
     samples: int = Field(default=0, ge=0, description="Outcomes observed (units with a reported primary metric).")
     value: float | None = Field(default=None, description="Conversion rate or mean of the primary metric.")
