@@ -1,4 +1,4 @@
-"""`kubectl sluice experiment status|stop` as the real console script against the API emulator."""
+"""`kubectl sluice experiment status|conclude|stop` as the real console script against the API emulator."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`kubectl-sluice`: the kubectl plugin (`kubectl sluice status|promote|abort|retry|undo NAME`, and
-`kubectl sluice experiment status|stop NAME`).
+`kubectl sluice experiment status|conclude|stop NAME`).
 
 `status` renders a ModelDeployment's status (operator/sluice/api/status.py) as compact tables. The verbs only set
 the annotation `sluice.dev/command: "<verb>:<nonce>"` with a merge patch: the operator compares it with
