@@ -20,9 +20,11 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SLUICE, "run", *args], cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
 
 
-def test_ab_example_concludes_with_the_better_arm_and_promotes_it() -> None:
+@pytest.mark.parametrize("backend", ["onnx", pytest.param("triton", marks=pytest.mark.triton)])
+def test_ab_example_concludes_with_the_better_arm_and_promotes_it(backend: str) -> None:
+    """Both arms as versions of the plane: in-process onnxruntime, or a real tritonserver behind the router."""
     result = _run(
-        "-f", "manifests/examples/03-experiment-ab.yaml", "--backend", "onnx", "--load", "80",
+        "-f", "manifests/examples/03-experiment-ab.yaml", "--backend", backend, "--load", "80",
         "--outcomes", "control=0.05,treatment=0.25", "--output", "json", "--timeout", "200",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
