@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
+from sluice.api.base import parse_duration
 from sluice.api.experiment import Experiment, ExperimentPhase, ExperimentStatus, MetricKind
 from sluice.api.model_deployment import ModelDeployment
 from sluice.api.status import VersionRef
-from sluice.engine.experiment import ExperimentLoop, TargetView
+from sluice.engine.experiment import ArmHealth, ExperimentLoop, TargetView
 from sluice.engine.routing import ExperimentArms, Routing, experiment_config, serving_config
 from sluice.experiment.actions import Action, DeployArms, EmitEvent, EndArms, PromoteVariant, SetWeights
 from sluice.experiment.core import TERMINAL
@@ -69,15 +70,34 @@ class LocalExperimentPlatform:
     events: list[EmitEvent] = field(default_factory=list)
     command: ExperimentCommand | None = None
     promoted: VersionRef | None = None
+    url: str = ""  # the plane's base URL: each arm's readiness is asked there once the arms are deployed
     _arms: dict[str, tuple[VersionRef, int]] = field(default_factory=dict)
     _header: str = ""
     _salt: str = ""
 
     def __post_init__(self) -> None:
         self.stable = self.stable or version_ref(self.target_doc.spec.model)
+        self.health = ArmHealth(parse_duration(self.target_doc.spec.analysis.progress_deadline))
 
     async def target(self) -> TargetView:
-        return TargetView(exists=True, rollout=None, command=self.command)
+        return TargetView(exists=True, rollout=None, command=self.command, failed_arms=await self._failed_arms())
+
+    async def _failed_arms(self) -> dict[str, str]:
+        """Arms whose version the plane does not answer ready for (its model did not load), by the shared rule."""
+        if not self.url or not self._arms:
+            return {}
+        model, out = self.target_doc.spec.model.name, {}
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            for name, (ref, _) in self._arms.items():
+                try:
+                    r = await http.get(f"{self.url}/v2/models/{model}/versions/{ref.version}/ready")
+                    ready, reason = r.status_code == 200, f"the local data plane answers HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    ready, reason = False, f"the local data plane does not answer: {type(exc).__name__}"
+                why = self.health.judge(name, ready, reason, False, time.monotonic())
+                if why is not None:
+                    out[name] = f"model {ref.uri} (version {ref.version}): {why}"
+        return out
 
     def _arms_config(self) -> ServingConfig:
         metric = self.experiment.spec.primary_metric
@@ -207,7 +227,7 @@ async def run_experiment(
     quiet: bool,
 ) -> tuple[ExperimentStatus, LocalExperimentPlatform, ExperimentTraffic | None]:
     """Run the experiment until a terminal phase, `timeout_s`, or SIGINT/SIGTERM; returns the final status."""
-    platform = LocalExperimentPlatform(target, experiment, plane)
+    platform = LocalExperimentPlatform(target, experiment, plane, url=plane.url)
     provider = create_provider(target.spec.analysis.provider, metrics_url=plane.metrics_url)
     meta = experiment.metadata
     loop = ExperimentLoop(experiment.spec, platform, provider, name=meta.name, uid=meta.uid or meta.name, poll_s=0.5)
