@@ -26,7 +26,7 @@ from tests.serving.helpers import (
 
 from sluice.serving.admin import AdminAuth
 from sluice.serving.app import build_app
-from sluice.serving.backends.base import Backend
+from sluice.serving.backends.base import VariantBackend
 from sluice.serving.config import ServingConfig, VariantConfig
 from sluice.serving.errors import hide_uris, redact_uris
 from sluice.serving.router import Router
@@ -57,7 +57,7 @@ class UriLeakingBackend(FailingBackend):
 
 @pytest.fixture(scope="module")
 def router(model_bytes: bytes) -> Router:
-    backends: dict[str, Backend] = {
+    backends: dict[str, VariantBackend] = {
         "stable": OnnxBackend(model_bytes, "v1"),
         "canary": OnnxBackend(model_bytes, "v2"),
         "bug": ComplexBackend(model_bytes, "v3"),
