@@ -21,7 +21,7 @@ from sluice.api.base import GROUP, VERSION, ConditionStatus
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus, VersionRef
 from sluice.engine.platform import Readiness
-from sluice.engine.routing import Routing
+from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms, Routing
 from sluice.operator import events
 from sluice.operator.config import OperatorConfig
 from sluice.operator.kube import ApiError, KubeClient, Obj, contains, merge_diff, our_fields
@@ -165,8 +165,27 @@ class KubePlatform:
         self.spec, self.renderer, self.generation = spec, renderer_for(spec.backend), generation
         self.prune_needed = True
 
+    def experiment_arms(self) -> ExperimentArms | None:
+        """The arms an Experiment handed to this ModelDeployment (its annotation), while no rollout is in progress.
+
+        An unreadable annotation is ignored (logged): the rollout's routing keeps serving.
+        """
+        text = ((self.body.get("metadata") or {}).get("annotations") or {}).get(ARMS_ANNOTATION)
+        if not text or self.routing.stable is None or self.routing.canary is not None:
+            return None
+        try:
+            return ExperimentArms.from_json(text)
+        except ValueError as exc:
+            log.warning("%s/%s: %s", self.owner.namespace, self.owner.name, exc)
+            return None
+
     def desired(self) -> Desired:
-        return Desired(routing=Routing(**vars(self.routing)), running=tuple(self.running))
+        arms = self.experiment_arms()
+        running = list(self.running)
+        for _, ref, _ in arms.arms if arms is not None else ():
+            if all(r.version != ref.version for r in running):
+                running.append(ref)  # every arm's version keeps a workload while the experiment runs
+        return Desired(routing=Routing(**vars(self.routing)), running=tuple(running), arms=arms)
 
     def children(self) -> list[Obj]:
         """The rendered children, re-rendered only when the spec or the desired state changed (YAML is costly)."""

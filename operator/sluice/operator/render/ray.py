@@ -19,7 +19,7 @@ import yaml
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.engine.routing import serving_config
+from sluice.engine.routing import desired_config
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
 from sluice.operator.render.gpu import insufficient_gpu, placement
@@ -107,7 +107,7 @@ class RayRenderer:
 
 def serve_config_yaml(spec: ModelDeploymentSpec, desired: Desired) -> str:
     """serveConfigV2: a YAML string (KubeRay's field type), keys sorted so equal inputs give equal text."""
-    config = with_kept_versions(serving_config(spec, desired.routing), desired.running)
+    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms), desired.running)
     args: dict[str, Any] = {}
     if spec.scaling.autoscaling is None:
         args["model_replicas"] = spec.scaling.replicas
