@@ -92,6 +92,13 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["list"]
+{{- if .Values.monitoring.modelServiceMonitors.enabled }}
+# monitoring.modelServiceMonitors: a ServiceMonitor for each ModelDeployment's router and model servers, applied and
+# pruned like the other children (backend ray also gets a Service over the Ray head: the services rule above).
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end }}
 # GPU placement: the model pods of each version are read to report InsufficientGPU (Unschedulable for nvidia.com/gpu).
 - apiGroups: [""]
   resources: ["pods"]

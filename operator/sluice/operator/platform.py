@@ -45,6 +45,8 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ConfigMap"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 )
+# Children the model serves without (monitoring): skipped, with a warning, where the cluster lacks their API.
+OPTIONAL_KINDS = frozenset({"ServiceMonitor"})
 # Children kept current by Kopf watches (handlers/children.py): read from memory, never GET.
 WATCHED_KINDS = frozenset({"RayService", "Deployment"})
 # Operator-level condition types (the rollout core owns Ready, Progressing, Degraded, RolledBack, AnalysisNoData).
@@ -148,6 +150,8 @@ class KubePlatform:
         self.watched: Mapping[tuple[str, str, str], Obj] = watched if watched is not None else {}
         self._rendered: tuple[ModelDeploymentSpec, str, list[Obj]] | None = None
         self._applied: dict[Key, tuple[Obj, Obj]] = {}  # child -> (our fields last applied, the API's answer)
+        # Optional kinds this cluster does not serve: not tried again until the operator restarts.
+        self._unserved: set[str] = set()
         self.pods: list[Obj] = []
         self.pods_every_s = pods_every_s
         self._pods_at = -pods_every_s
@@ -208,9 +212,16 @@ class KubePlatform:
             if known is not None:
                 live[key] = known
                 continue
+            if child["kind"] in self._unserved:
+                continue
             try:
                 got = await self._apply(key, child, mine)
             except ApiError as exc:
+                if exc.type_missing and child["kind"] in OPTIONAL_KINDS:
+                    # Monitoring is an add-on: without prometheus-operator's CRDs the model still serves.
+                    log.warning("%s %s not written: %s is not served here", child["kind"], key[1], child["apiVersion"])
+                    self._unserved.add(child["kind"])
+                    continue
                 if exc.type_missing:
                     raise BadInput(
                         BACKEND_AVAILABLE,
