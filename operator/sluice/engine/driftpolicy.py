@@ -9,7 +9,6 @@ bins the router counts on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from sluice.drift.actions import Action
 from sluice.drift.core import check_reference, feature_keys
 from sluice.drift.observations import window_missing
 from sluice.drift.profile import PREDICTION, NumericFeature, feature_key
+from sluice.engine.ticks import run_ticks
 from sluice.providers.base import MISSING_BIN, FeatureBinCounts, FeatureCounts
 from sluice.rollout.measurements import MetricError, NoData
 from sluice.serving.config import Bins, DriftProfileConfig, FeatureBins
@@ -141,10 +141,4 @@ class DriftLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set. A failing tick is logged and retried from the last saved status."""
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("drift tick failed; retrying in %.1fs", self.poll_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
+        await run_ticks(stop, self.tick, self.poll_s, "drift")

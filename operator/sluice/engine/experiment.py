@@ -8,7 +8,6 @@ look number, so a restarted controller repeats exactly the draws it would have m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import numpy as np
 
 from sluice.api.base import parse_duration
 from sluice.api.experiment import ExperimentPhase, ExperimentSpec, ExperimentStatus, MetricKind
+from sluice.engine.ticks import run_ticks
 from sluice.experiment.actions import Action
 from sluice.experiment.core import step
 from sluice.experiment.observations import ArmObservation, ExperimentCommand, Observations
@@ -211,10 +211,4 @@ class ExperimentLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set. A failing tick is logged and retried from the last saved status."""
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("experiment tick failed; retrying in %.1fs", self.poll_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
+        await run_ticks(stop, self.tick, self.poll_s, "experiment")

@@ -8,7 +8,6 @@ and the provider is sampled once then as a baseline, so the first analysis cover
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from sluice.api.base import parse_duration
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus, Phase
 from sluice.engine.platform import Platform
+from sluice.engine.ticks import run_ticks
 from sluice.providers.base import MetricProvider, Window
 from sluice.rollout import Observations, revision_hash, step
 from sluice.rollout.actions import Action
@@ -98,10 +98,4 @@ class RolloutLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set. A failing tick is logged and retried from the last saved status."""
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("rollout tick failed; retrying in %.1fs", self.poll_s)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
+        await run_ticks(stop, self.tick, self.poll_s, "rollout")
