@@ -140,9 +140,9 @@ def run(emulator: Any, count: int, threads: int, timeout: float, operator: Opera
 
     def progress() -> tuple[int, int, int]:
         """(RayServices, MDs with a RayService and a phase, Stable MDs); runs in the emulator's loop, no copies."""
-        rendered = {k[3] for k in em._store if k[:3] == ("ray.io", "rayservices", NAMESPACE)}
+        rendered = {k[3] for k in em.store if k[:3] == ("ray.io", "rayservices", NAMESPACE)}
         phased = stable = 0
-        for key, md in em._store.items():
+        for key, md in em.store.items():
             if key[:3] == ("sluice.dev", "modeldeployments", NAMESPACE):
                 phase = (md.get("status") or {}).get("phase")
                 phased += bool(phase) and key[3] in rendered

@@ -47,13 +47,13 @@ def _code(text: str) -> str:
     return "<code>" + html.escape(text, quote=False).translate(_MARKDOWN_ENTITIES) + "</code>"
 
 
-def _span(text: str) -> str:
+def span(text: str) -> str:
     """A Markdown code span outside tables, where `|` and brackets are harmless (readable in the raw file too)."""
     fence = "``" if "`" in text else "`"
     return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
 
 
-def _cell(text: str) -> str:
+def cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "&#124;")
 
 
@@ -137,7 +137,7 @@ def _object_sections(kind: str, path: str, node: dict[str, Any]) -> Iterable[str
             default = _code(json.dumps(child["default"], ensure_ascii=False)) if "default" in child else ""
             checks = "<br>".join(_validation(child, name in required))
             lines.append(
-                f"| `{name}` | {type_text} | {default} | {_cell(child.get('description', ''))} | {_cell(checks)} |"
+                f"| `{name}` | {type_text} | {default} | {cell(child.get('description', ''))} | {cell(checks)} |"
             )
         lines.append("")
     rules = node.get("x-kubernetes-validations", [])
@@ -145,7 +145,7 @@ def _object_sections(kind: str, path: str, node: dict[str, Any]) -> Iterable[str
         lines += ["Rules (the API server runs the CEL; `sluice validate` and `sluice run` run its Python twin):", ""]
         for rule in rules:
             where = (path + rule.get("fieldPath", "")).lstrip(".") or "(the object)"
-            lines += [f"- `{where}`: {rule['message']}", f"    <br>CEL: {_span(rule['rule'])}"]
+            lines += [f"- `{where}`: {rule['message']}", f"    <br>CEL: {span(rule['rule'])}"]
         lines.append("")
     yield "\n".join(lines)
     for sub, target in children:
@@ -232,7 +232,7 @@ def api_reference() -> str:
             "|---|---|---|---|",
         ]
         for c in info.columns:
-            out.append(f"| {c['name']} | {c['type']} | `{c['jsonPath']}` | {_cell(c.get('description', ''))} |")
+            out.append(f"| {c['name']} | {c['type']} | `{c['jsonPath']}` | {cell(c.get('description', ''))} |")
         out.append("")
         out += ["Top-level fields:", ""]
         out += _object_sections(info.kind, "", schema)
@@ -284,7 +284,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         columns += [k for k in row if k not in columns]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(_fmt(row.get(c))) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(_fmt(row.get(c))) for c in columns) + " |" for row in rows]
     return lines
 
 
@@ -567,7 +567,7 @@ def benchmarks_page(results_dir: Path | None = None) -> str:
         if sec.rows:
             out += [*_table(sec.rows), ""]
         for note in sec.notes:
-            out += [_cell(note), ""]
+            out += [cell(note), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -63,11 +63,11 @@ def test_api_reference_lists_every_field_and_rule_of_the_models() -> None:
             wire = field.alias or name
             assert f"| `{wire}` |" in page, f"{model.__name__}.{name} ({wire}) missing from {gen.API_PAGE}"
             if field.description and not (model in roots and name in ("api_version", "kind", "metadata")):
-                assert gen._cell(field.description) in page, f"description of {model.__name__}.{name}"
+                assert gen.cell(field.description) in page, f"description of {model.__name__}.{name}"
         if issubclass(model, ApiModel):
             for rule in model.rules:
                 assert rule.message in page, f"rule of {model.__name__}: {rule.message}"
-                assert gen._span(rule.cel) in page, f"CEL of {model.__name__}: {rule.cel}"
+                assert gen.span(rule.cel) in page, f"CEL of {model.__name__}: {rule.cel}"
     for info in CRDS:
         for column in info.columns:
             assert f"| {column['name']} | {column['type']} | `{column['jsonPath']}` |" in page

@@ -47,13 +47,13 @@ def test_spec_refused_by_the_models_but_admitted_by_the_server_is_reported_by_fi
     bad = with_model(v1, "v2", "file:models/fraud-v2.onnx")
     bad["spec"]["analysis"] = {"checks": [{"name": "agree", "type": "shadow-disagreement", "max": 0.1}]}
     # A server that does not enforce CRD validation rules (CEL off, as before Kubernetes 1.25) admits it.
-    rules = kube_emulator.call(lambda: kube_emulator.emulator._cel)
-    kube_emulator.call(lambda: setattr(kube_emulator.emulator, "_cel", None))
+    rules = kube_emulator.call(lambda: kube_emulator.emulator.cel)
+    kube_emulator.call(lambda: setattr(kube_emulator.emulator, "cel", None))
     try:
         cluster.apply_md(bad)
         found = wait_for("SpecValid=False", lambda: condition(cluster, "SpecValid", "False"))
     finally:
-        kube_emulator.call(lambda: setattr(kube_emulator.emulator, "_cel", rules))
+        kube_emulator.call(lambda: setattr(kube_emulator.emulator, "cel", rules))
     assert "spec.analysis.checks[0].type" in found["message"], found
     assert found["observedGeneration"] == 2
     warnings = [e for e in cluster.events("fraud") if e["reason"] == "InvalidSpec"]

@@ -180,7 +180,7 @@ def test_an_expired_resource_version_re_lists_and_continues(start_router: Any) -
 
         def flood() -> None:  # other ConfigMaps' events push the router's resourceVersion out of the history
             for i in range(WATCH_HISTORY + 10):
-                em._create(rt, NAMESPACE, {"metadata": {"name": f"flood-{i}"}, "data": {"i": str(i)}})
+                em.create(rt, NAMESPACE, {"metadata": {"name": f"flood-{i}"}, "data": {"i": str(i)}})
 
         emulator.call(flood)
         wait_for("a re-list after 410", lambda: "listing again" in router.log.read_text(), 10)

@@ -526,13 +526,13 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the semantics of a real API server (see the module docstring)."""
 
     _types: dict[tuple[str, str, str], ResourceType] = attrs.field(factory=dict, init=False)
-    _store: dict[StoreKey, Obj] = attrs.field(factory=dict, init=False)
+    store: dict[StoreKey, Obj] = attrs.field(factory=dict, init=False)  # every object; read it on the thread
     _rv: int = attrs.field(default=1, init=False)
     _history: dict[tuple[str, str], collections.deque[tuple[int, str, Obj]]] = attrs.field(
         factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=WATCH_HISTORY)), init=False
     )
     _watchers: list[_Watcher] = attrs.field(factory=list, init=False)
-    _cel: CelRules | None = attrs.field(default=None, init=False)
+    cel: CelRules | None = attrs.field(default=None, init=False)  # None: CRD validation rules are not enforced
     _validators: dict[int, Any] = attrs.field(factory=dict, init=False)
     writes: int = attrs.field(default=0, init=False)
     _strict: bool = attrs.field(default=False, init=False)
@@ -544,7 +544,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         if self.cel_rules:
-            self._cel = CelRules()
+            self.cel = CelRules()
         for rt in BUILTINS:
             self.register(rt)
         for name in ("default", "kube-system", "kube-public"):
@@ -587,8 +587,8 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         group, plural = spec.get("group"), spec.get("names", {}).get("plural")
         for key in [k for k in self._types if k[0] == group and k[2] == plural]:
             del self._types[key]
-        for stored in [k for k in self._store if k[0] == group and k[1] == plural]:
-            del self._store[stored]  # a CRD takes its objects with it
+        for stored in [k for k in self.store if k[0] == group and k[1] == plural]:
+            del self.store[stored]  # a CRD takes its objects with it
 
     @property
     def resource_types(self) -> list[ResourceType]:
@@ -604,7 +604,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
 
     def stored(self, plural: str, group: str = "") -> list[Obj]:
         """All stored objects of one resource (deep copies), for assertions from the server's thread."""
-        return [copy.deepcopy(o) for (g, p, _, _), o in self._store.items() if g == group and p == plural]
+        return [copy.deepcopy(o) for (g, p, _, _), o in self.store.items() if g == group and p == plural]
 
     # -- audit and hooks -------------------------------------------------------------------------------------
 
@@ -829,7 +829,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         # Everything below runs without awaiting, so a per-request flag on the emulator is safe in its one loop.
         self._strict = query.get("fieldValidation") == "Strict"
         if method == "POST" and name is None:
-            obj = self._create(rt, namespace, body, dry_run=dry_run)
+            obj = self.create(rt, namespace, body, dry_run=dry_run)
             return aiohttp.web.json_response(self._output(rt, obj), status=201)
         if method == "PUT" and name is not None:
             obj = self._replace(rt, namespace, name, sub, body, dry_run=dry_run)
@@ -909,7 +909,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         )
 
     def _get(self, rt: ResourceType, namespace: str, name: str) -> Obj:
-        obj = self._store.get(self._key(rt, namespace, name))
+        obj = self.store.get(self._key(rt, namespace, name))
         if obj is None:
             raise self._not_found(rt, name)
         return obj
@@ -917,7 +917,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     def _select(self, rt: ResourceType, namespace: str) -> list[Obj]:
         return [
             o
-            for (g, p, ns, _), o in self._store.items()
+            for (g, p, ns, _), o in self.store.items()
             if g == rt.group and p == rt.plural and (not namespace or ns == namespace)
         ]
 
@@ -973,9 +973,9 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         for error in sorted(validator.iter_errors(checked), key=lambda e: list(map(str, e.absolute_path))):
             where = field_path(error.absolute_path) or "<root>"
             errors.append((where, f"Invalid value: {json.dumps(error.instance)[:80]}: {error.message}"))
-        if self._cel is not None and not errors:
+        if self.cel is not None and not errors:
             old_checked = {k: v for k, v in old.items() if k != "metadata"} if old else None
-            self._cel.check(checked, old_checked, rt.schema, [], errors)
+            self.cel.check(checked, old_checked, rt.schema, [], errors)
         if errors:
             name = obj.get("metadata", {}).get("name", "")
             group = f".{rt.group}" if rt.group else ""
@@ -1001,7 +1001,8 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
             raise ApiError(400, "BadRequest", "metadata must be an object")
         return body
 
-    def _create(self, rt: ResourceType, namespace: str, body: Any, *, dry_run: bool = False) -> Obj:
+    def create(self, rt: ResourceType, namespace: str, body: Any, *, dry_run: bool = False) -> Obj:
+        """Store a new object as a POST would (events and all); call it on the emulator's thread."""
         obj = copy.deepcopy(self._check_kind(rt, body))
         meta = obj.setdefault("metadata", {})
         if rt.namespaced:
@@ -1011,7 +1012,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
                 )
             if not namespace:
                 raise ApiError(400, "BadRequest", f"{rt.plural} are namespaced: create them under a namespace")
-            if ("", "namespaces", "", namespace) not in self._store:
+            if ("", "namespaces", "", namespace) not in self.store:
                 raise ApiError(
                     404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"}
                 )
@@ -1026,7 +1027,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
             raise ApiError(
                 422, "Invalid", f"metadata.name: Invalid value: {meta['name']!r}: must be a lowercase RFC 1123 name"
             )
-        if self._key(rt, namespace, meta["name"]) in self._store:
+        if self._key(rt, namespace, meta["name"]) in self.store:
             group = f".{rt.group}" if rt.group else ""
             raise ApiError(
                 409,
@@ -1049,7 +1050,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         if dry_run:
             return obj
         meta["resourceVersion"] = self._bump()
-        self._store[self._key(rt, meta.get("namespace", ""), meta["name"])] = obj
+        self.store[self._key(rt, meta.get("namespace", ""), meta["name"])] = obj
         if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
             self.register_crd(obj)
             obj["status"] = {
@@ -1111,11 +1112,11 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         new_meta["resourceVersion"] = self._bump()
         key = self._key(rt, new_meta.get("namespace", ""), new_meta["name"])
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
-            del self._store[key]
+            del self.store[key]
             self._emit(rt, "DELETED", result)
             self._collect(rt, result)
             return result
-        self._store[key] = result
+        self.store[key] = result
         if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
             self.register_crd(result)
         self._emit(rt, "MODIFIED", result)
@@ -1145,11 +1146,11 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         dry_run: bool,
     ) -> tuple[Obj, bool]:
         key = self._key(rt, namespace, name)
-        old = self._store.get(key)
+        old = self.store.get(key)
         if content_type == "application/apply-patch+yaml" and old is None:
             body = self._check_kind(rt, body)
             body.setdefault("metadata", {})["name"] = name
-            return self._create(rt, namespace, body, dry_run=dry_run), True
+            return self.create(rt, namespace, body, dry_run=dry_run), True
         if old is None:
             raise self._not_found(rt, name)
         if content_type == "application/json-patch+json":
@@ -1179,7 +1180,7 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
             return self._output(rt, obj), 200
         details = {"name": name, "group": rt.group, "kind": rt.plural, "uid": meta["uid"]}
         if not dry_run:
-            del self._store[self._key(rt, namespace, name)]
+            del self.store[self._key(rt, namespace, name)]
             meta["resourceVersion"] = self._bump()
             self._emit(rt, "DELETED", obj)
             if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
@@ -1194,13 +1195,13 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         is_namespace = rt.group == "" and rt.plural == "namespaces"
 
         def sweep() -> None:
-            for (group, plural, ns, name), obj in list(self._store.items()):
+            for (group, plural, ns, name), obj in list(self.store.items()):
                 owners = obj["metadata"].get("ownerReferences", [])
                 doomed = any(ref.get("uid") == uid for ref in owners)
                 doomed = doomed or (is_namespace and ns == owner["metadata"]["name"])
                 if doomed:
                     rt = next(t for t in self._types.values() if t.group == group and t.plural == plural)
-                    if (group, plural, ns, name) in self._store:
+                    if (group, plural, ns, name) in self.store:
                         self._delete(rt, ns, name, dry_run=False, orphan=False)
 
         asyncio.get_running_loop().call_soon(sweep)

@@ -42,7 +42,8 @@ from sluice.local.driftpolicy import drift_config, load_reference, run_drift
 from sluice.local.experiment import parse_outcomes, run_experiment
 from sluice.local.modeldeployment import run_rollout
 from sluice.rollout.core import version_ref
-from sluice.serving.launch import BACKENDS, LaunchError, start_data_plane
+from sluice.serving.config import ServingConfig
+from sluice.serving.launch import BACKENDS, LaunchError, PlaneBackend, RunningPlane, start_data_plane
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_INVALID, EXIT_OTHER = 0, 1, 2, 3
 _EXIT = {Phase.SUCCEEDED: EXIT_PROMOTED, Phase.STABLE: EXIT_PROMOTED, Phase.ROLLED_BACK: EXIT_ROLLED_BACK}
@@ -99,14 +100,10 @@ def run(args: argparse.Namespace) -> int:
     first = docs[0].spec
     backend: Literal["ray", "triton", "onnx"] = args.backend or first.backend.value
     config = serving_config(first, Routing(stable=version_ref(first.model)))
-    try:
-        plane = start_data_plane(config, backend, args.filename[0].resolve().parent, port=args.port)
-    except LaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    plane = start_plane(config, backend, args.filename[0].resolve().parent, args.port, quiet=args.output == "json")
+    if plane is None:
         return EXIT_OTHER
     try:
-        if args.output == "text":
-            print(f"serving {first.model.name} on {plane.url} ({backend}); metrics at {plane.metrics_url}", flush=True)
         status = asyncio.run(
             run_rollout(docs, plane, load_rps=args.load, timeout_s=args.timeout, quiet=args.output == "json")
         )
@@ -120,6 +117,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 _EXPERIMENT_EXIT = {ExperimentPhase.CONCLUDED: EXIT_PROMOTED, ExperimentPhase.STOPPED: EXIT_ROLLED_BACK}
+
+
+def start_plane(
+    config: ServingConfig, backend: PlaneBackend, base_dir: Path, port: int, *, quiet: bool
+) -> RunningPlane | None:
+    """Start the local data plane and say where it serves; None (the reason printed) when it cannot start."""
+    try:
+        plane = start_data_plane(config, backend, base_dir, port=port)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    if not quiet:
+        print(f"serving {config.model_name} on {plane.url} ({backend}); metrics at {plane.metrics_url}", flush=True)
+    return plane
 
 
 def _objects(paths: list[Path]) -> list[object]:
@@ -160,15 +171,11 @@ def run_experiment_command(args: argparse.Namespace, experiments: list[Experimen
         return EXIT_INVALID
     backend: Literal["ray", "triton", "onnx"] = args.backend or target.spec.backend.value
     config = serving_config(target.spec, Routing(stable=version_ref(target.spec.model)))
-    try:
-        plane = start_data_plane(config, backend, args.filename[0].resolve().parent, port=args.port)
-    except LaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_OTHER
     quiet = args.output == "json"
+    plane = start_plane(config, backend, args.filename[0].resolve().parent, args.port, quiet=quiet)
+    if plane is None:
+        return EXIT_OTHER
     try:
-        if not quiet:
-            print(f"serving {target.spec.model.name} on {plane.url} ({backend}); metrics at {plane.metrics_url}")
         status, platform, traffic = asyncio.run(
             run_experiment(
                 target, experiment, plane, load_rps=args.load, outcomes=outcomes, timeout_s=args.timeout, quiet=quiet
@@ -207,15 +214,11 @@ def run_drift_command(args: argparse.Namespace, policies: list[DriftPolicy], doc
     profile, problem = load_reference(policy, base_dir)
     target = revisions[-1]
     backend: Literal["ray", "triton", "onnx"] = args.backend or target.spec.backend.value
-    try:
-        plane = start_data_plane(drift_config(target, policy, profile), backend, base_dir, port=args.port)
-    except LaunchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_OTHER
     quiet = args.output == "json"
+    plane = start_plane(drift_config(target, policy, profile), backend, base_dir, args.port, quiet=quiet)
+    if plane is None:
+        return EXIT_OTHER
     try:
-        if not quiet:
-            print(f"serving {target.spec.model.name} on {plane.url} ({backend}); metrics at {plane.metrics_url}")
         status, platform, traffic = asyncio.run(
             run_drift(
                 revisions,

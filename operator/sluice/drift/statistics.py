@@ -90,7 +90,7 @@ def _smirnov(n: int, x: float) -> float:
     return float(x * math.exp(top) * np.sum(np.exp(log_terms - top)))
 
 
-def _kstwo_sf(d: float, n: int) -> float:
+def kstwo_sf(d: float, n: int) -> float:
     """scipy.stats.kstwo.sf(d, n), with scipy's own branch for 2.2 <= n d^2 < 370 (p below 0.025) computed by
     `_smirnov` instead of scipy's slow series; every other case is scipy's code."""
     t = n * d
@@ -105,7 +105,7 @@ def _ks_pvalue(d: Any, n1: Any, n2: Any) -> Any:
     m, n = np.maximum(n1f, n2f), np.minimum(n1f, n2f)
     en = np.round(m * n / (m + n))
     d_b, en_b = np.broadcast_arrays(np.asarray(d, dtype=np.float64), en)
-    out = np.array([_kstwo_sf(float(x), int(k)) for x, k in zip(d_b.ravel(), en_b.ravel(), strict=True)])
+    out = np.array([kstwo_sf(float(x), int(k)) for x, k in zip(d_b.ravel(), en_b.ravel(), strict=True)])
     return np.clip(out.reshape(d_b.shape), 0.0, 1.0)
 
 

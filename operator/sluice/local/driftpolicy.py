@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from sluice.drift.profile import Profile, ProfileError, load_profile
 from sluice.engine.driftpolicy import DriftLoop, router_profile
 from sluice.engine.routing import Routing, serving_config
 from sluice.local.modeldeployment import DataPlaneHandle, RunningPlane
+from sluice.local.run import Session, Views
 from sluice.local.traffic import Traffic
 from sluice.providers.builtin import BuiltinProvider
 from sluice.rollout.core import version_ref
@@ -145,30 +145,19 @@ async def run_drift(
         problem=problem,
         poll_s=0.5,
     )
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     traffic = Traffic(plane.url, target.spec.model.name, load_rps, shift_after_s=shift_after_s, shift=shift)
-    task = asyncio.create_task(traffic.run(stop)) if load_rps > 0 else None
-    deadline, last = time.monotonic() + timeout_s, ""
-    try:
-        while time.monotonic() < deadline and not stop.is_set():
-            await loop.tick()
-            view = _view(loop.status)
-            if view != last and not quiet:
-                print(f"{time.strftime('%H:%M:%S')} {view}" + (" [inputs shifted]" if traffic.shifted else ""))
-                last = view
-            if loop.status.state == DriftState.DRIFTED and loop.status.last_action_type is not None:
-                break
-            if loop.status.state == DriftState.DRIFTED and policy.spec.action.type.value == "alert":
-                break
-            if problem is not None:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), loop.poll_s)
-    finally:
-        stop.set()
-        if task is not None:
-            await task
-        await provider.close()
+    views = Views(quiet)
+
+    def done() -> bool:
+        views.show(_view(loop.status), " [inputs shifted]" if traffic.shifted else "")
+        if loop.status.state == DriftState.DRIFTED and loop.status.last_action_type is not None:
+            return True
+        if loop.status.state == DriftState.DRIFTED and policy.spec.action.type.value == "alert":
+            return True
+        return problem is not None
+
+    async with Session(provider) as session:
+        if load_rps > 0:
+            session.start(traffic.run(session.stop))
+        await session.drive(loop.tick, done, timeout_s, loop.poll_s)
     return loop.status, platform, traffic

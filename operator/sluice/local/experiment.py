@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +27,7 @@ from sluice.experiment.actions import Action, DeployArms, EmitEvent, EndArms, Pr
 from sluice.experiment.core import TERMINAL
 from sluice.experiment.observations import ExperimentCommand
 from sluice.local.modeldeployment import DataPlaneHandle, RunningPlane
+from sluice.local.run import Session, Views
 from sluice.local.traffic import Tally, first_input, infer_body
 from sluice.providers.factory import create_provider
 from sluice.rollout.core import version_ref
@@ -231,16 +231,14 @@ async def run_experiment(
     provider = create_provider(target.spec.analysis.provider, metrics_url=plane.metrics_url)
     meta = experiment.metadata
     loop = ExperimentLoop(experiment.spec, platform, provider, name=meta.name, uid=meta.uid or meta.name, poll_s=0.5)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     metric = experiment.spec.primary_metric
-    traffic = None
-    task = None
-    deadline, last = time.monotonic() + timeout_s, ""
-    try:
-        while time.monotonic() < deadline and not stop.is_set():
-            await loop.tick()
+    traffic: ExperimentTraffic | None = None
+    views = Views(quiet)
+
+    async with Session(provider) as session:
+
+        def done() -> bool:
+            nonlocal traffic
             if traffic is None and loop.status.phase is ExperimentPhase.RUNNING and load_rps > 0:
                 traffic = ExperimentTraffic(
                     plane.url,
@@ -251,18 +249,9 @@ async def run_experiment(
                     kind=metric.kind,
                     outcomes=outcomes,
                 )
-                task = asyncio.create_task(traffic.run(stop))
-            view = _view(loop.status)
-            if view != last and not quiet:
-                print(f"{time.strftime('%H:%M:%S')} {view}", flush=True)
-                last = view
-            if loop.status.phase in TERMINAL:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), loop.poll_s)
-    finally:
-        stop.set()
-        if task is not None:
-            await task
-        await provider.close()
+                session.start(traffic.run(session.stop))
+            views.show(_view(loop.status))
+            return loop.status.phase in TERMINAL
+
+        await session.drive(loop.tick, done, timeout_s, loop.poll_s)
     return loop.status, platform, traffic

@@ -8,10 +8,8 @@ its variants answer ready.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +18,7 @@ from sluice.api.status import TERMINAL_PHASES, ModelDeploymentStatus, Phase
 from sluice.engine.modeldeployment import RolloutLoop
 from sluice.engine.platform import Readiness
 from sluice.engine.routing import Routing, serving_config
+from sluice.local.run import Session, Views
 from sluice.local.traffic import Traffic
 from sluice.providers.factory import create_provider
 from sluice.rollout.actions import Action, EmitEvent
@@ -111,23 +110,6 @@ def _view(status: ModelDeploymentStatus) -> str:
     return line + (f" | {status.message}" if status.message else "")
 
 
-async def _drive(
-    loop: RolloutLoop, until: frozenset[Phase], timeout_s: float, stop: asyncio.Event, quiet: bool
-) -> bool:
-    deadline, last = time.monotonic() + timeout_s, ""
-    while time.monotonic() < deadline and not stop.is_set():
-        await loop.tick()
-        view = _view(loop.status)
-        if view != last and not quiet:
-            print(f"{time.strftime('%H:%M:%S')} {view}", flush=True)
-            last = view
-        if loop.status.phase in until:
-            return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), loop.poll_s)
-    return False
-
-
 async def run_rollout(
     docs: list[ModelDeployment], plane: RunningPlane, *, load_rps: float, timeout_s: float, quiet: bool
 ) -> ModelDeploymentStatus:
@@ -140,29 +122,34 @@ async def run_rollout(
     platform = LocalPlatform(first, plane)
     provider = create_provider(first.analysis.provider, metrics_url=plane.metrics_url)
     loop = RolloutLoop(first, platform, provider, name=docs[0].metadata.name, poll_s=0.5)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     traffic = Traffic(plane.url, first.model.name, load_rps) if load_rps > 0 else None
-    task = asyncio.create_task(traffic.run(stop)) if traffic else None
+    views = Views(quiet)
+
+    def reached(phases: frozenset[Phase]) -> Callable[[], bool]:
+        def done() -> bool:
+            views.show(_view(loop.status))
+            return loop.status.phase in phases
+
+        return done
+
     try:
-        if not await _drive(loop, frozenset({Phase.STABLE, *TERMINAL_PHASES}), timeout_s, stop, quiet):
-            return loop.status
-        for generation, doc in enumerate(docs[1:], start=2):
-            if not quiet:
-                print(
-                    f"applying {doc.metadata.name} model {doc.spec.model.version} ({doc.spec.rollout.strategy.value})"
-                )
-            loop.set_spec(doc.spec, generation)
-            platform.spec = doc.spec
-            await loop.tick()  # the new revision leaves the previous terminal phase
-            if not await _drive(loop, TERMINAL_PHASES, timeout_s, stop, quiet):
-                break
+        async with Session(provider) as session:
+            if traffic is not None:
+                session.start(traffic.run(session.stop))
+            if not await session.drive(
+                loop.tick, reached(frozenset({Phase.STABLE, *TERMINAL_PHASES})), timeout_s, loop.poll_s
+            ):
+                return loop.status
+            for generation, doc in enumerate(docs[1:], start=2):
+                if not quiet:
+                    strategy = doc.spec.rollout.strategy.value
+                    print(f"applying {doc.metadata.name} model {doc.spec.model.version} ({strategy})")
+                loop.set_spec(doc.spec, generation)
+                platform.spec = doc.spec
+                await loop.tick()  # the new revision leaves the previous terminal phase
+                if not await session.drive(loop.tick, reached(TERMINAL_PHASES), timeout_s, loop.poll_s):
+                    break
     finally:
-        stop.set()
-        if task is not None:
-            await task
-        await provider.close()
         if traffic is not None and not quiet:
             print(f"traffic: {traffic.tally.summary()}")
     return loop.status
