@@ -13,7 +13,7 @@ from tests.support.emulator import EmulatorThread
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = Path(sys.executable).parent / "kubectl-sluice"
-EXPS = "/apis/sluice.dev/v1alpha1/namespaces/default/experiments"
+EXPS = "/apis/sluice.dev/v1alpha1/namespaces/{ns}/experiments"
 MERGE = {"Content-Type": "application/merge-patch+json"}
 STATUS = {
     "phase": "Running",
@@ -45,29 +45,30 @@ def plugin(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(PLUGIN), *args], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_experiment_status_and_stop(kube_emulator: EmulatorThread, kubeconfig: Path) -> None:
+def test_experiment_status_and_stop(kube_emulator: EmulatorThread, kubeconfig: Path, namespace: str) -> None:
+    exps = EXPS.format(ns=namespace)
     body = list(yaml.safe_load_all((REPO / "manifests/examples/03-experiment-ab.yaml").read_text()))[1]
     body["metadata"]["name"] = "kubectl-ab"
     with httpx.Client(base_url=kube_emulator.url, timeout=30) as http:
-        assert http.post(EXPS, json=body).status_code == 201
-        written = http.patch(f"{EXPS}/kubectl-ab/status", json={"status": STATUS}, headers=MERGE)
+        assert http.post(exps, json=body).status_code == 201
+        written = http.patch(f"{exps}/kubectl-ab/status", json={"status": STATUS}, headers=MERGE)
         assert written.status_code == 200, written.text  # the status conforms to the CRD's status schema
-        result = plugin(kubeconfig, "experiment", "status", "kubectl-ab")
+        result = plugin(kubeconfig, "experiment", "status", "kubectl-ab", "-n", namespace)
         assert result.returncode == 0, result.stderr
         out = result.stdout
         assert "Phase:       Running   leader treatment +20.0% (97.0%)" in out
         row = next(line for line in out.splitlines() if line.startswith("treatment"))
         assert row.split() == ["treatment", "50%", "910", "0.12", "+20.0%", "[+5.0%,", "+35.0%]", "0.03", "0.98",
                                "running"]  # fmt: skip
-        result = plugin(kubeconfig, "experiment", "stop", "kubectl-ab")
+        result = plugin(kubeconfig, "experiment", "stop", "kubectl-ab", "-n", namespace)
         assert result.returncode == 0, result.stderr
-        annotations = http.get(f"{EXPS}/kubectl-ab").json()["metadata"]["annotations"]
+        annotations = http.get(f"{exps}/kubectl-ab").json()["metadata"]["annotations"]
         assert annotations["sluice.dev/command"].startswith("stop:")
-        result = plugin(kubeconfig, "experiment", "conclude", "kubectl-ab")
+        result = plugin(kubeconfig, "experiment", "conclude", "kubectl-ab", "-n", namespace)
         assert result.returncode == 0, result.stderr
         assert "conclude requested" in result.stdout
-        annotations = http.get(f"{EXPS}/kubectl-ab").json()["metadata"]["annotations"]
+        annotations = http.get(f"{exps}/kubectl-ab").json()["metadata"]["annotations"]
         assert annotations["sluice.dev/command"].startswith("conclude:")
-        missing = plugin(kubeconfig, "experiment", "status", "nope")
+        missing = plugin(kubeconfig, "experiment", "status", "nope", "-n", namespace)
         assert missing.returncode == 1
         assert 'experiment "nope" not found' in missing.stderr

@@ -7,11 +7,14 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from tests.support import wait_for
 from tests.support.emulator import EmulatorThread
+from tests.support.kube import own_namespace
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="the kubectl client is not installed")
 
@@ -24,6 +27,19 @@ metadata:
 spec:
   model: {model}
 """
+
+
+@pytest.fixture(scope="module")
+def module_namespace(kube_http: httpx.Client) -> Iterator[str]:
+    with own_namespace(kube_http, "kubectl") as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(kube_emulator: EmulatorThread, module_namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's kubeconfig (it overrides the session's): its context's namespace is the module's own, so the
+    widgets kubectl creates here never meet other tests' objects in `default`."""
+    return kube_emulator.write_kubeconfig(tmp_path_factory.mktemp("kubectl") / "config", namespace=module_namespace)
 
 
 def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -101,7 +117,9 @@ def test_strict_field_validation_refuses_unknown_fields(kubeconfig: Path, tmp_pa
     )
 
 
-def test_get_watch_prints_rows_as_objects_change(kubeconfig: Path, kube_emulator: EmulatorThread) -> None:
+def test_get_watch_prints_rows_as_objects_change(
+    kubeconfig: Path, kube_emulator: EmulatorThread, module_namespace: str
+) -> None:
     import httpx
 
     def watches() -> int:
@@ -109,7 +127,7 @@ def test_get_watch_prints_rows_as_objects_change(kubeconfig: Path, kube_emulator
 
     before = watches()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    command = ["kubectl", "get", "wd", "-n", "default", "-w", "-l", "app=watched"]
+    command = ["kubectl", "get", "wd", "-n", module_namespace, "-w", "-l", "app=watched"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     stdout = process.stdout
@@ -119,7 +137,7 @@ def test_get_watch_prints_rows_as_objects_change(kubeconfig: Path, kube_emulator
     try:
         wait_for("kubectl's watch to open", lambda: watches() > before, 20, 0.02)
         body = {"metadata": {"name": "kw1", "labels": {"app": "watched"}}, "spec": {"model": "m"}}
-        url = f"{kube_emulator.url}/apis/test.sluice.dev/v1/namespaces/default/widgets"
+        url = f"{kube_emulator.url}/apis/test.sluice.dev/v1/namespaces/{module_namespace}/widgets"
         assert httpx.post(url, json=body).status_code == 201
         httpx.patch(
             f"{url}/kw1/status",

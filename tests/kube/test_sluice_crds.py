@@ -7,7 +7,6 @@ would, and checks each refusal names the field and message the example's header 
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,6 @@ def plural_path(kube_http: httpx.Client, doc: dict[str, Any]) -> str:
 
 def sluice_docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict) and d.get("kind") in SLUICE_KINDS]
-
-
-@pytest.fixture
-def namespace(kube_http: httpx.Client) -> str:
-    """A namespace of this test's own: the session's one emulator may already hold objects of the examples' names."""
-    name = f"examples-{uuid.uuid4().hex[:8]}"
-    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-    response = kube_http.post("/api/v1/namespaces", json=body)
-    assert response.status_code == 201, response.text
-    return name
 
 
 def in_namespace(doc: dict[str, Any], namespace: str) -> dict[str, Any]:

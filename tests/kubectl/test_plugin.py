@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from tests.support import wait_for
 from tests.support.emulator import EmulatorThread
+from tests.support.kube import own_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "manifests" / "examples" / "10-canary-ray.yaml"
@@ -73,19 +75,33 @@ def plugin(kubeconfig: Path | None, *args: str, timeout: float = 60) -> subproce
 
 
 @pytest.fixture(scope="module")
-def fraud(kube_http: httpx.Client) -> str:
+def module_namespace(kube_http: httpx.Client) -> Iterator[str]:
+    with own_namespace(kube_http, "plugin") as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def config(kube_emulator: EmulatorThread, module_namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig whose context's namespace is this module's own (where `fraud` lives)."""
+    return kube_emulator.write_kubeconfig(tmp_path_factory.mktemp("plugin") / "config", namespace=module_namespace)
+
+
+@pytest.fixture(scope="module")
+def fraud(kube_http: httpx.Client, module_namespace: str) -> str:
     """The canary example from manifests/examples, with a mid-rollout status written through /status."""
     body = yaml.safe_load(EXAMPLE.read_text())
-    created = kube_http.post(MDS.format(ns="default"), json=body)
+    created = kube_http.post(MDS.format(ns=module_namespace), json=body)
     assert created.status_code == 201, created.text
     name: str = body["metadata"]["name"]
-    written = kube_http.patch(f"{MDS.format(ns='default')}/{name}/status", json={"status": STATUS}, headers=MERGE)
+    written = kube_http.patch(
+        f"{MDS.format(ns=module_namespace)}/{name}/status", json={"status": STATUS}, headers=MERGE
+    )
     assert written.status_code == 200, written.text  # the status conforms to the CRD's status schema
     return name
 
 
-def test_status_shows_the_rollout(kubeconfig: Path, fraud: str) -> None:
-    result = plugin(kubeconfig, "status", fraud)
+def test_status_shows_the_rollout(config: Path, fraud: str) -> None:
+    result = plugin(config, "status", fraud)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Phase:       Progressing - step 2 of 3" in out
@@ -99,18 +115,24 @@ def test_status_shows_the_rollout(kubeconfig: Path, fraud: str) -> None:
     assert "last carried out retry:2026-11-23T10:00:00Z-abc123" in out
 
 
-def test_kubectl_finds_the_plugin_on_path(kubeconfig: Path, fraud: str) -> None:
+def test_kubectl_finds_the_plugin_on_path(kubeconfig: Path, fraud: str, module_namespace: str) -> None:
     if shutil.which("kubectl") is None:
         pytest.skip("the kubectl client is not installed")
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{PLUGIN.parent}{os.pathsep}{os.environ['PATH']}"}
     listed = subprocess.run(["kubectl", "plugin", "list"], env=env, capture_output=True, text=True, check=False)
     assert "kubectl-sluice" in listed.stdout
     result = subprocess.run(
-        ["kubectl", "sluice", "status", fraud, "-n", "default"], env=env, capture_output=True, text=True, check=False
+        ["kubectl", "sluice", "status", fraud, "-n", module_namespace],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "Phase:       Progressing" in result.stdout
-    table = subprocess.run(["kubectl", "get", "md", fraud], env=env, capture_output=True, text=True, check=False)
+    table = subprocess.run(
+        ["kubectl", "get", "md", fraud, "-n", module_namespace], env=env, capture_output=True, text=True, check=False
+    )
     header, row = table.stdout.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "STABLE", "CANARY", "WEIGHT", "READY", "AGE"]
     assert row.split()[:6] == [fraud, "Progressing", "v1", "v2", "25", "4/4"]
@@ -118,13 +140,13 @@ def test_kubectl_finds_the_plugin_on_path(kubeconfig: Path, fraud: str) -> None:
 
 @pytest.mark.parametrize("verb", ["promote", "abort", "retry", "undo"])
 def test_verbs_set_the_command_annotation_once_per_request(
-    kubeconfig: Path, kube_http: httpx.Client, fraud: str, verb: str
+    config: Path, kube_http: httpx.Client, fraud: str, module_namespace: str, verb: str
 ) -> None:
-    url = f"{MDS.format(ns='default')}/{fraud}"
+    url = f"{MDS.format(ns=module_namespace)}/{fraud}"
     before = kube_http.get(url).json()["metadata"]
     values = []
     for _ in range(2):
-        result = plugin(kubeconfig, verb, fraud)
+        result = plugin(config, verb, fraud)
         assert result.returncode == 0, result.stderr
         assert f"{verb} requested" in result.stdout
         values.append(kube_http.get(url).json()["metadata"]["annotations"]["sluice.dev/command"])
@@ -133,17 +155,18 @@ def test_verbs_set_the_command_annotation_once_per_request(
     assert values[0] != values[1]  # each request is new to the operator
     after = kube_http.get(url).json()["metadata"]
     assert after["generation"] == before["generation"]  # an annotation is no spec change
-    assert f"pending {values[1]}" in plugin(kubeconfig, "status", fraud).stdout
+    assert f"pending {values[1]}" in plugin(config, "status", fraud).stdout
 
 
-def test_namespace_and_context_options(kube_emulator: EmulatorThread, kube_http: httpx.Client, tmp_path: Path) -> None:
-    assert kube_http.post("/api/v1/namespaces", json={"metadata": {"name": "team-a"}}).status_code == 201
+def test_namespace_and_context_options(
+    kube_emulator: EmulatorThread, kube_http: httpx.Client, tmp_path: Path, namespace: str
+) -> None:
     body = yaml.safe_load(EXAMPLE.read_text())
     body["metadata"] = {"name": "other"}
-    assert kube_http.post(MDS.format(ns="team-a"), json=body).status_code == 201
-    config = kube_emulator.write_kubeconfig(tmp_path / "config", namespace="team-a")
+    assert kube_http.post(MDS.format(ns=namespace), json=body).status_code == 201
+    config = kube_emulator.write_kubeconfig(tmp_path / "config", namespace=namespace)
     assert "Phase:       Pending" in plugin(config, "status", "other").stdout  # the context's namespace
-    assert plugin(None, "--kubeconfig", str(config), "-n", "team-a", "status", "other").returncode == 0
+    assert plugin(None, "--kubeconfig", str(config), "-n", namespace, "status", "other").returncode == 0
     assert plugin(None, "status", "other", "--kubeconfig", str(config), "--context", "emulator").returncode == 0
     missing = plugin(config, "status", "other", "-n", "default")
     assert missing.returncode == 1
@@ -165,13 +188,13 @@ def test_errors_are_clear(kubeconfig: Path, tmp_path: Path) -> None:
 
 
 def test_watch_prints_each_change(
-    kubeconfig: Path, kube_emulator: EmulatorThread, kube_http: httpx.Client, fraud: str
+    config: Path, kube_emulator: EmulatorThread, kube_http: httpx.Client, fraud: str, module_namespace: str
 ) -> None:
     def watches() -> int:
         return int(kube_emulator.call(lambda: kube_emulator.emulator.watching("modeldeployments", "sluice.dev")))
 
     before = watches()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    env = {**os.environ, "KUBECONFIG": str(config)}
     command = [str(PLUGIN), "status", fraud, "--watch", "--timeout", "8"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -179,7 +202,7 @@ def test_watch_prints_each_change(
         first = process.stdout.readline()  # the first picture is being printed (flushed)
         assert first.startswith("--- "), first
         wait_for("the plugin's watch to open", lambda: watches() > before, 10, 0.02)
-        url = f"{MDS.format(ns='default')}/{fraud}/status"
+        url = f"{MDS.format(ns=module_namespace)}/{fraud}/status"
         patched = kube_http.patch(url, json={"status": {"phase": "Promoting", "canaryWeight": 100}}, headers=MERGE)
         assert patched.status_code == 200, patched.text
         rest, err = process.communicate(timeout=30)

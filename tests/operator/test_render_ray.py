@@ -457,14 +457,14 @@ def test_renderer_for_ray_is_the_ray_renderer() -> None:
     assert isinstance(renderer_for(Backend.RAY), RayRenderer)
 
 
-def test_the_api_server_accepts_the_rayservice(kube_client: Any) -> None:
+def test_the_api_server_accepts_the_rayservice(kube_client: Any, namespace: str) -> None:
     from kubernetes import client
 
     api = client.CustomObjectsApi(kube_client)
     for name, spec in sorted(SPECS.items()):
-        owner = Owner(name=f"iris-{name}-{uuid.uuid4().hex[:6]}", namespace="default", uid=str(uuid.uuid4()))
+        owner = Owner(name=f"iris-{name}", namespace=namespace, uid=str(uuid.uuid4()))
         [rs] = RayRenderer().children(owner, spec, canary(10, 5), CHART)
-        body, code, _ = api.create_namespaced_custom_object_with_http_info("ray.io", "v1", "default", "rayservices", rs)
+        body, code, _ = api.create_namespaced_custom_object_with_http_info("ray.io", "v1", namespace, "rayservices", rs)
         assert code == 201
         assert body["spec"]["serveConfigV2"] == rs["spec"]["serveConfigV2"]
         assert body["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["groupName"] == "models"

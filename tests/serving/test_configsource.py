@@ -158,10 +158,17 @@ def test_weights_reach_the_router_within_2s_and_garbage_keeps_the_last_good_conf
     assert "{not json" not in log
     assert '"variants"' not in log
 
-    # Past several closed watches, the source still follows the ConfigMap.
+    # Past several closed watches, the source still follows the ConfigMap (its own watches: other tests' routers
+    # may watch other ConfigMaps of the namespace meanwhile).
+    own = f"metadata.name={router.name}"
+
     def watches() -> int:
         audit = kube_emulator.call(kube_emulator.emulator.audited)
-        return sum(1 for e in audit if e.verb == "watch" and e.resource == "configmaps" and e.namespace == NAMESPACE)
+        return sum(
+            1
+            for e in audit
+            if e.verb == "watch" and e.resource == "configmaps" and e.namespace == NAMESPACE and e.field_selector == own
+        )
 
     opened = watches()
     wait_for("two more watches (each ends after 1 s)", lambda: watches() >= opened + 2, 10)

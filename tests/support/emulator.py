@@ -477,6 +477,7 @@ class AuditEntry:
     name: str
     user_agent: str
     code: int = 0  # the answer's status; 0 while a watch is still streaming
+    field_selector: str = ""  # e.g. metadata.name=NAME: which object a list or watch follows
 
 
 @dataclass
@@ -676,7 +677,16 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         group, resource, namespace, name, sub = target
         watch = raw.query.get("watch") in ("true", "1")
         verb = audit_verb(raw.method.upper(), bool(name), watch)
-        entry = AuditEntry(verb, group, resource, sub, namespace, name, raw.headers.get("User-Agent", ""))
+        entry = AuditEntry(
+            verb,
+            group,
+            resource,
+            sub,
+            namespace,
+            name,
+            raw.headers.get("User-Agent", ""),
+            field_selector=raw.query.get("fieldSelector", ""),
+        )
         if self.audit_enabled:
             self.audit.append(entry)
         return entry

@@ -7,6 +7,8 @@ Tests that need a private emulator (write counts, hooks) call `start_emulator()`
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,3 +69,25 @@ def kube_client(kubeconfig: Path) -> Iterator[object]:
         yield api
     finally:
         api.close()
+
+
+@contextlib.contextmanager
+def own_namespace(kube_http: httpx.Client, prefix: str = "test") -> Iterator[str]:
+    """A fresh namespace, deleted afterwards with everything in it: the session's one emulator is shared, so fixed
+    names in `default` would meet other tests' objects (and outlive the test)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    response = kube_http.post(
+        "/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    assert response.status_code == 201, response.text
+    try:
+        yield name
+    finally:
+        kube_http.delete(f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def namespace(kube_http: httpx.Client) -> Iterator[str]:
+    """A namespace of this test's own (see `own_namespace`)."""
+    with own_namespace(kube_http) as name:
+        yield name
