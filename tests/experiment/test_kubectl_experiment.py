@@ -48,7 +48,7 @@ def plugin(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_experiment_status_and_stop(kube_emulator: EmulatorThread, kubeconfig: Path, namespace: str) -> None:
     exps = EXPS.format(ns=namespace)
     body = list(yaml.safe_load_all((REPO / "manifests/examples/03-experiment-ab.yaml").read_text()))[1]
-    body["metadata"]["name"] = "kubectl-ab"
+    body["metadata"] = {"name": "kubectl-ab", "namespace": namespace}
     with httpx.Client(base_url=kube_emulator.url, timeout=30) as http:
         assert http.post(exps, json=body).status_code == 201
         written = http.patch(f"{exps}/kubectl-ab/status", json={"status": STATUS}, headers=MERGE)

@@ -80,23 +80,23 @@ async def test_query_outcomes_from_prometheus_reach_a_verdict(
     shop_exporter: Exporter,
     prometheus_server: Prometheus,  # noqa: F811
 ) -> None:
-    prometheus_server.scrape("shop", shop_exporter.address)
-    provider = PrometheusProvider(prometheus_server.url)
-    try:
-        probe = 'sum(shop_checkout{arm="treatment", stat="sum"})'
-        for _ in range(40):  # the first scrape: at most 20 s
-            if isinstance(await provider.query(probe), Value):
-                break
-            await asyncio.sleep(0.5)
-        status = await two_ticks(provider)
-    finally:
-        await provider.close()
-    assert [(v.name, v.samples) for v in status.variants] == [("control", 5000), ("treatment", 5000)]
-    assert status.variants[0].value == pytest.approx(0.10)
-    assert status.variants[1].value == pytest.approx(0.16)
-    assert status.phase is ExperimentPhase.CONCLUDED, status.message
-    assert status.winner == "treatment"
-    assert all(c.type != "OutcomesRead" for c in status.conditions)
+    with prometheus_server.scrape("shop", shop_exporter.address):
+        provider = PrometheusProvider(prometheus_server.url)
+        try:
+            probe = 'sum(shop_checkout{arm="treatment", stat="sum"})'
+            for _ in range(40):  # the first scrape: at most 20 s
+                if isinstance(await provider.query(probe), Value):
+                    break
+                await asyncio.sleep(0.5)
+            status = await two_ticks(provider)
+        finally:
+            await provider.close()
+        assert [(v.name, v.samples) for v in status.variants] == [("control", 5000), ("treatment", 5000)]
+        assert status.variants[0].value == pytest.approx(0.10)
+        assert status.variants[1].value == pytest.approx(0.16)
+        assert status.phase is ExperimentPhase.CONCLUDED, status.message
+        assert status.winner == "treatment"
+        assert all(c.type != "OutcomesRead" for c in status.conditions)
 
 
 async def test_the_builtin_providers_refusal_is_a_condition(shop_exporter: Exporter) -> None:

@@ -80,16 +80,16 @@ async def test_builtin_reads_cumulative_arms(arms_exporter: Exporter) -> None:
 
 @pytest.mark.prometheus
 async def test_prometheus_reads_the_same_numbers(arms_exporter: Exporter, prometheus_server: Prometheus) -> None:  # noqa: F811
-    prometheus_server.scrape("arms", arms_exporter.address)
-    provider = PrometheusProvider(prometheus_server.url)
-    try:
-        deadline, got = time.monotonic() + 20, None
-        while time.monotonic() < deadline:
-            got = await provider.arms(Window(model=MODEL, interval_s=1), "converted")
-            if isinstance(got, Value) and "treatment" in got.value and got.value["treatment"].requests == 50:
-                break
-            await asyncio.sleep(0.5)
-        assert isinstance(got, Value), got
-        _check(got.value)  # type: ignore[arg-type]
-    finally:
-        await provider.close()
+    with prometheus_server.scrape("arms", arms_exporter.address):
+        provider = PrometheusProvider(prometheus_server.url)
+        try:
+            deadline, got = time.monotonic() + 20, None
+            while time.monotonic() < deadline:
+                got = await provider.arms(Window(model=MODEL, interval_s=1), "converted")
+                if isinstance(got, Value) and "treatment" in got.value and got.value["treatment"].requests == 50:
+                    break
+                await asyncio.sleep(0.5)
+            assert isinstance(got, Value), got
+            _check(got.value)  # type: ignore[arg-type]
+        finally:
+            await provider.close()

@@ -120,8 +120,6 @@ def test_strict_field_validation_refuses_unknown_fields(kubeconfig: Path, tmp_pa
 def test_get_watch_prints_rows_as_objects_change(
     kubeconfig: Path, kube_emulator: EmulatorThread, module_namespace: str
 ) -> None:
-    import httpx
-
     def watches() -> int:
         return int(kube_emulator.call(lambda: kube_emulator.emulator.watching("widgets", "test.sluice.dev", "kubectl")))
 

@@ -90,6 +90,7 @@ def config(kube_emulator: EmulatorThread, module_namespace: str, tmp_path_factor
 def fraud(kube_http: httpx.Client, module_namespace: str) -> str:
     """The canary example from manifests/examples, with a mid-rollout status written through /status."""
     body = yaml.safe_load(EXAMPLE.read_text())
+    body["metadata"]["namespace"] = module_namespace
     created = kube_http.post(MDS.format(ns=module_namespace), json=body)
     assert created.status_code == 201, created.text
     name: str = body["metadata"]["name"]

@@ -5,6 +5,7 @@ Both bind 127.0.0.1 on free ports and are always stopped. Prometheus scrapes eve
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -38,9 +39,20 @@ class Prometheus:
     config: Path
     targets: dict[str, str]
 
-    def scrape(self, job: str, address: str) -> None:
-        """Add a scrape target and reload the configuration through the lifecycle API."""
+    @contextlib.contextmanager
+    def scrape(self, job: str, address: str) -> Iterator[None]:
+        """Scrape `address` as `job` for the `with` block, then stop: the session's one Prometheus serves many tests,
+        and a target left behind would add its series (its `up`, its model's counters) to later tests' queries.
+        Each change reloads the configuration through the lifecycle API; a removed target's series go stale."""
         self.targets[job] = address
+        self._reload()
+        try:
+            yield
+        finally:
+            del self.targets[job]
+            self._reload()
+
+    def _reload(self) -> None:
         _write_config(self.config, self.targets)
         httpx.post(f"{self.url}/-/reload", timeout=10).raise_for_status()
 

@@ -67,28 +67,28 @@ async def test_builtin_counts_what_clients_saw(plane: RunningPlane) -> None:
 
 
 async def test_prometheus_reads_the_real_router(plane: RunningPlane, prometheus_server: Prometheus) -> None:
-    prometheus_server.scrape("sluice-router", plane.url.removeprefix("http://"))
-    provider = PrometheusProvider(prometheus_server.url)
-    try:
-        query = 'sum(sluice_requests_total{job="sluice-router",model="fraud",variant="canary"})'
-        deadline = time.monotonic() + 20
-        before = await provider.query(query)
-        while not isinstance(before, Value) and time.monotonic() < deadline:
-            await asyncio.sleep(0.25)
+    with prometheus_server.scrape("sluice-router", plane.url.removeprefix("http://")):
+        provider = PrometheusProvider(prometheus_server.url)
+        try:
+            query = 'sum(sluice_requests_total{job="sluice-router",model="fraud",variant="canary"})'
+            deadline = time.monotonic() + 20
             before = await provider.query(query)
-        assert isinstance(before, Value), before
-        seen = await send(plane, 200, seed=2)
-        expected = before.value + seen["v2"]
-        now: object = None
-        while time.monotonic() < deadline + 10:
-            now = await provider.query(query)
-            if isinstance(now, Value) and now.value == expected:
-                break
-            await asyncio.sleep(0.25)
-        assert now == Value(expected)
-        result = await provider.sample(Window(model="fraud", interval_s=30, selector='job="sluice-router"'))
-        assert isinstance(result, Value)
-        assert result.value.canary.requests > 0
-        assert result.value.canary.scores is not None
-    finally:
-        await provider.close()
+            while not isinstance(before, Value) and time.monotonic() < deadline:
+                await asyncio.sleep(0.25)
+                before = await provider.query(query)
+            assert isinstance(before, Value), before
+            seen = await send(plane, 200, seed=2)
+            expected = before.value + seen["v2"]
+            now: object = None
+            while time.monotonic() < deadline + 10:
+                now = await provider.query(query)
+                if isinstance(now, Value) and now.value == expected:
+                    break
+                await asyncio.sleep(0.25)
+            assert now == Value(expected)
+            result = await provider.sample(Window(model="fraud", interval_s=30, selector='job="sluice-router"'))
+            assert isinstance(result, Value)
+            assert result.value.canary.requests > 0
+            assert result.value.canary.scores is not None
+        finally:
+            await provider.close()

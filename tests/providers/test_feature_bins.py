@@ -1,7 +1,5 @@
 """Both providers read a drift policy's feature bin counters from the REAL router: equal to numpy's own binning of
 the rows the client sent, on the profile's edges.
-
-Named to run after test_prometheus.py: the session's Prometheus keeps every scrape target a test adds.
 """
 
 from __future__ import annotations
@@ -93,19 +91,19 @@ async def test_builtin_feature_bins_equal_numpy_binning(plane: RunningPlane) -> 
 async def test_prometheus_feature_bins_equal_the_builtin_reading(
     plane: RunningPlane, prometheus_server: Prometheus
 ) -> None:
-    prometheus_server.scrape("sluice-router-features", plane.url.removeprefix("http://"))
-    _send(plane, RNG.normal(size=(300, 4)).astype(np.float32))
-    builtin, prometheus = BuiltinProvider(plane.metrics_url), PrometheusProvider(prometheus_server.url)
-    try:
-        direct = await builtin.feature_bins("fraud", "fraud-drift")
-        assert isinstance(direct, Value)
-        deadline, seen = time.monotonic() + 30, None
-        while time.monotonic() < deadline:
-            seen = await prometheus.feature_bins("fraud", "fraud-drift")
-            if seen == direct:
-                break
-            await asyncio.sleep(0.25)
-        assert seen == direct
-    finally:
-        await builtin.close()
-        await prometheus.close()
+    with prometheus_server.scrape("sluice-router-features", plane.url.removeprefix("http://")):
+        _send(plane, RNG.normal(size=(300, 4)).astype(np.float32))
+        builtin, prometheus = BuiltinProvider(plane.metrics_url), PrometheusProvider(prometheus_server.url)
+        try:
+            direct = await builtin.feature_bins("fraud", "fraud-drift")
+            assert isinstance(direct, Value)
+            deadline, seen = time.monotonic() + 30, None
+            while time.monotonic() < deadline:
+                seen = await prometheus.feature_bins("fraud", "fraud-drift")
+                if seen == direct:
+                    break
+                await asyncio.sleep(0.25)
+            assert seen == direct
+        finally:
+            await builtin.close()
+            await prometheus.close()
