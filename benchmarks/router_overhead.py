@@ -225,6 +225,17 @@ def wait_live(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
     wait_for(url, live, 60)
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every benchmark process at once (their shutdowns overlap), then wait for each; kill one that hangs."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def _router_config(model_ep: str, shadow_ep: str, mirror: int) -> dict[str, Any]:
     return {
         "model_name": MODEL,
@@ -459,13 +470,7 @@ def main() -> int:
                 pids[f"roles:router_{kind}"] = ["router", "model_server"]
             targets = asyncio.run(_measure(urls, pids, args))
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs)
 
     s, r, sh = targets["straight"], targets["router"], targets["router_shadow"]
 

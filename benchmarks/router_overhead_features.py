@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import numpy as np
 from tests.support import free_port
 from tests.support.traffic import logistic_onnx
 
-from router_overhead import MODEL, cpu_s, wait_live
+from router_overhead import MODEL, cpu_s, stop_all, wait_live
 
 RESULTS = Path(__file__).parent / "results" / "router_overhead_features.json"
 WIDTH = 20
@@ -273,13 +272,7 @@ def _http(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         urls = {k: f"http://127.0.0.1:{ports[k]}/v2/models/{MODEL}/infer" for k in ("none", "features")}
         return asyncio.run(_http_rounds(urls, pids, args.rates[0], args.seconds, args.rounds))
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 def features_main(args: argparse.Namespace) -> int:

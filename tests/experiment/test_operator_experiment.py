@@ -9,34 +9,19 @@ import asyncio
 import copy
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tests.support import wait_for
 from tests.support.emulator import EmulatorThread
-from tests.support.operator_process import EXAMPLES, MERGE, Cluster, example, running_operator
+from tests.support.operator_process import MERGE, Cluster, example, running_operator
 from tests.support.simulator import simulating
 
 from sluice.api.experiment import MetricKind
-from sluice.api.model_deployment import ModelDeploymentSpec
-from sluice.engine.routing import ARMS_ANNOTATION, Routing, serving_config
+from sluice.engine.routing import ARMS_ANNOTATION
 from sluice.local.experiment import ExperimentTraffic
-from sluice.rollout.core import version_ref
-from sluice.serving.launch import start_data_plane
 
 EXP_PATH = "/apis/sluice.dev/v1alpha1/namespaces/{ns}/experiments"
-
-
-@pytest.fixture
-def plane() -> Iterator[Any]:
-    first = ModelDeploymentSpec.model_validate(example("01-canary-good.yaml")[0]["spec"])
-    started = start_data_plane(serving_config(first, Routing(stable=version_ref(first.model))), "onnx", EXAMPLES)
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 class EnrolledLoad:
@@ -83,13 +68,13 @@ def served(sim: Any) -> dict[str, int]:
 
 
 def test_arms_are_served_decided_by_outcomes_and_the_winner_promoted(
-    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+    example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
 ) -> None:
-    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
     target = example("01-canary-good.yaml")[0]
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
-        simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane) as sim,
     ):
         cluster.apply_md(target)
         wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable")
@@ -101,7 +86,7 @@ def test_arms_are_served_decided_by_outcomes_and_the_winner_promoted(
         assert arms["salt"] == experiment_status(cluster, "fraud-ab")["salt"]  # the Experiment's uid
         config = json.loads(sim.applied["fraud"])
         assert (config["enrolment"], config["sticky_header"]) == ("unit", "x-user-id")
-        with EnrolledLoad(plane.url, {"control": (0.05, 0.0), "treatment": (0.30, 0.0)}) as load:
+        with EnrolledLoad(example_plane.url, {"control": (0.05, 0.0), "treatment": (0.30, 0.0)}) as load:
             wait_for(
                 "the verdict",
                 lambda: experiment_status(cluster, "fraud-ab").get("phase") in ("Concluded", "Stopped", "Failed"),
@@ -131,12 +116,12 @@ def test_arms_are_served_decided_by_outcomes_and_the_winner_promoted(
 
 
 def test_deleting_the_experiment_returns_traffic_to_the_stable_version(
-    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+    example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
 ) -> None:
-    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
-        simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane) as sim,
     ):
         cluster.apply_md(example("01-canary-good.yaml")[0])
         wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable")
@@ -162,12 +147,12 @@ def test_deleting_the_experiment_returns_traffic_to_the_stable_version(
 
 
 def test_an_experiment_waits_for_its_target_then_starts(
-    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+    example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
 ) -> None:
-    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
-        simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane) as sim,
     ):
         create_experiment(cluster, experiment_doc(endPolicy="manual", minimumSamples=10**6))
         wait_for(
@@ -186,9 +171,9 @@ def test_an_experiment_waits_for_its_target_then_starts(
 
 
 def test_an_arm_whose_model_cannot_load_is_stopped_naming_its_variant_and_the_others_run_on(
-    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+    example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
 ) -> None:
-    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
     broken = "file:models/fraud-v2-bad.onnx"  # Serve reports its deployment DEPLOY_FAILED (the simulated KubeRay)
     doc = experiment_doc(endPolicy="manual", minimumSamples=10**6)
     doc["spec"]["variants"] = [
@@ -202,7 +187,7 @@ def test_an_arm_whose_model_cannot_load_is_stopped_naming_its_variant_and_the_ot
     ]
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
-        simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane) as sim,
     ):
         sim.unloadable.add(broken)
         cluster.apply_md(example("01-canary-good.yaml")[0])
@@ -226,9 +211,9 @@ def test_an_arm_whose_model_cannot_load_is_stopped_naming_its_variant_and_the_ot
 
 
 def test_weights_change_live_and_a_new_variant_set_is_refused(
-    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+    example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
 ) -> None:
-    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
     doc = experiment_doc(endPolicy="manual", minimumSamples=10**6)
     path = f"{EXP_PATH.format(ns=cluster.ns)}/fraud-ab"
 
@@ -240,7 +225,7 @@ def test_weights_change_live_and_a_new_variant_set_is_refused(
 
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
-        simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane) as sim,
     ):
         cluster.apply_md(example("01-canary-good.yaml")[0])
         wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable")

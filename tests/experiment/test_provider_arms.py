@@ -8,20 +8,19 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import start_http_server
 from tests.providers.conftest import (  # noqa: F401  (exporter, prometheus_server: a real Prometheus, as fixtures)
     Exporter,
     Prometheus,
     exporter,
     prometheus_server,
 )
+from tests.support.router_metrics import exported_router_metrics
 
 from sluice.providers.base import Window
 from sluice.providers.builtin import BuiltinProvider
 from sluice.providers.prometheus import PrometheusProvider
 from sluice.rollout.measurements import NoData, Value
 from sluice.serving.config import OutcomesConfig
-from sluice.serving.metrics import RouterMetrics
 from sluice.serving.outcomes import Outcome, Outcomes
 
 MODEL = "exp-arms"
@@ -30,25 +29,19 @@ MODEL = "exp-arms"
 @pytest.fixture(scope="module")
 def arms_exporter() -> Iterator[Exporter]:
     """RouterMetrics with the outcomes collector registered, as the router does, with a known history."""
-    metrics = RouterMetrics(MODEL)
-    outcomes = Outcomes(OutcomesConfig(metrics={"converted": "conversion", "revenue": "mean"}), lambda: MODEL)
-    metrics.registry.register(outcomes.totals)
-    for i in range(100):
-        arm, version = ("control", "v1") if i % 2 == 0 else ("treatment", "v2")
-        metrics.request(version, arm, 500 if i in (1, 3) else 200, 0.01 if arm == "control" else 0.3)
-        outcomes.record(f"r{i}", None, arm, version)
-    items = [Outcome(f"r{i}", "converted", 1.0 if i % 10 in (0, 1, 3) else 0.0) for i in range(100)]
-    items += [Outcome(f"r{i}", "revenue", float(i)) for i in range(0, 10, 2)]
-    items.append(Outcome("unknown", "converted", 1.0))
-    outcomes.report(items)
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
-    try:
-        port = server.server_port
-        yield Exporter(metrics, f"http://127.0.0.1:{port}/metrics", f"127.0.0.1:{port}")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with exported_router_metrics(MODEL) as served:
+        metrics = served.metrics
+        outcomes = Outcomes(OutcomesConfig(metrics={"converted": "conversion", "revenue": "mean"}), lambda: MODEL)
+        metrics.registry.register(outcomes.totals)
+        for i in range(100):
+            arm, version = ("control", "v1") if i % 2 == 0 else ("treatment", "v2")
+            metrics.request(version, arm, 500 if i in (1, 3) else 200, 0.01 if arm == "control" else 0.3)
+            outcomes.record(f"r{i}", None, arm, version)
+        items = [Outcome(f"r{i}", "converted", 1.0 if i % 10 in (0, 1, 3) else 0.0) for i in range(100)]
+        items += [Outcome(f"r{i}", "revenue", float(i)) for i in range(0, 10, 2)]
+        items.append(Outcome("unknown", "converted", 1.0))
+        outcomes.report(items)
+        yield served
 
 
 def _check(reading: dict[str, object]) -> None:

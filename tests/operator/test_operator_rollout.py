@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,8 @@ import numpy as np
 import pytest
 from tests.support import wait_for
 from tests.support.emulator import EmulatorThread
-from tests.support.operator_process import EXAMPLES, Cluster, example, running_operator
+from tests.support.operator_process import Cluster, example, running_operator
 from tests.support.simulator import simulating
-
-from sluice.api.model_deployment import ModelDeploymentSpec
-from sluice.engine.routing import Routing, serving_config
-from sluice.rollout.core import version_ref
-from sluice.serving.launch import start_data_plane
 
 RPS = 60.0
 
@@ -61,16 +55,6 @@ class Load:
         self._thread.join(timeout=10)
 
 
-@pytest.fixture
-def plane() -> Iterator[Any]:
-    first = ModelDeploymentSpec.model_validate(example("01-canary-good.yaml")[0]["spec"])
-    started = start_data_plane(serving_config(first, Routing(stable=version_ref(first.model))), "onnx", EXAMPLES)
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
 def fast(doc: dict[str, Any]) -> dict[str, Any]:
     """The example's rollout with a 3 s analysis interval, so the whole rollout takes seconds."""
     out = copy.deepcopy(doc)
@@ -86,21 +70,21 @@ def test_full_rollout_is_decided_by_the_routers_metrics(
     manifest: str,
     phase: str,
     stable: str,
-    plane: Any,
+    example_plane: Any,
     cluster: Cluster,
     kube_emulator: EmulatorThread,
     kubeconfig: Path,
     tmp_path: Path,
 ) -> None:
     v1, v2 = example(manifest)
-    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
-        simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane) as sim,
     ):
         cluster.apply_md(v1)
         wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable")
-        with Load(plane.url, "fraud") as load:
+        with Load(example_plane.url, "fraud") as load:
             cluster.apply_md(fast(v2))
             wait_for("the first step", lambda: cluster.status("fraud").get("canaryWeight") == 25, timeout_s=20)
             done = wait_for(

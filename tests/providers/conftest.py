@@ -28,8 +28,11 @@ def exporter() -> Iterator[Exporter]:
         yield exporter
 
 
-def _write_config(path: Path, targets: dict[str, str]) -> None:
-    jobs = "".join(f"  - job_name: {job}\n    static_configs: [{{targets: ['{t}']}}]\n" for job, t in targets.items())
+def _write_config(path: Path, targets: dict[str, str | None]) -> None:
+    jobs = "".join(
+        f"  - job_name: {job}\n    static_configs: [{{targets: [{'' if t is None else repr(t)}]}}]\n"
+        for job, t in targets.items()
+    )
     path.write_text(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n{jobs}")
 
 
@@ -37,7 +40,7 @@ def _write_config(path: Path, targets: dict[str, str]) -> None:
 class Prometheus:
     url: str
     config: Path
-    targets: dict[str, str]
+    targets: dict[str, str | None]  # None: the job stays, without its target
 
     @contextlib.contextmanager
     def scrape(self, job: str, address: str) -> Iterator[None]:
@@ -49,8 +52,18 @@ class Prometheus:
         try:
             yield
         finally:
-            del self.targets[job]
+            # The job stays, with no target: Prometheus marks a dropped target's series stale (after about two
+            # scrape intervals) but not those of a job removed from the configuration.
+            self.targets[job] = None
             self._reload()
+            wait_for(f"prometheus to mark {job}'s series stale", lambda: not self._up(job), 30, 0.25)
+
+    def _up(self, job: str) -> list[object]:
+        """The `up` series of `job` an instant query sees now (none once the target's series are stale)."""
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": f'up{{job="{job}"}}'}, timeout=10)
+        answer.raise_for_status()
+        result: list[object] = answer.json()["data"]["result"]
+        return result
 
     def _reload(self) -> None:
         _write_config(self.config, self.targets)
@@ -64,7 +77,7 @@ def prometheus_server(exporter: Exporter, tmp_path_factory: pytest.TempPathFacto
         pytest.skip("the prometheus binary is not installed (Debian package 'prometheus')")
     root: Path = tmp_path_factory.mktemp("prometheus")
     config = root / "prometheus.yml"
-    targets = {"exporter": exporter.address}
+    targets: dict[str, str | None] = {"exporter": exporter.address}
     _write_config(config, targets)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

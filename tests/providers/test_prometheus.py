@@ -103,7 +103,7 @@ async def test_query_outcomes_are_data(prometheus: str) -> None:
 async def test_multiple_series_is_an_error(prometheus: str) -> None:
     provider = PrometheusProvider(prometheus)
     try:
-        result = await provider.query('up or label_replace(up, "job", "copy", "", "")')
+        result = await provider.query('up{job="exporter"} or label_replace(up{job="exporter"}, "job", "copy", "", "")')
         assert isinstance(result, MetricError)
         assert "2 series" in result.message
     finally:

@@ -26,6 +26,10 @@ from tests.support import free_port, wait_for
 from tests.support.emulator import EmulatorThread
 from tests.support.simulator import ClusterSimulator, simulating
 
+from sluice.api.model_deployment import ModelDeploymentSpec
+from sluice.engine.routing import Routing, serving_config
+from sluice.rollout.core import version_ref
+from sluice.serving.launch import start_data_plane
 from sluice.serving.ray.spec import INGRESS_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -318,3 +322,15 @@ def simulator(kube_emulator: EmulatorThread, cluster: Cluster) -> Iterator[Clust
     """KubeRay, the Deployment controller and the scheduler for the test's namespace."""
     with simulating(kube_emulator.url, cluster.ns) as sim:
         yield sim
+
+
+@pytest.fixture
+def example_plane() -> Iterator[Any]:
+    """A real local data plane (ONNX backend) serving the canary example's v1 as stable: the simulator applies the
+    operator's RayService to it."""
+    first = ModelDeploymentSpec.model_validate(example("01-canary-good.yaml")[0]["spec"])
+    started = start_data_plane(serving_config(first, Routing(stable=version_ref(first.model))), "onnx", EXAMPLES)
+    try:
+        yield started
+    finally:
+        started.stop()
