@@ -30,7 +30,7 @@ from sluice.serving.endpoints import (
     VERSION_HEADER,
     ProtocolEndpoints,
 )
-from sluice.serving.errors import ServingError
+from sluice.serving.errors import PayloadTooLarge, ServingError
 from sluice.serving.protocol.grpc_codec import decode_grpc_request, encode_grpc_response, metadata_message
 from sluice.serving.protocol.limits import check_request_size
 from sluice.serving.router import Routed
@@ -115,6 +115,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         sent: list[tuple[str, str]] = []
 
         async def decode() -> InferRequest:
+            # The server's receive limit is fixed when it starts; the config's limit can change later (PUT
+            # /admin/config), so the message is held to the current one here (lowering applies at once; raising
+            # above the start value needs a restart).
+            size = request.ByteSize()
+            if size > cfg.max_request_bytes + _FRAMING_BYTES:
+                raise PayloadTooLarge(f"request of {size} bytes exceeds max_request_bytes {cfg.max_request_bytes}")
             shapes = [{"name": t.name, "shape": list(t.shape)} for t in request.inputs]
             check_request_size({"inputs": shapes}, cfg.max_request_rows, cfg.max_request_elements)
             return decode_grpc_request(request)
