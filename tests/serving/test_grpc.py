@@ -75,7 +75,7 @@ def backends(model_bytes: bytes, flipped_model_bytes: bytes) -> dict[str, OnnxBa
 
 @pytest.fixture(scope="module")
 def url(backends: dict[str, OnnxBackend]) -> Iterator[str]:
-    cfg = config(sticky_header="x-user", mirror={"variant": "canary", "percent": 100})
+    cfg = config(sticky_header="x-user", mirror={"variant": "canary", "percent": 100}, override_enabled=True)
     router = Router(cfg, backends)
     with serve_grpc(router) as target:
         yield target

@@ -177,7 +177,7 @@ async def test_a_router_without_outcome_metrics_answers_404_and_adds_no_header(m
 
 @pytest.mark.usefixtures("both_servers")
 async def test_enrolment_unit_sends_requests_without_a_unit_to_control_unenrolled(model_bytes: bytes) -> None:
-    router = _router(model_bytes, enrolment="unit", control_variant="treatment")
+    router = _router(model_bytes, enrolment="unit", control_variant="treatment", override_enabled=True)
     with serve(router) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             anon = []
