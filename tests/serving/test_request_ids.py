@@ -114,7 +114,8 @@ async def test_outcome_values_beyond_the_bound_are_422_naming_value(model_bytes:
             assert good.status_code == 202
             text = (await client.get("/metrics")).text
     squares = [line for line in text.splitlines() if line.startswith(mn.OUTCOME_VALUE_SQUARES_SUM + "{")]
-    assert squares and all("inf" not in line.lower() for line in squares), squares
+    assert squares
+    assert all("inf" not in line.lower() for line in squares), squares
 
 
 @pytest.mark.usefixtures("both_servers")
@@ -145,7 +146,8 @@ async def test_an_id_two_arms_served_is_never_credited_to_either(model_bytes: by
             assert got.json() == {"accepted": 1, "unmatched": 1, "unmatched_ids": ["1"]}
             text = (await client.get("/metrics")).text
     credited = [line for line in text.splitlines() if line.startswith(mn.OUTCOMES_TOTAL + "{")]
-    assert len(credited) == 1 and f'variant="{served.pop()}"' in credited[0], credited
+    assert len(credited) == 1, credited
+    assert f'variant="{served.pop()}"' in credited[0], credited
 
 
 @pytest.mark.usefixtures("both_servers")

@@ -7,8 +7,9 @@ INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> UNAVAILABLE, ...). Methods the router
 repository and shared-memory control, statistics) answer UNIMPLEMENTED.
 
 A grpc.aio server on the router's event loop, with bounded message sizes (the config's `max_request_bytes` plus
-room for the protobuf framing), a bounded number of concurrent calls (further calls get RESOURCE_EXHAUSTED) and
-idle connections closed after 5 minutes. gRPC's own HTTP/2 implementation (C-core) parses frames and headers, with
+room for the protobuf framing: the server's limit is the one at start, each call is held to the current one), a
+bounded number of concurrent calls (further calls get RESOURCE_EXHAUSTED) and idle connections closed after 5
+minutes. gRPC's own HTTP/2 implementation (C-core) parses frames and headers, with
 its default header-size limit.
 """
 
