@@ -317,6 +317,10 @@ INVALID = {
         _with(DP, "spec.features.0", {"name": "colour", "type": "categorical", "method": "ks"}),
         "spec.features[0].method",
     ),
+    "wasserstein-on-categorical": (
+        _with(DP, "spec.features.0", {"name": "colour", "type": "categorical", "method": "wasserstein"}),
+        "spec.features[0].method",
+    ),
     "no-features": (_with(DP, "spec.features", []), "spec.features"),
 }
 

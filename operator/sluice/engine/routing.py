@@ -13,7 +13,15 @@ from sluice.api.base import parse_duration
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import VersionRef
 from sluice.rollout.actions import Action, DeployVersion, PromoteCanary, ScaleDown, SetTraffic
-from sluice.serving.config import CANARY, STABLE, BatchingConfig, MirrorConfig, ServingConfig, VariantConfig
+from sluice.serving.config import (
+    CANARY,
+    STABLE,
+    BatchingConfig,
+    DriftProfileConfig,
+    MirrorConfig,
+    ServingConfig,
+    VariantConfig,
+)
 
 
 @dataclass
@@ -44,8 +52,11 @@ class Routing:
         return True
 
 
-def serving_config(spec: ModelDeploymentSpec, routing: Routing) -> ServingConfig:
-    """The data plane's config for `routing`; raises ValueError when nothing is deployed yet."""
+def serving_config(
+    spec: ModelDeploymentSpec, routing: Routing, drift: tuple[DriftProfileConfig, ...] = ()
+) -> ServingConfig:
+    """The data plane's config for `routing` (and the bins of the DriftPolicies watching it); raises ValueError when
+    nothing is deployed yet."""
     if routing.stable is None:
         raise ValueError("no stable version to serve yet")
     variants = [_variant(STABLE, routing.stable, 100 - (routing.canary_weight if routing.canary else 0))]
@@ -71,6 +82,7 @@ def serving_config(spec: ModelDeploymentSpec, routing: Routing) -> ServingConfig
             preferred_batch_sizes=tuple(b.preferred_batch_sizes),
         ),
         gpus_per_replica=float(spec.resources.gpu),
+        drift=drift,
     )
 
 

@@ -11,11 +11,18 @@ import numpy as np
 
 
 class Traffic:
-    """Standard-normal rows shaped like the model's first input, `rps` a second, until `stop` is set."""
+    """Standard-normal rows shaped like the model's first input, `rps` a second, until `stop` is set.
 
-    def __init__(self, url: str, model: str, rps: float) -> None:
+    With `shift_after_s`, every value gets `shift` added from that many seconds on: inputs that drift.
+    """
+
+    def __init__(
+        self, url: str, model: str, rps: float, *, shift_after_s: float | None = None, shift: float = 1.0
+    ) -> None:
         self.url, self.model, self.rps = url, model, rps
+        self.shift_after_s, self.shift = shift_after_s, shift
         self.sent = self.failed = 0
+        self.shifted = False
 
     async def run(self, stop: asyncio.Event) -> None:
         rng = np.random.default_rng(0)
@@ -24,8 +31,12 @@ class Traffic:
             first = meta["inputs"][0]
             width = [d if d > 0 else 1 for d in first["shape"][1:]]
             period, next_at = 1.0 / self.rps, time.monotonic()
+            started = next_at
             while not stop.is_set():
                 row = rng.standard_normal(size=[1, *width]).astype(np.float32)
+                if self.shift_after_s is not None and time.monotonic() - started >= self.shift_after_s:
+                    row += np.float32(self.shift)
+                    self.shifted = True
                 body = {
                     "inputs": [
                         {
