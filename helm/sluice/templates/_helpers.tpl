@@ -87,6 +87,11 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["watch"]
+# The router's admin-token Secret (<name>-router-admin), created once per ModelDeployment and never rewritten: create
+# only. The operator never reads a Secret (no get/list/watch): a 409 on create tells it one is already there.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
 # Children no longer desired are found by the owner's label on every child kind, ServiceMonitors included (the API
 # answers 404 while prometheus-operator's CRD is absent).
 - apiGroups: ["monitoring.coreos.com"]

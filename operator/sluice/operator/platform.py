@@ -23,6 +23,7 @@ from sluice.api.status import ModelDeploymentStatus, VersionRef
 from sluice.engine.platform import Readiness
 from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms, Routing
 from sluice.operator import events
+from sluice.operator.admin_secret import AdminSecret
 from sluice.operator.config import OperatorConfig
 from sluice.operator.kube import ApiError, KubeClient, Obj, contains, merge_diff, our_fields
 from sluice.operator.render import Desired, Key, Owner, Ready, renderer_for
@@ -145,6 +146,7 @@ class KubePlatform:
         self.ready_text = status.ready
         self.prune_needed = True  # delete children no longer desired (at start and after a change)
         self._bad_command: str | None = None
+        self.admin_secret = AdminSecret(client, owner)  # create-only: never part of the applied children
         self.selector = f"{DEPLOYMENT_LABEL}={label_value(owner.name)}"
         # Live children of the watched kinds by (kind, namespace, name) ({}: deleted), kept by Kopf's watches.
         self.watched: Mapping[tuple[str, str, str], Obj] = watched if watched is not None else {}
@@ -203,6 +205,7 @@ class KubePlatform:
         """Apply every desired child (writing only differences); returns the live children by (kind, name)."""
         if self.routing.stable is None:
             return {}
+        await self.admin_secret.ensure()  # before the pods that mount it, so they start with the token
         wanted = self.children()
         live: dict[Key, Obj] = {}
         for child in wanted:
