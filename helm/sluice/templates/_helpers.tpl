@@ -82,6 +82,24 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# DriftPolicies: Kopf lists, watches and patches them (finalizer: deletion takes the policy's bins off its target);
+# the policy's scores, state and conditions are a merge patch of its status.
+- apiGroups: ["sluice.dev"]
+  resources: ["driftpolicies"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["sluice.dev"]
+  resources: ["driftpolicies/status"]
+  verbs: ["patch"]
+# The DriftPolicy controller reads its target ModelDeployment (get) and patches it (the patch above): its bins as
+# an annotation, the undo command (rollback), spec.model to a retrained version.
+- apiGroups: ["sluice.dev"]
+  resources: ["modeldeployments"]
+  verbs: ["get"]
+# DriftPolicy retrain: a Job from the policy's jobTemplate (create), followed until it finishes (get); its pods are
+# listed (pods list, above) for the termination message naming the new model.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create"]
 # Events for every phase change, promotion and rollback (the operator) and handler outcomes (Kopf).
 - apiGroups: [""]
   resources: ["events"]

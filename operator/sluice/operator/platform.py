@@ -24,6 +24,7 @@ from sluice.engine.platform import Readiness
 from sluice.engine.routing import Routing
 from sluice.operator import events
 from sluice.operator.config import OperatorConfig
+from sluice.operator.driftprofiles import profiles_on
 from sluice.operator.kube import ApiError, KubeClient, Obj, contains, merge_diff, our_fields
 from sluice.operator.render import Desired, Key, Owner, Ready, renderer_for
 from sluice.operator.render.meta import DEPLOYMENT_LABEL, label_value
@@ -166,7 +167,8 @@ class KubePlatform:
         self.prune_needed = True
 
     def desired(self) -> Desired:
-        return Desired(routing=Routing(**vars(self.routing)), running=tuple(self.running))
+        drift = profiles_on(self.body)  # the bins of the DriftPolicies watching this target (driftprofiles.py)
+        return Desired(routing=Routing(**vars(self.routing)), running=tuple(self.running), drift=drift)
 
     def children(self) -> list[Obj]:
         """The rendered children, re-rendered only when the spec or the desired state changed (YAML is costly)."""

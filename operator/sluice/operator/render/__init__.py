@@ -16,6 +16,7 @@ from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
 from sluice.engine.routing import Routing
 from sluice.operator.config import OperatorConfig
+from sluice.serving.config import DriftProfileConfig
 
 Object = dict[str, Any]  # a Kubernetes object as JSON
 Key = tuple[str, str]  # (kind, name) of a child in the owner's namespace
@@ -38,6 +39,7 @@ class Desired:
 
     routing: Routing
     running: tuple[VersionRef, ...]
+    drift: tuple[DriftProfileConfig, ...] = ()  # bins of the DriftPolicies watching this ModelDeployment
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ class RayRenderer:
 
 def serve_config_yaml(spec: ModelDeploymentSpec, desired: Desired) -> str:
     """serveConfigV2: a YAML string (KubeRay's field type), keys sorted so equal inputs give equal text."""
-    config = with_kept_versions(serving_config(spec, desired.routing), desired.running)
+    config = with_kept_versions(serving_config(spec, desired.routing, desired.drift), desired.running)
     args: dict[str, Any] = {}
     if spec.scaling.autoscaling is None:
         args["model_replicas"] = spec.scaling.replicas
