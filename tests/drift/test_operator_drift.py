@@ -14,6 +14,7 @@ import copy
 import json
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def plane() -> Iterator[Any]:
 
 
 class Load:
-    """Requests of 20 rows of the examples' traffic, about 20 a second, in a thread; `shift` moves column 0."""
+    """Requests of 20 rows of the examples' traffic, about 25 a second, in a thread; `shift` moves column 0."""
 
     def __init__(self, url: str) -> None:
         self.url, self.shift, self.sent, self.failed = url, 0.0, 0, 0
@@ -71,7 +72,7 @@ class Load:
                 except httpx.HTTPError:
                     ok = 0
                 self.sent, self.failed = self.sent + 1, self.failed + (ok != 200)
-                self._stop.wait(0.05)
+                self._stop.wait(0.03)
 
     def __enter__(self) -> Load:
         self._thread.start()
@@ -87,7 +88,7 @@ def target_doc(version: str = "v1") -> dict[str, Any]:
     v1, v2 = example("01-canary-good.yaml")
     doc = copy.deepcopy(v2)
     doc["spec"]["model"] = copy.deepcopy((v1 if version == "v1" else v2)["spec"]["model"])
-    doc["spec"]["analysis"]["interval"] = "2s"
+    doc["spec"]["analysis"].update(interval="3s", minRequests=10)
     return doc
 
 
@@ -135,6 +136,10 @@ def reason(cluster: Cluster, name: str, type_: str = "Evaluated") -> Any:
     return dp_condition(cluster, name, type_).get("reason")
 
 
+def has_reason(cluster: Cluster, name: str, why: str) -> bool:
+    return bool(reason(cluster, name) == why)
+
+
 def target_version(cluster: Cluster, role: str) -> Any:
     return (cluster.status("fraud").get(role) or {}).get("version")
 
@@ -177,10 +182,7 @@ def test_alert_reads_the_router_fills_the_status_and_bad_input_touches_nothing(
             "not-in-profile": ("ReferenceMismatch", "spec.features[0].type"),
         }
         for name, (why, field) in expected.items():
-            try:
-                wait_for(f"{name}: {why}", lambda n=name, r=why: reason(cluster, n) == r, 30)
-            except AssertionError:
-                raise AssertionError(dp(cluster, name)) from None
+            wait_for(f"{name}: {why}", partial(has_reason, cluster, name, why), 30)
             condition = dp_condition(cluster, name, "Evaluated")
             assert condition["status"] == "False"
             assert condition["message"].startswith(field), condition
@@ -279,7 +281,7 @@ def test_retrain_job_reports_a_model_that_walks_in_as_a_canary(
         wait_for("Retrained: running", lambda: reason(cluster, "retrainer", "Retrained") == "JobRunning", 30)
         assert (cluster.md("fraud") or {})["spec"]["model"]["version"] == "v1"  # nothing before the Job succeeds
         # The kubelet's part: the trainer's pod, terminated with its report.
-        pod = {
+        pod: dict[str, Any] = {
             "metadata": {"name": f"{job_name}-abcde", "labels": {"job-name": job_name}},
             "spec": {"restartPolicy": "Never", "containers": [{"name": "retrain", "image": container["image"]}]},
         }
