@@ -21,7 +21,7 @@ from sluice.api.base import GROUP, VERSION, ConditionStatus
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus, VersionRef
 from sluice.engine.platform import Readiness
-from sluice.engine.routing import Routing
+from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms, Routing
 from sluice.operator import events
 from sluice.operator.config import OperatorConfig
 from sluice.operator.driftprofiles import profiles_on
@@ -46,6 +46,8 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ConfigMap"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 )
+# Children the model serves without (monitoring): skipped, with a warning, where the cluster lacks their API.
+OPTIONAL_KINDS = frozenset({"ServiceMonitor"})
 # Children kept current by Kopf watches (handlers/children.py): read from memory, never GET.
 WATCHED_KINDS = frozenset({"RayService", "Deployment"})
 # Operator-level condition types (the rollout core owns Ready, Progressing, Degraded, RolledBack, AnalysisNoData).
@@ -149,6 +151,8 @@ class KubePlatform:
         self.watched: Mapping[tuple[str, str, str], Obj] = watched if watched is not None else {}
         self._rendered: tuple[ModelDeploymentSpec, str, list[Obj]] | None = None
         self._applied: dict[Key, tuple[Obj, Obj]] = {}  # child -> (our fields last applied, the API's answer)
+        # Optional kinds this cluster does not serve: not tried again until the operator restarts.
+        self._unserved: set[str] = set()
         self.pods: list[Obj] = []
         self.pods_every_s = pods_every_s
         self._pods_at = -pods_every_s
@@ -166,9 +170,28 @@ class KubePlatform:
         self.spec, self.renderer, self.generation = spec, renderer_for(spec.backend), generation
         self.prune_needed = True
 
+    def experiment_arms(self) -> ExperimentArms | None:
+        """The arms an Experiment handed to this ModelDeployment (its annotation), while no rollout is in progress.
+
+        An unreadable annotation is ignored (logged): the rollout's routing keeps serving.
+        """
+        text = ((self.body.get("metadata") or {}).get("annotations") or {}).get(ARMS_ANNOTATION)
+        if not text or self.routing.stable is None or self.routing.canary is not None:
+            return None
+        try:
+            return ExperimentArms.from_json(text)
+        except ValueError as exc:
+            log.warning("%s/%s: %s", self.owner.namespace, self.owner.name, exc)
+            return None
+
     def desired(self) -> Desired:
+        arms = self.experiment_arms()
         drift = profiles_on(self.body)  # the bins of the DriftPolicies watching this target (driftprofiles.py)
-        return Desired(routing=Routing(**vars(self.routing)), running=tuple(self.running), drift=drift)
+        running = list(self.running)
+        for _, ref, _ in arms.arms if arms is not None else ():
+            if all(r.version != ref.version for r in running):
+                running.append(ref)  # every arm's version keeps a workload while the experiment runs
+        return Desired(routing=Routing(**vars(self.routing)), running=tuple(running), arms=arms, drift=drift)
 
     def children(self) -> list[Obj]:
         """The rendered children, re-rendered only when the spec or the desired state changed (YAML is costly)."""
@@ -191,9 +214,16 @@ class KubePlatform:
             if known is not None:
                 live[key] = known
                 continue
+            if child["kind"] in self._unserved:
+                continue
             try:
                 got = await self._apply(key, child, mine)
             except ApiError as exc:
+                if exc.type_missing and child["kind"] in OPTIONAL_KINDS:
+                    # Monitoring is an add-on: without prometheus-operator's CRDs the model still serves.
+                    log.warning("%s %s not written: %s is not served here", child["kind"], key[1], child["apiVersion"])
+                    self._unserved.add(child["kind"])
+                    continue
                 if exc.type_missing:
                     raise BadInput(
                         BACKEND_AVAILABLE,

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.engine.routing import Routing
+from sluice.engine.routing import ExperimentArms, Routing
 from sluice.operator.config import OperatorConfig
 from sluice.serving.config import DriftProfileConfig
 
@@ -39,6 +39,7 @@ class Desired:
 
     routing: Routing
     running: tuple[VersionRef, ...]
+    arms: ExperimentArms | None = None  # an Experiment's arms, served instead of the routing while it runs
     drift: tuple[DriftProfileConfig, ...] = ()  # bins of the DriftPolicies watching this ModelDeployment
 
 
