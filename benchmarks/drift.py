@@ -211,7 +211,7 @@ def main() -> int:
             checks["speedup_vs_fastest_peer"] = min(peers) / sluice["seconds"]
     report = {
         "benchmark": "drift",
-        "command": "python benchmarks/drift.py --make-venvs",
+        "command": ".venv/bin/python benchmarks/drift.py --make-venvs",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared; load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after",

@@ -261,3 +261,16 @@ def test_property_at_most_one_action_per_cooldown(shifts: list[float], cooldown_
         status, actions = step(spec, status, observe(counts_of(2000, shift=shift, seed=minute)), now)
         times += [now for a in actions if isinstance(a, RollbackTarget)]
     assert all(b - a >= timedelta(minutes=cooldown_minutes) for a, b in itertools.pairwise(times))
+
+
+def test_a_feature_whose_rows_are_all_missing_is_named() -> None:
+    window = counts_of(5000)
+    window["x[1]"] = [0] * len(window["x[1]"])
+    status, actions = step(make_spec(), None, observe(window, window_missing={"x[1]": 5000.0}), T0)
+    condition = get_condition(status.conditions, "Evaluated")
+    assert condition is not None
+    assert condition.reason == "FeatureMissing"
+    assert condition.message.startswith("spec.features[1]: none of the 5000 rows in the window had input 'x' column 1")
+    assert actions == [EmitEvent("Warning", "FeatureMissing", condition.message)]
+    few, _ = step(make_spec(), None, observe(window, window_missing={"x[1]": 10.0}), T0)  # below minSamples: NoData
+    assert get_condition(few.conditions, "Evaluated").status == "True"  # type: ignore[union-attr]

@@ -50,6 +50,11 @@ SPEC = DriftPolicySpec.model_validate(
     }
 )
 PROFILE = build_profile({f"features[{j}]": traffic.features(20_000, seed=99)[:, j] for j in range(4)})
+# A policy on a column the model's input does not have (features is [N, 4]): the router counts its rows as missing.
+MISSING_SPEC = SPEC.model_copy(
+    update={"features": [SPEC.features[0], SPEC.features[0].model_copy(update={"index": 9})], "min_samples": 100}
+)
+MISSING_PROFILE = build_profile({f"features[{j}]": np.random.default_rng(j).normal(size=1000) for j in (0, 9)})
 
 
 class Recorder:
@@ -78,7 +83,10 @@ def plane() -> Iterator[RunningPlane]:
         {
             "model_name": "fraud",
             "variants": [{"name": "stable", "version": "v1", "uri": "file:fraud-v1.onnx", "weight": 100}],
-            "drift": [router_profile(POLICY, SPEC, PROFILE).model_dump()],
+            "drift": [
+                router_profile(POLICY, SPEC, PROFILE).model_dump(),
+                router_profile("fraud-missing", MISSING_SPEC, MISSING_PROFILE).model_dump(),
+            ],
         }
     )
     p = start_data_plane(config, "onnx", MODELS, ready_timeout_s=60)
@@ -173,3 +181,25 @@ def test_router_profile_carries_the_profile_edges_categories_and_prediction() ->
     assert config.features[1].categories == tuple(profile.feature("kind").categories)  # type: ignore[union-attr]
     assert config.prediction is not None
     assert config.prediction.edges == tuple(profile.feature("prediction").edges)  # type: ignore[union-attr]
+
+
+async def test_a_column_the_requests_lack_is_named_not_left_no_data(plane: RunningPlane) -> None:
+    recorder, clock = Recorder(), Clock()
+    provider = BuiltinProvider(plane.metrics_url)
+    loop = DriftLoop(
+        MISSING_SPEC, recorder, provider, MISSING_PROFILE, name="fraud-missing", model="fraud", clock=clock
+    )
+    try:
+        await loop.tick()
+        await _send(plane, 400, seed=5)
+        clock.now += timedelta(minutes=1)
+        actions = await loop.tick()
+        condition = get_condition(loop.status.conditions, "Evaluated")
+        assert condition is not None
+        assert condition.reason == "FeatureMissing"
+        assert condition.message.startswith(
+            "spec.features[1]: none of the 400 rows in the window had input 'features' column 9"
+        )
+        assert [type(a) for a in actions] == [EmitEvent]
+    finally:
+        await provider.close()

@@ -173,3 +173,31 @@ def test_cli_writes_a_profile_and_refuses_bad_input(tmp_path: Path, capsys: pyte
     assert "unknown data format '.xlsx'" in capsys.readouterr().err
     assert main(["profile", str(tmp_path / "train.parquet"), "-o", str(out), "--bins", "1"]) == 2
     assert "bins: need at least 2" in capsys.readouterr().err
+
+
+EXAMPLE_MODELS = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "models"
+
+
+def test_model_keys_the_features_and_adds_its_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--model` gives the shipped example profile (models/make_profile.py) from the same rows."""
+    rng = np.random.default_rng(1)  # traffic.features(4000, seed=1): the rows fraud-v1 was trained on
+    np.save(tmp_path / "x.npy", rng.normal(0.0, 1.0, size=(4000, 4)).astype(np.float32))
+    out = tmp_path / "p.json"
+    model = str(EXAMPLE_MODELS / "fraud-v1.onnx")
+    assert main(["profile", str(tmp_path / "x.npy"), "--model", model, "--sample-size", "1000", "-o", str(out)]) == 0
+    made = load_profile(out)
+    shipped = load_profile(EXAMPLE_MODELS / "fraud-v1.profile.json")
+    assert [f.name for f in made.features] == ["features[0]", "features[1]", "features[2]", "features[3]", "prediction"]
+    assert made.features == shipped.features
+    prediction = made.feature("prediction")
+    assert isinstance(prediction, NumericFeature)
+    assert 0.0 < prediction.edges[0] < prediction.edges[-1] < 1.0  # P(fraud) per row
+
+    np.save(tmp_path / "narrow.npy", np.zeros((10, 3), dtype=np.float32))
+    capsys.readouterr()
+    assert main(["profile", str(tmp_path / "narrow.npy"), "--model", model, "-o", str(out)]) == 2
+    assert "input 'features' has 4 columns, the data 3" in capsys.readouterr().err
+    assert main(["profile", str(tmp_path / "x.npy"), "--model", str(tmp_path / "none.onnx"), "-o", str(out)]) == 2
+    assert "none.onnx: cannot load" in capsys.readouterr().err
+    assert main(["profile", str(tmp_path / "x.npy"), "--model", model, "--as-input", "x", "-o", str(out)]) == 2
+    assert "drop --prediction/--as-input" in capsys.readouterr().err

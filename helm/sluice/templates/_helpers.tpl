@@ -56,7 +56,7 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: ["sluice.dev"]
   resources: ["experiments/status"]
   verbs: ["patch"]
-# The Experiment controller reads its target ModelDeployment (exists? mid-rollout?) before handing it the arms.
+# The Experiment and DriftPolicy controllers read their target ModelDeployment (exists? mid-rollout? its spec).
 - apiGroups: ["sluice.dev"]
   resources: ["modeldeployments"]
   verbs: ["get"]
@@ -111,11 +111,8 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: ["sluice.dev"]
   resources: ["driftpolicies/status"]
   verbs: ["patch"]
-# The DriftPolicy controller reads its target ModelDeployment (get) and patches it (the patch above): its bins as
-# an annotation, the undo command (rollback), spec.model to a retrained version.
-- apiGroups: ["sluice.dev"]
-  resources: ["modeldeployments"]
-  verbs: ["get"]
+# The DriftPolicy controller reads its target ModelDeployment (the get above) and patches it (the patch above): its
+# bins as an annotation, the undo command (rollback), spec.model to a retrained version.
 # DriftPolicy retrain: a Job from the policy's jobTemplate (create), followed until it finishes (get); its pods are
 # listed (pods list, above) for the termination message naming the new model.
 - apiGroups: ["batch"]

@@ -101,6 +101,21 @@ def check_reference(spec: DriftPolicySpec, profile: Profile, window: Counts | No
     return None
 
 
+def check_missing(spec: DriftPolicySpec, window: Counts, missing: Mapping[str, float]) -> Problem | None:
+    """A feature none of whose (at least minSamples) rows in the window could be read: the model's requests do not
+    have it (no such input, or a column beyond its width), so the feature is named rather than left NoData."""
+    for i, (feature, key) in enumerate(zip(spec.features, feature_keys(spec), strict=True)):
+        lost = missing.get(key, 0.0)
+        if lost >= spec.min_samples and sum(window.get(key, ())) == 0:
+            where = f"input {feature.name!r}" + (f" column {feature.index}" if feature.index is not None else "")
+            return Problem(
+                "FeatureMissing",
+                f"spec.features[{i}]",
+                f"none of the {lost:.0f} rows in the window had {where}: the model's requests do not carry it",
+            )
+    return None
+
+
 def _score(
     method: DriftMethod,
     ref: NumericFeature | CategoricalFeature,
@@ -281,6 +296,9 @@ def step(
     if problem is None:
         assert obs.reference is not None
         problem = check_reference(spec, obs.reference, obs.window)
+    if problem is None:
+        assert obs.window is not None
+        problem = check_missing(spec, obs.window, obs.window_missing)
     if problem is not None:
         return _stopped(status, obs, now, problem)
     assert obs.reference is not None

@@ -24,6 +24,7 @@ class Reading:
 
     time: datetime
     bins: Counts
+    missing: Mapping[str, float] = field(default_factory=dict)  # rows whose feature could not be read
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Observations:
     reference_uri: str = ""  # where the reference came from, passed on to a retrain Job
     window: Counts | None = None  # counts per feature in the window ending now; None: not measured
     window_start: datetime | None = None
+    window_missing: Mapping[str, float] = field(default_factory=dict)  # rows without the feature in the window
     problem: Problem | None = None  # the reference or the counters could not be read
     current_samples: Mapping[str, npt.ArrayLike] = field(default_factory=dict)  # raw values for exact KS
 
@@ -58,6 +60,15 @@ def window_counts(earlier: Reading | None, later: Reading) -> dict[str, list[flo
             out[key] = [float(v) for v in now_bins]
             continue
         out[key] = [float(n - b) if n >= b else float(n) for n, b in zip(now_bins, before, strict=True)]
+    return out
+
+
+def window_missing(earlier: Reading | None, later: Reading) -> dict[str, float]:
+    """Per-feature increase of the missing-row counters (a counter that went down restarted)."""
+    out: dict[str, float] = {}
+    for key, now in later.missing.items():
+        before = earlier.missing.get(key, 0.0) if earlier is not None else 0.0
+        out[key] = now - before if now >= before else now
     return out
 
 

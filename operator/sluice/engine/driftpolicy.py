@@ -20,8 +20,9 @@ from sluice.api.drift_policy import DriftPolicySpec, DriftPolicyStatus
 from sluice.drift import Observations, Problem, Profile, Reading, baseline, step, window_counts
 from sluice.drift.actions import Action
 from sluice.drift.core import check_reference, feature_keys
+from sluice.drift.observations import window_missing
 from sluice.drift.profile import PREDICTION, NumericFeature, feature_key
-from sluice.providers.base import FeatureBinCounts, FeatureCounts
+from sluice.providers.base import MISSING_BIN, FeatureBinCounts, FeatureCounts
 from sluice.rollout.measurements import MetricError, NoData
 from sluice.serving.config import Bins, DriftProfileConfig, FeatureBins
 
@@ -62,7 +63,7 @@ def dense(counts: FeatureBinCounts, profile: Profile, keys: list[str]) -> dict[s
     past the profile's bins is kept, so the core reports the mismatch (the router has another profile)."""
     out: dict[str, list[float]] = {}
     for key in keys:
-        by_bin = counts.get(key, {})
+        by_bin = {i: v for i, v in counts.get(key, {}).items() if i != MISSING_BIN}
         size = max([profile.feature(key).bins, *(i + 1 for i in by_bin)])
         out[key] = [by_bin.get(i, 0.0) for i in range(size)]
     return out
@@ -111,7 +112,9 @@ class DriftLoop:
             return self._observations(problem=Problem("NoCounts", "spec.target", measured.message))
         if isinstance(measured, NoData):
             return self._observations(problem=Problem("NoCounts", "spec.target", measured.reason))
-        reading = Reading(now, dense(measured.value, self.profile, feature_keys(self.spec)))
+        keys = feature_keys(self.spec)
+        missing = {k: measured.value.get(k, {}).get(MISSING_BIN, 0.0) for k in keys}
+        reading = Reading(now, dense(measured.value, self.profile, keys), missing)
         window = timedelta(seconds=parse_duration(self.spec.window))
         earlier = baseline(self.readings, now, window)
         self.readings.append(reading)
@@ -119,7 +122,11 @@ class DriftLoop:
         self.readings = [r for r in self.readings if keep_from is None or r.time >= keep_from.time]
         if earlier is None:  # the first reading is the baseline: nothing counted yet
             return self._observations(window={k: [0.0] * len(v) for k, v in reading.bins.items()}, window_start=now)
-        return self._observations(window=window_counts(earlier, reading), window_start=earlier.time)
+        return self._observations(
+            window=window_counts(earlier, reading),
+            window_start=earlier.time,
+            window_missing=window_missing(earlier, reading),
+        )
 
     async def tick(self) -> list[Action]:
         """One observe-decide-act round; returns the actions carried out."""

@@ -34,6 +34,7 @@ class ArmCounters:
 
 ArmsReading = dict[str, ArmCounters]  # by variant (arm) name
 FeatureBinCounts = dict[str, dict[int, float]]  # drift: feature key -> bin index -> cumulative rows
+MISSING_BIN = -1  # the FeatureBinCounts index of the rows whose feature could not be read (input absent, NaN, ...)
 
 
 @runtime_checkable

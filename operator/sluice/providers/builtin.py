@@ -12,7 +12,7 @@ from collections import defaultdict
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluice.providers.base import ArmsReading, FeatureBinCounts, Window, assemble, assemble_arms, parse_le
+from sluice.providers.base import MISSING_BIN, ArmsReading, FeatureBinCounts, Window, assemble, assemble_arms, parse_le
 from sluice.rollout.measurements import Measurement, MetricError, NoData, TrafficSample, Value
 from sluice.serving import metric_names as mn
 
@@ -66,13 +66,20 @@ def parse_arms(text: str, model: str, metric: str) -> ArmsReading:
 
 
 def parse_feature_bins(text: str, model: str, policy: str) -> FeatureBinCounts:
-    """Cumulative rows per feature and bin of one drift policy, summed over versions and variants. Raises ValueError."""
+    """Cumulative rows per feature and bin of one drift policy (MISSING_BIN: rows without the feature), summed over
+    versions and variants. Raises ValueError."""
     out: FeatureBinCounts = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name != mn.FEATURE_BIN_TOTAL or s.labels.get("model") != model or s.labels.get("policy") != policy:
+            if s.labels.get("model") != model or s.labels.get("policy") != policy:
                 continue
-            feature, index = s.labels.get("feature", ""), int(s.labels.get("bin", ""))
+            if s.name == mn.FEATURE_BIN_TOTAL:
+                index = int(s.labels.get("bin", ""))
+            elif s.name == mn.FEATURE_MISSING_TOTAL:
+                index = MISSING_BIN
+            else:
+                continue
+            feature = s.labels.get("feature", "")
             out[feature][index] = out[feature].get(index, 0.0) + float(s.value)
     return dict(out)
 

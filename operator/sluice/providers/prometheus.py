@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from sluice.providers.base import ArmsReading, FeatureBinCounts, Window, assemble, assemble_arms, parse_le
+from sluice.providers.base import MISSING_BIN, ArmsReading, FeatureBinCounts, Window, assemble, assemble_arms, parse_le
 from sluice.rollout.measurements import Measurement, MetricError, NoData, TrafficSample, Value
 from sluice.serving import metric_names as mn
 
@@ -110,12 +110,18 @@ class PrometheusProvider:
         Cumulative like the builtin provider's, so the drift loop differences two readings the same way (a sum that
         went down, e.g. one replica restarted, counts as a reset).
         """
-        series = await self._vector(
-            f'sum by (feature, bin) ({mn.FEATURE_BIN_TOTAL}{{model="{model}",policy="{policy}"}})'
+        matchers = f'model="{model}",policy="{policy}"'
+        series, missing = await asyncio.gather(
+            self._vector(f"sum by (feature, bin) ({mn.FEATURE_BIN_TOTAL}{{{matchers}}})"),
+            self._vector(f"sum by (feature) ({mn.FEATURE_MISSING_TOTAL}{{{matchers}}})"),
         )
         if isinstance(series, MetricError):
             return series
+        if isinstance(missing, MetricError):
+            return missing
         out: FeatureBinCounts = defaultdict(dict)
+        for labels, v in missing:
+            out[labels.get("feature", "")][MISSING_BIN] = v
         try:
             for labels, v in series:
                 out[labels.get("feature", "")][int(labels.get("bin", ""))] = v

@@ -1,5 +1,8 @@
 """Both providers read a drift policy's feature bin counters from the REAL router: equal to numpy's own binning of
-the rows the client sent, on the profile's edges."""
+the rows the client sent, on the profile's edges.
+
+Named to run after test_prometheus.py: the session's Prometheus keeps every scrape target a test adds.
+"""
 
 from __future__ import annotations
 
