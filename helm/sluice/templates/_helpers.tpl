@@ -103,11 +103,11 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
-# DriftPolicies: Kopf lists, watches and patches them (finalizer: deletion takes the policy's bins off its target);
-# the policy's scores, state and conditions are a merge patch of its status.
+# DriftPolicies: Kopf lists, watches and patches them (finalizer: deletion takes the policy's bins off its target).
 - apiGroups: ["sluice.dev"]
   resources: ["driftpolicies"]
   verbs: ["list", "watch", "patch"]
+# A DriftPolicy's state, score, per-feature table and conditions: a merge patch of its status subresource.
 - apiGroups: ["sluice.dev"]
   resources: ["driftpolicies/status"]
   verbs: ["patch"]

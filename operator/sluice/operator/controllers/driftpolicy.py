@@ -243,7 +243,9 @@ class DriftPolicyDaemon:
         self.platform: KubeDriftPlatform | None = None
         self.status = DriftPolicyStatus()
         self._built_for: tuple[Any, ...] | None = None
-        self._reference: tuple[str, Profile | None, Problem | None] | None = None  # (uri, profile, problem)
+        # (uri, generation) -> the profile or the problem; re-read while it fails and on every new generation.
+        self._reference: tuple[tuple[str, int], Profile | None, Problem | None] | None = None
+        self._metadata: tuple[tuple[str, str], Obj] | None = None  # (url, model version) -> the model's metadata
 
     async def run(self, stopped: Stopped, live: Mapping[str, Any]) -> None:
         """Tick every poll until Kopf stops the daemon; a failing tick is logged and retried with backoff."""
@@ -312,9 +314,9 @@ class DriftPolicyDaemon:
             message = "capturing the reference from the stable version is not built in the operator yet; use uri"
             return None, Problem("NotSupported", "spec.reference.fromStableVersion", message)
         cached = self._reference
-        if cached is None or cached[0] != reference.uri or cached[2] is not None:
+        if cached is None or cached[0] != (reference.uri, generation) or cached[2] is not None:
             profile, problem = await load_reference(reference.uri, self.ctx.provider_http())
-            self._reference = cached = (reference.uri, profile, problem)
+            self._reference = cached = ((reference.uri, generation), profile, problem)
         profile, problem = cached[1], cached[2]
         if profile is None:
             return None, problem
@@ -327,16 +329,20 @@ class DriftPolicyDaemon:
         return profile, None
 
     async def _inputs(self, spec: DriftPolicySpec, target: _Target) -> Problem | None:
+        """The features against the model's inputs, read from the router once per URL and model version."""
         base = self._metrics_url(target).removesuffix("/metrics")
         url = f"{base}/v2/models/{target.spec.model.name}"
-        try:
-            response = await self.ctx.provider_http().get(url)
-            response.raise_for_status()
-            metadata = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            message = f"the model's inputs could not be read from the router ({url}): {exc or type(exc).__name__}"
-            return Problem("RouterUnreachable", "spec.target.name", message)
-        return inputs_problem(spec, metadata if isinstance(metadata, dict) else {})
+        key = (url, target.spec.model.version)
+        if self._metadata is None or self._metadata[0] != key:
+            try:
+                response = await self.ctx.provider_http().get(url)
+                response.raise_for_status()
+                metadata = response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                message = f"the model's inputs could not be read from the router ({url}): {exc or type(exc).__name__}"
+                return Problem("RouterUnreachable", "spec.target.name", message)
+            self._metadata = (key, metadata if isinstance(metadata, dict) else {})
+        return inputs_problem(spec, self._metadata[1])
 
     async def _hand_bins(self, spec: DriftPolicySpec, profile: Profile, target: _Target) -> None:
         key, value = annotation_key(self.owner.name), encode(router_profile(self.owner.name, spec, profile))
