@@ -218,6 +218,11 @@ def test_alert_reads_the_router_fills_the_status_and_bad_input_touches_nothing(
         md = cluster.md("fraud") or {}
         assert md["spec"]["model"]["version"] == "v1"
         assert "sluice.dev/command" not in (md["metadata"].get("annotations") or {})
+        # Deleting the policy takes its bins off the target and its scores off /metrics.
+        assert cluster.http.delete(f"{DP_PATH.format(ns=cluster.ns)}/watch").status_code == 200
+        wait_for("the bins to go", lambda: served_drift(cluster) == [], 30)
+        assert annotation_key("watch") not in ((cluster.md("fraud") or {})["metadata"].get("annotations") or {})
+        wait_for("the scores to go", lambda: 'policy="watch"' not in httpx.get(operator.metrics_url, timeout=5).text)
 
 
 def test_rollback_asks_the_target_for_undo_and_both_record_it(
