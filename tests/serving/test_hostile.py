@@ -267,16 +267,21 @@ def test_giant_row_counts_are_413_before_any_tensor_is_built(base: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         for round_ in range(3):  # round 1 warms up; rounds 2-3 are traced: what they leave alive is a leak
             if round_ == 1:
-                tracemalloc.start()
+                tracemalloc.start(8)
             futures = [pool.submit(one) for _ in range(4)]
             assert_served(base, 1)
             results = [f.result() for f in futures]
             assert [code for code, _ in results] == [413] * 4
-            assert max(seconds for _, seconds in results) < 3.0
+            # A bound on the answer, not a benchmark: a 413 costs a parse of the header, never a tensor.
+            assert max(seconds for _, seconds in results) < 8.0
 
         def kept() -> int:
+            """Bytes still held that were allocated in Sluice's serving code (other threads of this test process,
+            left by earlier tests, allocate too; they are no leak of this server)."""
             gc.collect()
-            return int(tracemalloc.get_traced_memory()[0])
+            ours = tracemalloc.Filter(True, "*/sluice/serving/*", all_frames=True)
+            snapshot = tracemalloc.take_snapshot().filter_traces([ours])
+            return sum(stat.size for stat in snapshot.statistics("filename"))
 
         try:  # the server drops a closed connection's buffers a moment after the client saw its answer
             wait_for("the Python heap to shed the traced rounds", lambda: kept() < LEAK_MARGIN, 3.0, 0.1)
