@@ -45,7 +45,7 @@ from sluice.drift.profile import PREDICTION, Profile, ProfileError, parse_profil
 from sluice.engine.driftpolicy import DriftLoop, router_profile
 from sluice.operator import events
 from sluice.operator.context import OperatorContext
-from sluice.operator.controllers.modeldeployment import Stopped, spec_problem
+from sluice.operator.controllers.modeldeployment import Stopped, plain, spec_problem
 from sluice.operator.driftprofiles import annotation_key, encode
 from sluice.operator.kube import ApiError, Obj
 from sluice.operator.render import Owner
@@ -254,7 +254,7 @@ class DriftPolicyDaemon:
             while not stopped:
                 delay = self.ctx.poll_s
                 try:
-                    await self.tick(_plain(live))
+                    await self.tick(plain(live))
                     backoff = self.ctx.poll_s
                 except Exception:
                     log.exception("driftpolicy %s/%s: tick failed", self.owner.namespace, self.owner.name)
@@ -481,14 +481,6 @@ async def _close(source: object) -> None:
     close = getattr(source, "close", None)
     if close is not None:
         await close()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 async def release_target(ctx: OperatorContext, name: str, namespace: str, body: Mapping[str, Any]) -> None:
