@@ -25,7 +25,9 @@ import asyncio
 import copy
 import json
 import logging
+import math
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +65,7 @@ JOB_NAME_LABEL = "job-name"  # set by the Job controller on the Job's pods
 RETRAINED = "Retrained"  # condition: the last retrain Job's outcome; its message starts with "Job <name>:"
 _FINAL = frozenset({"NewVersion", "JobFailed", "NoModelReported", "JobMissing", "InvalidModel"})
 MAX_REFERENCE_BYTES = 64 * 1024 * 1024
+RETRY_S = 10.0  # a reference that could not be read is read again after this long (or at once on a new generation)
 
 
 def undo_command(now: datetime) -> str:
@@ -246,6 +249,7 @@ class DriftPolicyDaemon:
         # (uri, generation) -> the profile or the problem; re-read while it fails and on every new generation.
         self._reference: tuple[tuple[str, int], Profile | None, Problem | None] | None = None
         self._metadata: tuple[tuple[str, str], Obj] | None = None  # (url, model version) -> the model's metadata
+        self._reference_read_at = -math.inf  # time.monotonic() of the last read (a failing one is retried slowly)
 
     async def run(self, stopped: Stopped, live: Mapping[str, Any]) -> None:
         """Tick every poll until Kopf stops the daemon; a failing tick is logged and retried with backoff."""
@@ -314,7 +318,9 @@ class DriftPolicyDaemon:
             message = "capturing the reference from the stable version is not built in the operator yet; use uri"
             return None, Problem("NotSupported", "spec.reference.fromStableVersion", message)
         cached = self._reference
-        if cached is None or cached[0] != (reference.uri, generation) or cached[2] is not None:
+        retry = cached is not None and cached[2] is not None and time.monotonic() - self._reference_read_at >= RETRY_S
+        if cached is None or cached[0] != (reference.uri, generation) or retry:
+            self._reference_read_at = time.monotonic()
             profile, problem = await load_reference(reference.uri, self.ctx.provider_http())
             self._reference = cached = ((reference.uri, generation), profile, problem)
         profile, problem = cached[1], cached[2]
