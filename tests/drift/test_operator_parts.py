@@ -8,11 +8,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import yaml
 
 from sluice.api.drift_policy import DriftPolicySpec
+from sluice.api.model_deployment import ModelDeploymentSpec
+from sluice.api.status import VersionRef
 from sluice.drift.actions import CreateRetrainJob
 from sluice.drift.profile import build_profile
 from sluice.engine.driftpolicy import router_profile
+from sluice.engine.routing import ExperimentArms, Routing
+from sluice.operator.config import OperatorConfig
 from sluice.operator.controllers.driftpolicy import (
     inputs_problem,
     job_outcome,
@@ -21,9 +26,13 @@ from sluice.operator.controllers.driftpolicy import (
     undo_command,
 )
 from sluice.operator.driftprofiles import PREFIX, annotation_key, encode, profiles_on
-from sluice.operator.render import Owner
+from sluice.operator.render import Desired, Owner
+from sluice.operator.render.ray import RayRenderer
+from sluice.operator.render.triton import TritonRenderer
 from sluice.rollout.observations import Command, CommandKind
 from sluice.serving.config import MAX_PROFILES
+from sluice.serving.configsource import parse_config
+from sluice.serving.ray.spec import INGRESS_NAME
 
 SPEC = DriftPolicySpec.model_validate(
     {
@@ -108,3 +117,24 @@ def test_profiles_on_skips_bad_annotations_and_keeps_the_router_limits() -> None
     assert profiles_on({"metadata": {}}) == ()
     assert annotation_key("A_Long.Name" * 10).startswith(PREFIX)
     assert len(annotation_key("x" * 253)) - len(PREFIX) <= 63
+
+
+def test_both_renderers_hand_the_bins_to_the_router_with_or_without_experiment_arms() -> None:
+    rng = np.random.default_rng(1)
+    profile = build_profile({"features[3]": rng.normal(size=500), "prediction": rng.uniform(size=500)})
+    drift = (router_profile("p", SPEC, profile),)
+    v1, v2 = VersionRef(version="v1", uri="s3://m/v1.onnx"), VersionRef(version="v2", uri="s3://m/v2.onnx")
+    arms = ExperimentArms(
+        "ab", (("control", v1, 50), ("treatment", v2, 50)), "x-user", "salt", "converted", "conversion"
+    )
+    owner = Owner("fraud", "default", "uid")
+    for with_arms in (None, arms):
+        desired = Desired(Routing(stable=v1), (v1,), arms=with_arms, drift=drift)
+        spec = ModelDeploymentSpec.model_validate({"backend": "triton", "model": {"name": "fraud", **v1.model_dump()}})
+        by_kind = {c["kind"]: c for c in TritonRenderer().children(owner, spec, desired, OperatorConfig())}
+        assert parse_config(by_kind["ConfigMap"]["data"]).drift == drift
+        spec = spec.model_copy(update={"backend": "ray"})
+        [rs] = RayRenderer().children(owner, spec, desired, OperatorConfig())
+        app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+        ingress = next(d for d in app["deployments"] if d["name"] == INGRESS_NAME)
+        assert [p["policy"] for p in ingress["user_config"]["config"]["drift"]] == ["p"]
