@@ -274,6 +274,10 @@ INVALID = {
         _with(EXP, "spec.guardrails", [{"name": "g", "type": "promql", "max": 1.0}]),
         "spec.guardrails[0].query",
     ),
+    "primary-query-without-placeholders": (
+        _with(EXP, "spec.primaryMetric", {"name": "converted", "query": "sum(signups_total)"}),
+        "spec.primaryMetric.query",
+    ),
     "query-on-builtin-guardrail": (
         _with(EXP, "spec.guardrails", [{"name": "g", "type": "error-rate", "max": 0.1, "query": "up"}]),
         "spec.guardrails[0].query",

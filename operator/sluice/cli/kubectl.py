@@ -1,5 +1,5 @@
 """`kubectl-sluice`: the kubectl plugin (`kubectl sluice status|promote|abort|retry|undo NAME`, and
-`kubectl sluice experiment status|stop NAME`, `kubectl sluice drift status NAME`).
+`kubectl sluice experiment status|conclude|stop NAME`, `kubectl sluice drift status NAME`).
 
 `status` renders a ModelDeployment's status (operator/sluice/api/status.py) as compact tables. The verbs only set
 the annotation `sluice.dev/command: "<verb>:<nonce>"` with a merge patch: the operator compares it with
@@ -30,6 +30,8 @@ EXPERIMENT_PLURAL = "experiments"
 EXPERIMENT_ACTIONS: dict[str, str] = {
     "status": "show phase, verdict, the per-arm table (weight, samples, value, lift with interval, p, P(best))",
     "stop": "end the experiment now with no verdict: Stopped, traffic back to the target's stable version",
+    "conclude": "end the experiment now with the current leader as the winner (Concluded, marked as concluded by "
+    "hand) and carry out its endPolicy; with no outcomes yet there is no leader and control keeps the traffic",
 }
 DRIFT_PLURAL = "driftpolicies"
 # Phases in which promote/abort have nothing to act on (the operator ignores the command then).
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(verb, help=help_text, description=help_text)
         command.add_argument("name", help="ModelDeployment name")
         _connection_options(command)
-    experiment = sub.add_parser("experiment", help="show or stop an Experiment")
+    experiment = sub.add_parser("experiment", help="show, conclude or stop an Experiment")
     _connection_options(experiment)
     actions = experiment.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, help_text in EXPERIMENT_ACTIONS.items():
@@ -377,9 +379,9 @@ def _experiment(args: argparse.Namespace, out: TextIO) -> int:
         if args.action == "status":
             print(render_experiment(cluster.get(args.name)), file=out)
             return 0
-        value = command_value("stop")
+        value = command_value(args.action)
         cluster.annotate(args.name, COMMAND_ANNOTATION, value)
-        print(f"experiment.{GROUP}/{args.name} stop requested ({COMMAND_ANNOTATION}={value})", file=out)
+        print(f"experiment.{GROUP}/{args.name} {args.action} requested ({COMMAND_ANNOTATION}={value})", file=out)
         return 0
     finally:
         cluster.close()

@@ -180,7 +180,7 @@ def run_experiment_command(args: argparse.Namespace, experiments: list[Experimen
         print(json.dumps(status.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2))
     else:
         if traffic is not None:
-            print(f"traffic: {traffic.sent} requests ({traffic.failed} failed), {traffic.reported} outcomes reported")
+            print(f"traffic: {traffic.tally.summary()}, {traffic.reported} outcomes reported")
         if platform.promoted is not None:
             print(f"promoted {platform.promoted.version}: it now serves {target.spec.model.name} on this plane")
         print(f"result: {status.phase.value} — winner {status.winner or 'none'} — {status.verdict or status.message}")
@@ -237,7 +237,7 @@ def run_drift_command(args: argparse.Namespace, policies: list[DriftPolicy], doc
         print(json.dumps(status.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2))
     else:
         if traffic is not None:
-            print(f"traffic: {traffic.sent} requests ({traffic.failed} failed)")
+            print(f"traffic: {traffic.tally.summary()}")
         for version in platform.rollbacks:
             print(f"rolled back: {wanted} now serves {version}")
         for name, code in platform.jobs:

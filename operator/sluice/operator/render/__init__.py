@@ -50,6 +50,7 @@ class Ready:
     ready: bool
     reason: str = ""
     insufficient_gpu: bool = False
+    failed: bool = False  # the backend says this version cannot serve (not merely not yet): an arm stops at once
 
 
 class Renderer(Protocol):

@@ -103,7 +103,7 @@ class TritonRenderer:
             gpu_message = insufficient_gpu(_version_pods(owner, version, pods))
             if gpu_message:
                 return Ready(False, f"waiting for GPUs: {gpu_message}", insufficient_gpu=True)
-            return Ready(False, f"Deployment {name}: {reason}")
+            return Ready(False, f"Deployment {name}: {reason}", failed=_past_deadline(deployment))
         router = live.get(("Deployment", router_name(owner)))
         if router is None:
             return Ready(False, f"router Deployment {router_name(owner)} not created yet")
@@ -111,6 +111,16 @@ class TritonRenderer:
         if not ok:
             return Ready(False, f"router Deployment {router_name(owner)}: {reason}")
         return Ready(True)
+
+
+def _past_deadline(deployment: Mapping[str, Any]) -> bool:
+    """The Deployment controller gave up on it (condition Progressing=False, ProgressDeadlineExceeded): its pods
+    crash or never become ready, e.g. a model the init container or tritonserver cannot load."""
+    conditions = (deployment.get("status") or {}).get("conditions") or []
+    return any(
+        c.get("type") == "Progressing" and c.get("status") == "False" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in conditions
+    )
 
 
 def rolled_out(deployment: Mapping[str, Any]) -> tuple[bool, str]:
