@@ -25,6 +25,7 @@ from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms, Routing
 from sluice.operator import events
 from sluice.operator.admin_secret import AdminSecret
 from sluice.operator.config import OperatorConfig
+from sluice.operator.driftprofiles import profiles_on
 from sluice.operator.kube import ApiError, KubeClient, Obj, contains, merge_diff, our_fields
 from sluice.operator.render import Desired, Key, Owner, Ready, renderer_for
 from sluice.operator.render.meta import DEPLOYMENT_LABEL, label_value
@@ -187,11 +188,12 @@ class KubePlatform:
 
     def desired(self) -> Desired:
         arms = self.experiment_arms()
+        drift = profiles_on(self.body)  # the bins of the DriftPolicies watching this target (driftprofiles.py)
         running = list(self.running)
         for _, ref, _ in arms.arms if arms is not None else ():
             if all(r.version != ref.version for r in running):
                 running.append(ref)  # every arm's version keeps a workload while the experiment runs
-        return Desired(routing=Routing(**vars(self.routing)), running=tuple(running), arms=arms)
+        return Desired(routing=Routing(**vars(self.routing)), running=tuple(running), arms=arms, drift=drift)
 
     def children(self) -> list[Obj]:
         """The rendered children, re-rendered only when the spec or the desired state changed (YAML is costly)."""
