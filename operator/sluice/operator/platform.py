@@ -23,7 +23,9 @@ from sluice.api.status import ModelDeploymentStatus, VersionRef
 from sluice.engine.platform import Readiness
 from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms, Routing
 from sluice.operator import events
+from sluice.operator.admin_secret import AdminSecret
 from sluice.operator.config import OperatorConfig
+from sluice.operator.driftprofiles import profiles_on
 from sluice.operator.kube import ApiError, KubeClient, Obj, contains, merge_diff, our_fields
 from sluice.operator.render import Desired, Key, Owner, Ready, renderer_for
 from sluice.operator.render.meta import DEPLOYMENT_LABEL, label_value
@@ -145,6 +147,7 @@ class KubePlatform:
         self.ready_text = status.ready
         self.prune_needed = True  # delete children no longer desired (at start and after a change)
         self._bad_command: str | None = None
+        self.admin_secret = AdminSecret(client, owner)  # create-only: never part of the applied children
         self.selector = f"{DEPLOYMENT_LABEL}={label_value(owner.name)}"
         # Live children of the watched kinds by (kind, namespace, name) ({}: deleted), kept by Kopf's watches.
         self.watched: Mapping[tuple[str, str, str], Obj] = watched if watched is not None else {}
@@ -185,11 +188,12 @@ class KubePlatform:
 
     def desired(self) -> Desired:
         arms = self.experiment_arms()
+        drift = profiles_on(self.body)  # the bins of the DriftPolicies watching this target (driftprofiles.py)
         running = list(self.running)
         for _, ref, _ in arms.arms if arms is not None else ():
             if all(r.version != ref.version for r in running):
                 running.append(ref)  # every arm's version keeps a workload while the experiment runs
-        return Desired(routing=Routing(**vars(self.routing)), running=tuple(running), arms=arms)
+        return Desired(routing=Routing(**vars(self.routing)), running=tuple(running), arms=arms, drift=drift)
 
     def children(self) -> list[Obj]:
         """The rendered children, re-rendered only when the spec or the desired state changed (YAML is costly)."""
@@ -203,6 +207,7 @@ class KubePlatform:
         """Apply every desired child (writing only differences); returns the live children by (kind, name)."""
         if self.routing.stable is None:
             return {}
+        await self.admin_secret.ensure()  # before the pods that mount it, so they start with the token
         wanted = self.children()
         live: dict[Key, Obj] = {}
         for child in wanted:

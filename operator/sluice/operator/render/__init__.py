@@ -16,6 +16,7 @@ from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
 from sluice.engine.routing import ExperimentArms, Routing
 from sluice.operator.config import OperatorConfig
+from sluice.serving.config import DriftProfileConfig
 
 Object = dict[str, Any]  # a Kubernetes object as JSON
 Key = tuple[str, str]  # (kind, name) of a child in the owner's namespace
@@ -39,6 +40,7 @@ class Desired:
     routing: Routing
     running: tuple[VersionRef, ...]
     arms: ExperimentArms | None = None  # an Experiment's arms, served instead of the routing while it runs
+    drift: tuple[DriftProfileConfig, ...] = ()  # bins of the DriftPolicies watching this ModelDeployment
 
 
 @dataclass(frozen=True)
