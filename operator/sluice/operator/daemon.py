@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from sluice.api.base import COMMAND_ANNOTATION
 from sluice.api.loading import field_errors
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus
 from sluice.local.loop import RolloutLoop
-from sluice.operator import events
 from sluice.operator.context import OperatorContext
 from sluice.operator.kube import Obj
 from sluice.operator.platform import (
@@ -30,6 +30,7 @@ from sluice.operator.platform import (
     BadInput,
     KubePlatform,
     StatusWriter,
+    events,
     put_condition,
 )
 from sluice.operator.render import Owner
@@ -220,7 +221,8 @@ class ModelDeploymentDaemon:
         put_condition(status, bad.condition, False, bad.reason, bad.message, generation=generation)
         if self._reported.get(bad.condition) != bad.message:
             self._reported[bad.condition] = bad.message
-            await events.emit(self.ctx.client, self.owner, "Warning", bad.reason, bad.message)
+            key = f"bad-input/{generation}/{bad.condition}/{bad.message}"  # once per message, across restarts
+            await events.emit(self.ctx.client, self.owner, "Warning", bad.reason, bad.message, key=key)
         await self.writer.write(status)
 
 
@@ -235,4 +237,4 @@ def _plain(value: Any) -> Any:
 
 def _watched(body: Mapping[str, Any]) -> tuple[Any, Any]:
     meta = body.get("metadata", {})
-    return meta.get("generation"), (meta.get("annotations") or {}).get("sluice.dev/command")
+    return meta.get("generation"), (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from sluice.api.base import parse_duration
 from sluice.api.model_deployment import (
+    DEFAULT_CANARY_STEPS,
     BlueGreenStrategy,
     CanaryStep,
     CanaryStrategy,
@@ -51,7 +52,7 @@ from sluice.rollout.observations import Command, CommandKind, Observations
 
 CONSECUTIVE_ERRORS_PER_FAILURE = 3
 IN_PROGRESS = frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING})
-DEFAULT_CANARY = CanaryStrategy(steps=[CanaryStep(weight=w) for w in (10, 25, 50, 75)])
+DEFAULT_CANARY = CanaryStrategy(steps=[CanaryStep(weight=w) for w in DEFAULT_CANARY_STEPS])
 
 
 def revision_hash(spec: ModelDeploymentSpec) -> str:
