@@ -12,6 +12,25 @@ DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
 
 
 @dataclass(frozen=True)
+class LeaseSettings:
+    """Leader election (leader.py); client-go's defaults: 15 s lease, 10 s renew deadline, 2 s retry period."""
+
+    namespace: str
+    name: str = "sluice-operator"
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_period_s < self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError(
+                "leader election needs 0 < SLUICE_RETRY_PERIOD_SECONDS < SLUICE_RENEW_DEADLINE_SECONDS < "
+                f"SLUICE_LEASE_DURATION_SECONDS, got {self.retry_period_s} / {self.renew_deadline_s} / "
+                f"{self.lease_duration_s}"
+            )
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     router_image: str = DEFAULT_ROUTER_IMAGE  # Sluice router and Ray Serve app (serving/Dockerfile)
     triton_image: str = DEFAULT_TRITON_IMAGE  # default for backend triton when spec.tritonImage is empty
@@ -22,7 +41,8 @@ class OperatorConfig:
     metrics_port: int = 8080
     health_port: int = 8081
     namespace: str | None = None  # the operator's own (POD_NAMESPACE)
-    pod_name: str | None = None  # POD_NAME, the Kopf peering identity
+    pod_name: str | None = None  # POD_NAME, the leader-election identity
+    leader_election: LeaseSettings | None = None  # None: this replica acts alone (replicaCount 1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorConfig:
@@ -47,7 +67,40 @@ class OperatorConfig:
             health_port=_port(env, "SLUICE_HEALTH_PORT", 8081),
             namespace=env.get("POD_NAMESPACE") or None,
             pod_name=env.get("POD_NAME") or None,
+            leader_election=_lease(env),
         )
+
+
+def _lease(env: Mapping[str, str]) -> LeaseSettings | None:
+    flag = env.get("SLUICE_LEADER_ELECTION", "").strip().lower()
+    if flag in ("", "false", "0"):
+        return None
+    if flag not in ("true", "1"):
+        raise ValueError(f"SLUICE_LEADER_ELECTION must be true or false, not {flag!r}")
+    namespace = env.get("POD_NAMESPACE", "").strip()
+    if not namespace:
+        raise ValueError("SLUICE_LEADER_ELECTION=true needs POD_NAMESPACE: the Lease lives in the operator's namespace")
+    defaults = LeaseSettings(namespace=namespace)
+    return LeaseSettings(
+        namespace=namespace,
+        name=env.get("SLUICE_LEASE_NAME", "").strip() or defaults.name,
+        lease_duration_s=_seconds(env, "SLUICE_LEASE_DURATION_SECONDS", defaults.lease_duration_s),
+        renew_deadline_s=_seconds(env, "SLUICE_RENEW_DEADLINE_SECONDS", defaults.renew_deadline_s),
+        retry_period_s=_seconds(env, "SLUICE_RETRY_PERIOD_SECONDS", defaults.retry_period_s),
+    )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {text!r}") from None
+    if not 0 < value <= 3600:
+        raise ValueError(f"{name} must be in (0, 3600] seconds, not {text!r}")
+    return value
 
 
 def _json(env: Mapping[str, str], name: str, default: Any) -> Any:
