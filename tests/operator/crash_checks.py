@@ -62,3 +62,22 @@ def operator_events(emulator: EmulatorThread, ns: str) -> list[str]:
         and obj["metadata"].get("namespace") == ns
         and (obj.get("source") or {}).get("component") == EVENT_SOURCE
     ]
+
+
+def workloads(emulator: EmulatorThread, backend: str, ns: str) -> set[str]:
+    """What serves versions in `ns`: the RayService's variants (versions), or the Triton Deployments and Services."""
+    if backend == "ray":
+        stored = emulator.call(lambda: emulator.emulator.stored("rayservices", "ray.io"))
+        return {v for rs in stored if rs["metadata"]["namespace"] == ns for v, _ in variants(backend, rs) or ()}
+    found: set[str] = set()
+    for plural, group, kind in (("deployments", "apps", "Deployment"), ("services", "", "Service")):
+        stored = emulator.call(lambda p=plural, g=group: emulator.emulator.stored(p, g))
+        found |= {f"{kind}/{o['metadata']['name']}" for o in stored if o["metadata"]["namespace"] == ns}
+    return found
+
+
+def final_workloads(backend: str, name: str, stable: str) -> set[str]:
+    """`workloads` once a rollout of ModelDeployment `name` has settled on `stable` alone."""
+    if backend == "ray":
+        return {stable}
+    return {f"{kind}/{name}-{part}" for kind in ("Deployment", "Service") for part in ("router", stable)}

@@ -17,6 +17,7 @@ Runs go PARALLEL at a time, one operator process and namespace each (the kill ho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -34,10 +35,11 @@ from tests.kube.fixtures import start_emulator
 from tests.operator.crash_checks import (
     Routing,
     created_twice,
+    final_workloads,
     is_subsequence,
     operator_events,
     routing_states,
-    variants,
+    workloads,
 )
 from tests.operator.operator_process import OPERATOR_AGENTS, TEST_AGENT, OperatorProcess, RouterMetrics
 from tests.operator.simulator import Simulator
@@ -77,7 +79,7 @@ class Run:
     phase: str
     history: list[tuple[str, str, str]]
     routing: list[Routing]  # the children's routing states, consecutive repeats folded
-    workloads: set[str]  # names of the children that serve a version at the end (RayService apps / Deployments)
+    workloads: set[str]  # what serves versions at the end (crash_checks.workloads)
     events: list[str]  # reasons of the operator's Events, in the order posted
     writes: list[AuditEntry]  # the operator's successful writes in its namespace
     starts: int
@@ -156,17 +158,22 @@ def rollout(world: World, backend: str, quality: str, kill_after: int | None, ta
         headers = {"Content-Type": "application/merge-patch+json"}
         assert http.patch(f"{md}/{name}", content=json.dumps(change), headers=headers).status_code == 200
         final = wait_for(f"{ns}: a terminal phase", lambda: (s := status()).get("phase") in TERMINAL and s, 90)
+        stable = final.get("stable", {}).get("version")
+        expected = final_workloads(backend, name, stable)
+
+        def settled() -> bool:
+            """The children match the final status: routing to `stable` alone, older workloads pruned."""
+            states = routing_states(emulator, backend, ns)
+            return bool(states) and states[-1] == ((stable, 100),) and workloads(emulator, backend, ns) == expected
+
+        wait_for(f"{ns}: children serving {stable} alone", settled, 30)
+        if kill_after is not None and not killed:  # a kill point in the run's tail: the last writes may follow
+            with contextlib.suppress(AssertionError):
+                wait_for(f"{ns}: write {kill_after}", lambda: killed, 3)
         if killed:  # a kill point past this run's last write is reported by the test
             wait_for(f"{ns}: the restart", restarted.is_set, 30)
-        # Settled: the children match the final status (a promotion's last weight write follows its status write).
-        wait_for(f"{ns}: the operator to settle", operator.healthy, 30)
-        settle = final.get("stable", {}).get("version")
-        wait_for(
-            f"{ns}: children serving {settle} alone",
-            lambda: (s := routing_states(world.emulator, backend, ns)) and s[-1] == ((settle, 100),),
-            30,
-        )
-        if kill_time:
+            wait_for(f"{ns}: the restarted operator past start-up", operator.healthy, 30)
+            wait_for(f"{ns}: children serving {stable} alone after the restart", settled, 30)
             converge_s = time.monotonic() - kill_time[0]
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{operator.logs()[-6000:]}") from None
@@ -182,21 +189,11 @@ def rollout(world: World, backend: str, quality: str, kill_after: int | None, ta
     audit = emulator.call(lambda: [e for e in emulator.emulator.audit if e.namespace == ns])
     writes = [e for e in audit if e.user_agent.startswith(OPERATOR_AGENTS) and e.verb in WRITES and e.code < 300]
     events = operator_events(emulator, ns)
-    if backend == "ray":
-        (rs,) = [
-            o
-            for o in emulator.call(lambda: emulator.emulator.stored("rayservices", "ray.io"))
-            if o["metadata"]["namespace"] == ns
-        ]
-        workloads = {v for v, _ in variants(backend, rs) or ()}
-    else:
-        deployments = emulator.call(lambda: emulator.emulator.stored("deployments", "apps"))
-        workloads = {d["metadata"]["name"] for d in deployments if d["metadata"]["namespace"] == ns}
     return Run(
         phase=final["phase"],
         history=[(h["revision"], h["outcome"], h["model"]["version"]) for h in final.get("history", [])],
         routing=routing_states(world.emulator, backend, ns),
-        workloads=workloads,
+        workloads=workloads(emulator, backend, ns),
         events=events,
         writes=writes,
         starts=operator.starts,
@@ -252,6 +249,7 @@ def test_kill_after_every_write(world: World, backend: str, quality: str) -> Non
     # SLUICE_KILL_POINTS="3,7" narrows the sweep (debugging one position); by default every write is a kill point.
     chosen = os.environ.get("SLUICE_KILL_POINTS", "")
     points = [int(k) for k in chosen.split(",") if k.strip()] or list(range(1, n + 1))
+    print(f"\n{backend}/{quality} reference routing: {ref.routing}; Events: {ref.events}")
     for i, e in enumerate(ref.writes, 1):  # which write is which (shown with -s)
         print(f"write {i:2}: {e.user_agent.split('/')[0]:15} {e.verb:6} {e.resource}/{e.subresource} {e.name}")
 
