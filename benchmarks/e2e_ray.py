@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from tests.support import free_port, listening, wait_for  # noqa: E402
 
 from batching import body, fair_ray_priority, load, make_models  # noqa: E402
 from sluice.serving.config import ServingConfig  # noqa: E402
@@ -60,27 +62,11 @@ FASTAPI_APP = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port} after {timeout_s} s")
-
-
 @contextlib.contextmanager
 def fastapi_server(model: Path, tmp: Path) -> Iterator[str]:
     """The tutorial server in its own process for the duration of the block; yields its infer URL."""
     (tmp / "fastapi_app.py").write_text(FASTAPI_APP)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(tmp), "--port", str(port)),
@@ -89,7 +75,7 @@ def fastapi_server(model: Path, tmp: Path) -> Iterator[str]:
         env={**os.environ, "BENCH_MODEL": str(model)},
     )
     try:
-        _wait_port(port)
+        wait_for(f"the FastAPI server on port {port}", lambda: listening(port), 60)
         yield f"http://127.0.0.1:{port}/v2/models/m/infer"
     finally:
         proc.terminate()

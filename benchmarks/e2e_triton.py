@@ -8,7 +8,7 @@ row per request:
 
 * ``direct_http``   — v2 REST JSON straight to tritonserver;
 * ``direct_grpc``   — tritonclient.grpc.aio straight to tritonserver;
-* ``router_http``   — the same v2 REST JSON to the Sluice router (standalone host process, `--backend triton`),
+* ``router_http``   — the same v2 REST JSON to the Sluice router (standalone host process, `--variant-backend triton`),
   which forwards over gRPC with `TritonBackend`;
 * ``backend_inproc`` — `TritonBackend` called in-process (no HTTP hop; it coalesces requests that arrive in the same
   event-loop turn into one Triton call), the floor of the router's overhead.
@@ -33,17 +33,20 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support import answers, free_port, wait_for
+from tests.support.traffic import logistic_onnx
 
 from sluice.serving.backends.triton import TritonBackend
 from sluice.serving.tensors import InferRequest, Tensor
@@ -54,37 +57,13 @@ MODEL = "lr"
 RESULTS = Path(__file__).parent / "results" / "e2e_triton.json"
 
 
-def _model(path: Path) -> Path:
-    from skl2onnx import to_onnx
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 4)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-    path.write_bytes(to_onnx(LogisticRegression().fit(x, y), x[:1], options={"zipmap": False}).SerializeToString())
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+        return answers(url)
+
+    wait_for(url, ready, timeout_s)
 
 
 def _cpu_seconds(pids: Callable[[], list[int]]) -> float:
@@ -244,7 +223,7 @@ async def _measure(
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
-    """Start tritonserver and the router (its own process, `--backend triton`), measure, always stop both."""
+    """Start tritonserver and the router (its own process, `--variant-backend triton`), measure, always stop both."""
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         root = Path(tmp)
         spec = RepositorySpec(
@@ -254,7 +233,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             max_batch_size=32,
             max_queue_delay_us=args.queue_delay_us,
         )
-        write_model(spec, root / "repo", {"v1": _model(root / "model.onnx")})
+        write_model(spec, root / "repo", {"v1": logistic_onnx(root / "model.onnx")})
         with TritonServer(root / "repo") as triton:
             config = {
                 "model_name": MODEL,
@@ -262,10 +241,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                               "endpoint": triton.grpc_url}],
             }  # fmt: skip
             (root / "serving.json").write_text(json.dumps(config))
-            port = _free_port()
+            port = free_port()
             router = subprocess.Popen(
                 [sys.executable, "-m", "sluice.serving.host_standalone", "--config", str(root / "serving.json"),
-                 "--port", str(port), "--backend", "triton"],
+                 "--port", str(port), "--variant-backend", "triton"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip

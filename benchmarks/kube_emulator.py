@@ -1,4 +1,4 @@
-"""How fast the API emulator (tests/kube/emulator.py) answers, beside plain kmock 0.8, in one run.
+"""How fast the API emulator (tests/support/emulator.py) answers, beside plain kmock 0.8, in one run.
 
     .venv/bin/python benchmarks/kube_emulator.py [--count 1000]
 
@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.kube.fixtures import start_emulator  # noqa: E402
+from tests.support.kube import start_emulator  # noqa: E402
 
 EXAMPLE = ROOT / "manifests" / "examples" / "10-canary-ray.yaml"
 MDS = "/apis/sluice.dev/v1alpha1/namespaces/default/modeldeployments"

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/operator_scale.py [--count 1000] [--threads 8] [--profile]
 
-Starts the emulator (tests/kube), the KubeRay status stand-in (tests/operator/operator_process.py) and a real
+Starts the emulator, the KubeRay stand-in and synthetic router metrics (all from tests/support) and a real
 `sluice operator` subprocess (cluster-wide), creates `count` backend-ray ModelDeployments from `threads` threads,
 and measures from the first create: (1) until every one has its RayService and a status with a phase, (2) until
 every one is Stable (KubeRay marked its Serve app healthy, the operator saw it and wrote status). Also the operator's
@@ -30,16 +30,17 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.kube.fixtures import start_emulator  # noqa: E402
-from tests.operator.operator_process import (  # noqa: E402
+from tests.support import wait_for  # noqa: E402
+from tests.support.kube import start_emulator  # noqa: E402
+from tests.support.operator_process import (  # noqa: E402
     GROUP_VERSION,
     OPERATOR_AGENTS,
     TEST_AGENT,
-    KubeRayStatus,
     OperatorProcess,
-    RouterMetrics,
     model_deployment,
 )
+from tests.support.router_metrics import SyntheticRouterMetrics  # noqa: E402
+from tests.support.simulator import ClusterSimulator  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "operator_scale.json"
 NAMESPACE = "scale"
@@ -69,7 +70,7 @@ def main() -> int:
         kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig")
         with httpx.Client(base_url=emulator.url, headers={"User-Agent": TEST_AGENT}, timeout=60) as http:
             assert http.post("/api/v1/namespaces", json={"metadata": {"name": NAMESPACE}}).status_code == 201
-        with RouterMetrics() as metrics, KubeRayStatus(emulator.url):
+        with SyntheticRouterMetrics() as metrics, ClusterSimulator(emulator.url):
             env = {"SLUICE_ROUTER_METRICS_URL": metrics.url_format, "SLUICE_LOG_LEVEL": "warning"}
             operator = OperatorProcess(kubeconfig, tmp, env)
             profile = tmp / "operator.prof"
@@ -86,7 +87,12 @@ def main() -> int:
                 ]
             operator.start()
             try:
-                time.sleep(3)  # Kopf up and watching (an empty watch costs nothing)
+                em = emulator.emulator
+                wait_for(  # Kopf up and watching: creates from now on are the operator's work
+                    "the operator's ModelDeployment watch",
+                    lambda: emulator.call(lambda: em.watching("modeldeployments", "sluice.dev", OPERATOR_AGENTS)),
+                    60,
+                )
                 result = run(emulator, args.count, args.threads, args.timeout, operator)
             finally:
                 code = operator.stop()

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from tests.support import free_port, wait_for
 
 from sluice.api import ModelDeployment
 from sluice.cli.serve import load_deployments, serving_config
@@ -110,18 +109,12 @@ def _psutil() -> Any:
     return importlib.import_module("psutil")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_serve_on_ray_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
     psutil = _psutil()
     path = _write(tmp_path, ONE + CANARY)
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "serve.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.cli.main", "serve", "-f", str(path), "--backend", "ray", "--port", str(port)],
@@ -132,11 +125,13 @@ def test_serve_on_ray_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
     )
     tree: list[Any] = []
     try:
-        deadline = time.monotonic() + 240
-        while "Ctrl-C or SIGTERM" not in (tmp_path / "serve.log").read_text():
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "sluice serve did not come up"
-            time.sleep(0.5)
+
+        def up() -> bool:
+            text = (tmp_path / "serve.log").read_text()
+            assert proc.poll() is None, text[-3000:]
+            return "Ctrl-C or SIGTERM" in text
+
+        wait_for("sluice serve to come up", up, 240, 0.5)
         out = (tmp_path / "serve.log").read_text()
         assert f"http://127.0.0.1:{port}" in out
         assert "curl -s" in out
@@ -164,3 +159,60 @@ def test_serve_on_ray_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
             if p.is_running():
                 p.kill()
         log.close()
+
+
+def test_serve_locks_the_admin_api_with_a_token_it_prints(tmp_path: Path) -> None:
+    """`sluice serve` (onnx: the router in-process) writes a 0600 token file, prints its path, removes it at exit."""
+    path = _write(tmp_path, ONE + CANARY)
+    port = free_port()
+    out_path = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_ADMIN")}
+    args = ["serve", "-f", str(path), "--backend", "onnx", "--port", str(port)]
+    with out_path.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sluice.cli.main", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)},
+        )
+    try:
+
+        def up() -> bool:
+            text = out_path.read_text()
+            assert proc.poll() is None, text[-3000:]
+            return "Ctrl-C or SIGTERM" in text
+
+        wait_for("sluice serve to come up", up, 60, 0.2)
+        line = next(x for x in out_path.read_text().splitlines() if x.startswith("admin API token"))
+        token_file = Path(line.rsplit(" ", 1)[1])
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        assert token not in out_path.read_text()  # the path is printed, never the token
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/admin/config", timeout=10).status_code == 401
+        r = httpx.get(f"{base}/admin/config", headers={"authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200
+        assert r.json()["override_enabled"] is False
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not token_file.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_a_bad_http_limit_is_a_clear_error(tmp_path: Path) -> None:
+    args = ["serve", "-f", str(_write(tmp_path, ONE)), "--backend", "onnx", "--port", "0"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "sluice.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SLUICE_HTTP_MAX_CONNECTIONS": "lots", "TMPDIR": str(tmp_path)},
+    )
+    assert proc.returncode == 1
+    assert "$SLUICE_HTTP_MAX_CONNECTIONS: 'lots' is not a number" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*.admin-token"))

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.e2e.conftest import REPO, Kube
-from tests.operator.operator_process import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 

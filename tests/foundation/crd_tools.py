@@ -19,6 +19,7 @@ import yaml
 from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
+from tests.support.emulator import apply_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
@@ -34,19 +35,6 @@ def crd(kind: str) -> dict[str, Any]:
 def schema(kind: str) -> dict[str, Any]:
     found: dict[str, Any] = crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return found
-
-
-def apply_defaults(node: dict[str, Any], value: Any) -> Any:
-    """Structural defaulting: absent properties with a default get it, recursively (like the API server)."""
-    if isinstance(value, dict) and "properties" in node:
-        for name, sub in node["properties"].items():
-            if name not in value and "default" in sub:
-                value[name] = copy.deepcopy(sub["default"])
-            if name in value:
-                value[name] = apply_defaults(sub, value[name])
-    elif isinstance(value, list) and "items" in node:
-        return [apply_defaults(node["items"], v) for v in value]
-    return value
 
 
 def _strict(node: Any) -> Any:
@@ -89,7 +77,7 @@ _FUNCTIONS = {"isSorted": _is_sorted, "sum": _sum}
 
 
 @cache
-def _program(rule: str) -> Any:
+def cel_program(rule: str) -> Any:
     return _ENV.program(_ENV.compile(rule), functions=_FUNCTIONS)
 
 
@@ -109,7 +97,7 @@ def cel_errors(node: dict[str, Any], value: Any, path: str = "") -> list[str]:
     out = []
     for rule in node.get("x-kubernetes-validations", []):
         try:
-            result = _program(rule["rule"]).evaluate({"self": json_to_cel(_typed(node, value))})
+            result = cel_program(rule["rule"]).evaluate({"self": json_to_cel(_typed(node, value))})
         except CELEvalError as exc:  # e.g. a field the rule reads is absent: the API server refuses too
             result = exc
         if isinstance(result, Exception) or not bool(result):
@@ -127,6 +115,6 @@ def cel_errors(node: dict[str, Any], value: Any, path: str = "") -> list[str]:
 def server_errors(obj: dict[str, Any]) -> list[str]:
     """What the API server would refuse in `obj` (after defaulting); empty when it would be accepted."""
     kind = obj["kind"]
-    obj = apply_defaults(schema(kind), copy.deepcopy(obj))
+    obj = apply_defaults(copy.deepcopy(obj), schema(kind))
     errors = structural_errors(kind, obj)
     return errors or cel_errors(schema(kind), obj)

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from pydantic import ValidationError
-from tests.foundation.crd_tools import CRD_DIR, REPO, _program, cel_errors, crd, schema, server_errors
+from tests.foundation.crd_tools import CRD_DIR, REPO, cel_errors, cel_program, crd, schema, server_errors
 
 from sluice.api import ModelDeployment
 from sluice.api.base import ApiModel
@@ -80,7 +80,7 @@ def test_schema_is_structural(info: Any) -> None:
 def test_cel_rules_compile_and_field_paths_exist(info: Any) -> None:
     for path, node in _walk(schema(info.kind)):
         for rule in node.get("x-kubernetes-validations", []):
-            _program(rule["rule"])
+            cel_program(rule["rule"])
             target = node
             for part in filter(None, rule.get("fieldPath", "").split(".")):
                 assert part in target.get("properties", {}), f"{path}: fieldPath {rule['fieldPath']} not in schema"
@@ -287,6 +287,18 @@ INVALID = {
         "spec.guardrails",
     ),
     "alpha-too-large": (_with(EXP, "spec.alpha", 0.7), "spec.alpha"),
+    "thompson-floor-too-high": (
+        _with(
+            _with(_with(EXP, "spec.allocation", "thompson"), "spec.allocationFloor", 40),
+            "spec.variants",
+            [
+                {"name": "a", "model": MODEL, "weight": 34},
+                {"name": "b", "model": {**MODEL, "version": "v2"}, "weight": 33},
+                {"name": "c", "model": {**MODEL, "version": "v3"}, "weight": 33},
+            ],
+        ),
+        "spec.allocationFloor",
+    ),
     "reference-with-neither": (_with(DP, "spec.reference", {}), "spec.reference"),
     "reference-with-both": (
         _with(DP, "spec.reference", {"uri": "s3://b/p.json", "fromStableVersion": True}),
@@ -359,9 +371,9 @@ def _same_where_server_has(server: Any, model: Any, path: str) -> None:
 @pytest.mark.parametrize("obj", [MD, EXP, DP, {**MD, "spec": {"model": MODEL}}], ids=["md", "exp", "dp", "md-bare"])
 def test_crd_defaults_match_model_defaults(obj: dict[str, Any]) -> None:
     """Everything the API server fills in equals what the model fills in: one set of defaults."""
-    from tests.foundation.crd_tools import apply_defaults
+    from tests.support.emulator import apply_defaults
 
-    server = apply_defaults(schema(obj["kind"]), copy.deepcopy(obj))
+    server = apply_defaults(copy.deepcopy(obj), schema(obj["kind"]))
     model = parse_object(copy.deepcopy(obj)).model_dump(by_alias=True, mode="json", exclude_none=True)
     _same_where_server_has(server["spec"], model["spec"], "spec")
 

@@ -1,6 +1,7 @@
 """A tiny Kopf operator for the emulator's tests: every handler appends one line to $WIDGET_LOG.
 
-Run by tests/kube/test_kopf.py with `kopf run` in a subprocess (sync handlers, as FACTS.md advises).
+Run by tests/kube/test_kopf.py with `kopf run` in a subprocess (sync handlers:
+Kopf runs them in threads, so a sync client never blocks its loop).
 """
 
 from __future__ import annotations

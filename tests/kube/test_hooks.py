@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import httpx
-from tests.kube.emulator import AuditEntry, EmulatorThread
 from tests.kube.helpers import unique
+from tests.support.emulator import AuditEntry, EmulatorThread
 
 UA = "hooks-test/1"
 

@@ -8,23 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from tests.kube.emulator import EmulatorThread
 from tests.kube.helpers import WIDGETS, widget
+from tests.support import wait_for
+from tests.support.emulator import EmulatorThread
 
 OPERATOR = Path(__file__).with_name("kopf_widget_operator.py")
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_kopf_operator_handles_lifecycle_once(kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path) -> None:
@@ -44,16 +35,16 @@ def test_kopf_operator_handles_lifecycle_once(kube_emulator: EmulatorThread, kub
 
     try:
         assert http.post(url, json=widget("w")).status_code == 201
-        wait_for(lambda: lines()["create w"] == 1, "the create handler")
-        wait_for(lambda: lines()["daemon-start w"] == 1 and lines()["timer w"] >= 2, "the daemon and the timer")
+        wait_for("the create handler", lambda: lines()["create w"] == 1)
+        wait_for("the daemon and the timer", lambda: lines()["daemon-start w"] == 1 and lines()["timer w"] >= 2)
         obj = http.get(f"{url}/w").json()
         assert "test.sluice.dev/kopf-finalizer" in obj["metadata"]["finalizers"]
-        wait_for(lambda: http.get(f"{url}/w").json().get("status", {}).get("created") == {"seen": "yes"}, "status")
+        wait_for("status", lambda: http.get(f"{url}/w").json().get("status", {}).get("created") == {"seen": "yes"})
         patch = {"spec": {"model": "v2"}}
         http.patch(f"{url}/w", json=patch, headers={"Content-Type": "application/merge-patch+json"})
-        wait_for(lambda: lines()["update:v2 w"] == 1, "the update handler")
+        wait_for("the update handler", lambda: lines()["update:v2 w"] == 1)
         assert http.delete(f"{url}/w").status_code == 200
-        wait_for(lambda: http.get(f"{url}/w").status_code == 404, "the finalizer to be released")
+        wait_for("the finalizer to be released", lambda: http.get(f"{url}/w").status_code == 404)
         time.sleep(1.5)  # long enough for any retry or repeat to show up
         seen = lines()
         for line in ("create w", "update:v2 w", "delete w", "daemon-start w", "daemon-stop w"):

@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
-from tests.kube.emulator import EmulatorThread
+from tests.support import wait_for
+from tests.support.emulator import EmulatorThread
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="the kubectl client is not installed")
 
@@ -100,15 +102,22 @@ def test_strict_field_validation_refuses_unknown_fields(kubeconfig: Path, tmp_pa
 
 
 def test_get_watch_prints_rows_as_objects_change(kubeconfig: Path, kube_emulator: EmulatorThread) -> None:
-    import time
-
     import httpx
 
+    def watches() -> int:
+        return int(kube_emulator.call(lambda: kube_emulator.emulator.watching("widgets", "test.sluice.dev", "kubectl")))
+
+    before = watches()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     command = ["kubectl", "get", "wd", "-n", "default", "-w", "-l", "app=watched"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    stdout = process.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True)
+    reader.start()
     try:
-        time.sleep(1.5)  # kubectl lists, then watches from the list's resourceVersion
+        wait_for("kubectl's watch to open", lambda: watches() > before, 20, 0.02)
         body = {"metadata": {"name": "kw1", "labels": {"app": "watched"}}, "spec": {"model": "m"}}
         url = f"{kube_emulator.url}/apis/test.sluice.dev/v1/namespaces/default/widgets"
         assert httpx.post(url, json=body).status_code == 201
@@ -117,10 +126,13 @@ def test_get_watch_prints_rows_as_objects_change(kubeconfig: Path, kube_emulator
             json={"status": {"phase": "Ready"}},
             headers={"Content-Type": "application/merge-patch+json"},
         )
-        time.sleep(1.5)
+        wait_for("the Ready row", lambda: any(line.split() == ["kw1", "Ready"] for line in lines), 10)
     finally:
         process.terminate()
-        out, err = process.communicate(timeout=20)
+        process.wait(timeout=20)
+        reader.join(timeout=10)
+        err = process.stderr.read() if process.stderr else ""
+    out = "".join(lines)
     rows = [line.split() for line in out.splitlines()]
     assert ["NAME", "PHASE"] in rows, (out, err)
     assert ["kw1", "<none>"] in rows

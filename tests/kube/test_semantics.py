@@ -11,8 +11,9 @@ import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from tests.kube.emulator import EmulatorThread
 from tests.kube.helpers import WIDGETS, unique, watch_events, widget
+from tests.support import wait_for
+from tests.support.emulator import EmulatorThread
 
 GROUP, VERSION, PLURAL = "test.sluice.dev", "v1", "widgets"
 
@@ -62,20 +63,17 @@ def test_discovery_serves_kopf_backbone_builtins_and_crds(http: httpx.Client) ->
 
 
 def test_rayservice_crd_is_served(http: httpx.Client) -> None:
-    from tests.kube.fixtures import RAY_CRD
+    from tests.support.kube import RAY_CRD
 
-    if not RAY_CRD.exists():
-        pytest.skip(f"KubeRay's RayService CRD is not at {RAY_CRD} in this checkout")
+    assert RAY_CRD.is_file(), f"KubeRay's RayService CRD is committed at {RAY_CRD}"
     resources = {r["name"] for r in http.get("/apis/ray.io/v1").json()["resources"]}
     assert {"rayservices", "rayservices/status"} <= resources
 
 
 def test_sluice_crds_are_served(http: httpx.Client) -> None:
-    from tests.kube.fixtures import SLUICE_CRDS
+    from tests.support.kube import SLUICE_CRDS
 
-    files = sorted(SLUICE_CRDS.glob("*.yaml"))
-    if not files:
-        pytest.skip("crds/ holds no generated CRDs yet")
+    assert sorted(SLUICE_CRDS.glob("*.yaml")), f"no generated CRDs in {SLUICE_CRDS}"
     groups = {g["name"] for g in http.get("/apis").json()["groups"]}
     assert "sluice.dev" in groups
     kinds = {r["kind"] for r in http.get(f"/apis/sluice.dev/{_first_version(http)}").json()["resources"]}
@@ -356,7 +354,6 @@ def test_finalizers_delay_deletion(custom: client.CustomObjectsApi, ns: str) -> 
 def test_owner_references_are_garbage_collected(
     kube_client: client.ApiClient, custom: client.CustomObjectsApi, ns: str
 ) -> None:
-    import time
 
     owner = create(custom, ns, widget("owner"))
     ref = {"apiVersion": "test.sluice.dev/v1", "kind": "Widget", "name": "owner", "uid": owner["metadata"]["uid"]}
@@ -369,11 +366,8 @@ def test_owner_references_are_garbage_collected(
     }
     apps.create_namespaced_deployment(ns, deployment)
     custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "owner")
-    deadline = time.monotonic() + 5
-    while (
-        time.monotonic() < deadline and core.list_namespaced_config_map(ns, field_selector="metadata.name=child").items
-    ):
-        time.sleep(0.05)
+    gone = core.list_namespaced_config_map
+    wait_for("the child's collection", lambda: not gone(ns, field_selector="metadata.name=child").items, 5, 0.05)
     assert [cm.metadata.name for cm in core.list_namespaced_config_map(ns).items] == ["bystander"]
     assert apps.list_namespaced_deployment(ns).items == []
 
@@ -427,10 +421,7 @@ def test_orphan_policy_keeps_dependents_and_namespace_delete_cascades(http: http
     time.sleep(0.2)
     assert http.get(f"{cms}/kept").status_code == 200
     http.delete(f"/api/v1/namespaces/{ns}")
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and http.get(f"{cms}/kept").status_code == 200:
-        time.sleep(0.05)
-    assert http.get(f"{cms}/kept").status_code == 404
+    wait_for("the namespace's objects to go", lambda: http.get(f"{cms}/kept").status_code == 404, 5, 0.05)
 
 
 def test_a_crd_created_through_the_api_is_served(http: httpx.Client) -> None:

@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tests.kube.emulator import EmulatorThread
+from tests.support import wait_for
+from tests.support.emulator import EmulatorThread
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "manifests" / "examples" / "10-canary-ray.yaml"
@@ -82,8 +82,6 @@ def http(kube_emulator: EmulatorThread) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def fraud(http: httpx.Client) -> str:
     """The canary example from manifests/examples, with a mid-rollout status written through /status."""
-    if not (REPO / "crds" / "modeldeployments.sluice.dev.yaml").exists():
-        pytest.skip("crds/modeldeployments.sluice.dev.yaml is not generated in this checkout")
     body = yaml.safe_load(EXAMPLE.read_text())
     created = http.post(MDS.format(ns="default"), json=body)
     assert created.status_code == 201, created.text
@@ -146,8 +144,6 @@ def test_verbs_set_the_command_annotation_once_per_request(
 
 
 def test_namespace_and_context_options(kube_emulator: EmulatorThread, http: httpx.Client, tmp_path: Path) -> None:
-    if not (REPO / "crds" / "modeldeployments.sluice.dev.yaml").exists():
-        pytest.skip("crds/modeldeployments.sluice.dev.yaml is not generated in this checkout")
     assert http.post("/api/v1/namespaces", json={"metadata": {"name": "team-a"}}).status_code == 201
     body = yaml.safe_load(EXAMPLE.read_text())
     body["metadata"] = {"name": "other"}
@@ -175,7 +171,13 @@ def test_errors_are_clear(kubeconfig: Path, tmp_path: Path) -> None:
     assert plugin(kubeconfig).returncode == 2
 
 
-def test_watch_prints_each_change(kubeconfig: Path, http: httpx.Client, fraud: str) -> None:
+def test_watch_prints_each_change(
+    kubeconfig: Path, kube_emulator: EmulatorThread, http: httpx.Client, fraud: str
+) -> None:
+    def watches() -> int:
+        return int(kube_emulator.call(lambda: kube_emulator.emulator.watching("modeldeployments", "sluice.dev")))
+
+    before = watches()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     command = [str(PLUGIN), "status", fraud, "--watch", "--timeout", "8"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -183,7 +185,7 @@ def test_watch_prints_each_change(kubeconfig: Path, http: httpx.Client, fraud: s
         assert process.stdout is not None
         first = process.stdout.readline()  # the first picture is being printed (flushed)
         assert first.startswith("--- "), first
-        time.sleep(0.5)  # the watch opens right after it
+        wait_for("the plugin's watch to open", lambda: watches() > before, 10, 0.02)
         url = f"{MDS.format(ns='default')}/{fraud}/status"
         patched = http.patch(url, json={"status": {"phase": "Promoting", "canaryWeight": 100}}, headers=MERGE)
         assert patched.status_code == 200, patched.text

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 import yaml
-from tests.kube.emulator import AuditEntry, EmulatorThread
+from tests.support.emulator import AuditEntry, EmulatorThread
 
 Routing = tuple[tuple[str, int], ...]  # (version, weight) per variant, stable first
 EVENT_SOURCE = "sluice-operator"

@@ -21,12 +21,13 @@ import helm_python as helm
 import httpx
 import pytest
 import yaml
-from tests.kube.emulator import AuditEntry, EmulatorThread
-from tests.kube.fixtures import start_emulator
 from tests.operator.crash_checks import created_twice, operator_events, routing_states
-from tests.operator.operator_process import OPERATOR_AGENTS, TEST_AGENT, OperatorProcess, RouterMetrics
-from tests.operator.simulator import Simulator
 from tests.support import wait_for
+from tests.support.emulator import AuditEntry, EmulatorThread
+from tests.support.kube import start_emulator
+from tests.support.operator_process import OPERATOR_AGENTS, TEST_AGENT, OperatorProcess
+from tests.support.router_metrics import SyntheticRouterMetrics
+from tests.support.simulator import ClusterSimulator
 
 from sluice.api.base import API_VERSION
 
@@ -86,12 +87,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig")
         with (
-            RouterMetrics() as metrics,
+            SyntheticRouterMetrics() as metrics,
             httpx.Client(base_url=emulator.url, headers={"User-Agent": TEST_AGENT}, timeout=30) as http,
         ):
             for ns in (LEASE_NS, NS):
                 assert http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).status_code == 201
-            simulator = Simulator(emulator.url, NS, period_s=0.1).start()
+            simulator = ClusterSimulator(emulator.url, NS).start()
             try:
                 yield Cluster(emulator, kubeconfig, http, tmp, {"SLUICE_ROUTER_METRICS_URL": metrics.url_format})
             finally:

@@ -30,8 +30,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.kube.emulator import AuditEntry, EmulatorThread
-from tests.kube.fixtures import start_emulator
 from tests.operator.crash_checks import (
     Routing,
     created_twice,
@@ -41,9 +39,12 @@ from tests.operator.crash_checks import (
     routing_states,
     workloads,
 )
-from tests.operator.operator_process import OPERATOR_AGENTS, TEST_AGENT, OperatorProcess, RouterMetrics
-from tests.operator.simulator import Simulator
 from tests.support import wait_for
+from tests.support.emulator import AuditEntry, EmulatorThread
+from tests.support.kube import start_emulator
+from tests.support.operator_process import OPERATOR_AGENTS, TEST_AGENT, OperatorProcess
+from tests.support.router_metrics import SyntheticRouterMetrics
+from tests.support.simulator import ClusterSimulator
 
 from sluice.api.base import API_VERSION
 
@@ -92,7 +93,7 @@ class Run:
 class World:
     emulator: EmulatorThread
     kubeconfig: Path
-    metrics: RouterMetrics
+    metrics: SyntheticRouterMetrics
     tmp: Path
 
 
@@ -103,7 +104,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         tmp = tmp_path_factory.mktemp("kill-anywhere")
         kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig")
-        with RouterMetrics() as metrics:
+        with SyntheticRouterMetrics() as metrics:
             metrics.bad.add("bad")
             yield World(emulator, kubeconfig, metrics, tmp)
     finally:
@@ -145,7 +146,7 @@ def rollout(world: World, backend: str, quality: str, kill_after: int | None, ta
 
     stop = threading.Event()
     restarter = threading.Thread(target=restart, daemon=True)
-    simulator = Simulator(emulator.url, ns, period_s=0.1)
+    simulator = ClusterSimulator(emulator.url, ns)
     converge_s = None
     try:
         assert http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).status_code == 201

@@ -1,6 +1,6 @@
 """`sluice operator` against the API emulator: create → RayService + status, Events, columns, idempotency, commands.
 
-The operator runs as a subprocess (the real CLI); the simulator stands in for KubeRay (tests/operator/simulator.py).
+The operator runs as a subprocess (the real CLI); the simulator stands in for KubeRay (tests/support/simulator.py).
 """
 
 from __future__ import annotations
@@ -15,22 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
-from tests.kube.emulator import EmulatorThread
-from tests.operator.harness import Cluster, OperatorProcess, example, operator_env, wait_for
-
-from sluice.serving.ray.spec import INGRESS_NAME
+from tests.support import wait_for
+from tests.support.emulator import EmulatorThread
+from tests.support.operator_process import Cluster, OperatorProcess, example, operator_env
 
 Obj = dict[str, Any]
-
-
-def weights(cluster: Cluster, name: str) -> dict[str, int]:
-    """version -> weight in the RayService's ingress user_config (what Serve routes by)."""
-    rs = cluster.rayservice(name)
-    assert rs is not None
-    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
-    ingress = next(d for d in app["deployments"] if d["name"] == INGRESS_NAME)
-    return {v["version"]: v["weight"] for v in ingress["user_config"]["config"]["variants"]}
 
 
 def phase_is(cluster: Cluster, name: str, phase: str) -> bool:
@@ -57,7 +46,7 @@ def test_create_runs_to_stable_with_owned_child_events_columns_and_no_idle_write
     kubeconfig: Path,
 ) -> None:
     md = cluster.apply_md(example("01-canary-good.yaml")[0])
-    rs = wait_for(lambda: cluster.rayservice("fraud"), "the RayService")
+    rs = wait_for("the RayService", lambda: cluster.rayservice("fraud"))
     [ref] = rs["metadata"]["ownerReferences"]
     assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
         "ModelDeployment",
@@ -67,9 +56,9 @@ def test_create_runs_to_stable_with_owned_child_events_columns_and_no_idle_write
     )
     assert rs["metadata"]["labels"]["sluice.dev/model-deployment"] == "fraud"
     assert rs["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sluice-operator"
-    assert weights(cluster, "fraud") == {"v1": 100}
+    assert cluster.weights("fraud") == {"v1": 100}
 
-    wait_for(lambda: phase_is(cluster, "fraud", "Stable"), "phase Stable")
+    wait_for("phase Stable", lambda: phase_is(cluster, "fraud", "Stable"))
     status = cluster.status("fraud")
     assert status["stable"]["version"] == "v1"
     ready = cluster.condition("fraud", "Ready")
@@ -102,7 +91,7 @@ def test_create_runs_to_stable_with_owned_child_events_columns_and_no_idle_write
     assert kube_emulator.emulator.writes == before, "a quiet ModelDeployment must cause no writes"
 
     cluster.delete_md("fraud")
-    wait_for(lambda: cluster.md("fraud") is None, "the finalizer to be released")
+    wait_for("the finalizer to be released", lambda: cluster.md("fraud") is None)
     assert operator.alive()
     assert operator.stop() == 0
     assert "Traceback" not in operator.log
@@ -113,27 +102,27 @@ def test_spec_change_walks_canary_steps_and_obeys_promote_and_abort(
 ) -> None:
     v1 = example("01-canary-good.yaml")[0]
     cluster.apply_md(v1)
-    wait_for(lambda: phase_is(cluster, "fraud", "Stable"), "phase Stable")
+    wait_for("phase Stable", lambda: phase_is(cluster, "fraud", "Stable"))
 
     cluster.apply_md(gated(v1, "v2", "file:models/fraud-v2.onnx"))
-    wait_for(lambda: phase_is(cluster, "fraud", "Paused"), "the first gate")
-    assert weights(cluster, "fraud") == {"v1": 80, "v2": 20}
+    wait_for("the first gate", lambda: phase_is(cluster, "fraud", "Paused"))
+    assert cluster.weights("fraud") == {"v1": 80, "v2": 20}
     assert cluster.status("fraud")["canaryWeight"] == 20
 
     cluster.annotate("fraud", "sluice.dev/command", "promote:1")
-    wait_for(lambda: cluster.status("fraud").get("canaryWeight") == 60, "step 1 at 60%")
-    assert weights(cluster, "fraud") == {"v1": 40, "v2": 60}
+    wait_for("step 1 at 60%", lambda: cluster.status("fraud").get("canaryWeight") == 60)
+    assert cluster.weights("fraud") == {"v1": 40, "v2": 60}
     cluster.annotate("fraud", "sluice.dev/command", "promote:2")
-    wait_for(lambda: phase_is(cluster, "fraud", "Succeeded"), "the promotion")
-    assert weights(cluster, "fraud") == {"v2": 100}
+    wait_for("the promotion", lambda: phase_is(cluster, "fraud", "Succeeded"))
+    assert cluster.weights("fraud") == {"v2": 100}
     assert cluster.status("fraud")["stable"]["version"] == "v2"
 
     cluster.apply_md(gated(v1, "v3", "file:models/fraud-v1.onnx"))
-    wait_for(lambda: phase_is(cluster, "fraud", "Paused"), "the v3 gate")
-    assert weights(cluster, "fraud") == {"v2": 80, "v3": 20}
+    wait_for("the v3 gate", lambda: phase_is(cluster, "fraud", "Paused"))
+    assert cluster.weights("fraud") == {"v2": 80, "v3": 20}
     cluster.annotate("fraud", "sluice.dev/command", "abort:3")
-    wait_for(lambda: phase_is(cluster, "fraud", "Aborted"), "the abort")
-    assert weights(cluster, "fraud") == {"v2": 100}
+    wait_for("the abort", lambda: phase_is(cluster, "fraud", "Aborted"))
+    assert cluster.weights("fraud") == {"v2": 100}
     reasons = cluster.event_reasons("fraud")
     for reason in ("RolloutStarted", "CanaryReady", "GatePassed", "Promoting", "Promoted", "Aborted"):
         assert reason in reasons, reasons
@@ -143,13 +132,13 @@ def test_spec_change_walks_canary_steps_and_obeys_promote_and_abort(
 
 def test_metrics_count_reconciles_and_phases(cluster: Cluster, operator: OperatorProcess, simulator: Any) -> None:
     cluster.apply_md(example("01-canary-good.yaml")[0])
-    wait_for(lambda: phase_is(cluster, "fraud", "Stable"), "phase Stable")
+    wait_for("phase Stable", lambda: phase_is(cluster, "fraud", "Stable"))
 
     def scraped() -> str:
         text = httpx.get(operator.metrics_url, timeout=5).text
         return text if 'sluice_operator_model_deployments{phase="Stable"} 1.0' in text else ""
 
-    text = wait_for(scraped, "the Stable phase in /metrics")
+    text = wait_for("the Stable phase in /metrics", scraped)
     ok = next(line for line in text.splitlines() if line.startswith('sluice_operator_reconciles_total{outcome="ok"}'))
     assert float(ok.split()[-1]) >= 2
     assert httpx.get(operator.health_url, timeout=5).status_code == 200
@@ -180,7 +169,7 @@ def test_triton_backend_gets_a_deployment_per_version_and_loses_the_aborted_one(
     v1 = copy.deepcopy(example("01-canary-good.yaml")[0])
     v1["spec"]["backend"] = "triton"
     md = cluster.apply_md(v1)
-    wait_for(lambda: phase_is(cluster, "fraud", "Stable"), "phase Stable")
+    wait_for("phase Stable", lambda: phase_is(cluster, "fraud", "Stable"))
 
     def deployments() -> set[str]:
         return {d["metadata"]["name"] for d in cluster.items("/apis/apps/v1/namespaces/{ns}/deployments")}
@@ -189,9 +178,9 @@ def test_triton_backend_gets_a_deployment_per_version_and_loses_the_aborted_one(
     for d in cluster.items("/apis/apps/v1/namespaces/{ns}/deployments"):
         assert d["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
     cluster.apply_md(gated(v1, "v2", "file:models/fraud-v2.onnx"))
-    wait_for(lambda: phase_is(cluster, "fraud", "Paused"), "the first gate")
+    wait_for("the first gate", lambda: phase_is(cluster, "fraud", "Paused"))
     assert deployments() == {"fraud-v1", "fraud-v2", "fraud-router"}
     cluster.annotate("fraud", "sluice.dev/command", "abort:1")
-    wait_for(lambda: phase_is(cluster, "fraud", "Aborted"), "the abort")
-    wait_for(lambda: deployments() == {"fraud-v1", "fraud-router"}, "the aborted version's Deployment to go")
+    wait_for("the abort", lambda: phase_is(cluster, "fraud", "Aborted"))
+    wait_for("the aborted version's Deployment to go", lambda: deployments() == {"fraud-v1", "fraud-router"})
     assert "Traceback" not in operator.log

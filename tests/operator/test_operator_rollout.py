@@ -16,12 +16,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.kube.emulator import EmulatorThread
-from tests.operator.harness import EXAMPLES, Cluster, example, running_operator, wait_for
-from tests.operator.simulator import simulating
+from tests.support import wait_for
+from tests.support.emulator import EmulatorThread
+from tests.support.operator_process import EXAMPLES, Cluster, example, running_operator
+from tests.support.simulator import simulating
 
 from sluice.api.model_deployment import ModelDeploymentSpec
-from sluice.local.dataplane import Routing, serving_config
+from sluice.engine.routing import Routing, serving_config
 from sluice.rollout.core import version_ref
 from sluice.serving.launch import start_data_plane
 
@@ -98,14 +99,14 @@ def test_full_rollout_is_decided_by_the_routers_metrics(
         simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
     ):
         cluster.apply_md(v1)
-        wait_for(lambda: cluster.status("fraud").get("phase") == "Stable", "v1 stable")
+        wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable")
         with Load(plane.url, "fraud") as load:
             cluster.apply_md(fast(v2))
-            wait_for(lambda: cluster.status("fraud").get("canaryWeight") == 25, "the first step", timeout=20)
+            wait_for("the first step", lambda: cluster.status("fraud").get("canaryWeight") == 25, timeout_s=20)
             done = wait_for(
-                lambda: cluster.status("fraud").get("phase") in ("Succeeded", "RolledBack", "Failed", "Aborted"),
                 "the rollout's end",
-                timeout=60,
+                lambda: cluster.status("fraud").get("phase") in ("Succeeded", "RolledBack", "Failed", "Aborted"),
+                timeout_s=60,
             )
             assert done
             status = cluster.status("fraud")
@@ -124,7 +125,7 @@ def test_full_rollout_is_decided_by_the_routers_metrics(
                 assert "drift" in status["history"][0]["reason"]
                 assert any(e["reason"] == "AnalysisFailed" and "drift" in e["message"] for e in cluster.events("fraud"))
                 served = {"v1": 100}
-            wait_for(lambda: plane_weights(sim.applied["fraud"]) == served, f"the data plane to serve {served}", 10)
+            wait_for(f"the data plane to serve {served}", lambda: plane_weights(sim.applied["fraud"]) == served, 10)
             assert "Traceback" not in operator.log
 
 

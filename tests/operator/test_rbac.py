@@ -15,18 +15,18 @@ import helm_python as helm
 import httpx
 import pytest
 import yaml
-from tests.kube.emulator import AuditEntry
-from tests.kube.fixtures import start_emulator
-from tests.operator.operator_process import (
+from tests.support import wait_for
+from tests.support.emulator import AuditEntry
+from tests.support.kube import start_emulator
+from tests.support.operator_process import (
     GROUP_VERSION,
     OPERATOR_AGENTS,
     TEST_AGENT,
-    KubeRayStatus,
     OperatorProcess,
-    RouterMetrics,
     model_deployment,
-    wait_for,
 )
+from tests.support.router_metrics import SyntheticRouterMetrics
+from tests.support.simulator import ClusterSimulator
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "sluice"
 Grant = tuple[str, str, str]  # group, resource (with /subresource), verb
@@ -79,8 +79,8 @@ def operator_requests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list
     try:
         kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig")
         with (
-            RouterMetrics() as metrics,
-            KubeRayStatus(emulator.url),
+            SyntheticRouterMetrics() as metrics,
+            ClusterSimulator(emulator.url),
             httpx.Client(base_url=emulator.url, headers={"User-Agent": TEST_AGENT}, timeout=30) as http,
         ):
             operator = OperatorProcess(kubeconfig, tmp, {"SLUICE_ROUTER_METRICS_URL": metrics.url_format})

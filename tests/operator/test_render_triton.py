@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2
 
 from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.local.dataplane import Routing
+from sluice.engine.routing import Routing
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Object, Owner, renderer_for
 from sluice.operator.render.gpu import GPU_RESOURCE
@@ -160,10 +160,17 @@ def test_the_router_config_points_each_variant_at_its_versions_grpc_service() ->
     [container] = pod["containers"]
     args = container["args"]
     assert args[args.index("--watch-configmap") + 1] == "default/fraud-router"
-    assert args[args.index("--backend") + 1] == "triton"
+    assert args[args.index("--variant-backend") + 1] == "triton"
     mount = container["volumeMounts"][0]
     assert args[args.index("--config") + 1] == f"{mount['mountPath']}/config.json"
-    assert pod["volumes"] == [{"name": mount["name"], "configMap": {"name": "fraud-router"}}]
+    assert pod["volumes"][0] == {"name": mount["name"], "configMap": {"name": "fraud-router"}}
+    # The admin API's token comes from an optional Secret, mounted where $SLUICE_ADMIN_TOKEN_FILE points.
+    admin_mount = container["volumeMounts"][1]
+    assert pod["volumes"][1] == {
+        "name": admin_mount["name"],
+        "secret": {"secretName": "fraud-router-admin", "optional": True},
+    }
+    assert container["env"] == [{"name": "SLUICE_ADMIN_TOKEN_FILE", "value": f"{admin_mount['mountPath']}/token"}]
     assert pod["serviceAccountName"] == "fraud-router"
     [rule] = children["Role", "fraud-router"]["rules"]
     assert rule == {

@@ -20,19 +20,19 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tests.kube.emulator import AuditEntry, EmulatorThread
-from tests.kube.fixtures import start_emulator
-from tests.operator.operator_process import (
+from tests.support import wait_for
+from tests.support.emulator import AuditEntry, EmulatorThread
+from tests.support.kube import start_emulator
+from tests.support.operator_process import (
     GROUP_VERSION,
     OPERATOR_AGENTS,
     TEST_AGENT,
-    KubeRayStatus,
     OperatorProcess,
-    RouterMetrics,
     iter_statuses,
     model_deployment,
-    wait_for,
 )
+from tests.support.router_metrics import SyntheticRouterMetrics
+from tests.support.simulator import ClusterSimulator
 
 STEPS = [20, 50]
 ALLOWED_WEIGHTS = {0, *STEPS, 100}
@@ -58,7 +58,7 @@ class Outcome:
 class World:
     emulator: EmulatorThread
     kubeconfig: Path
-    metrics: RouterMetrics
+    metrics: SyntheticRouterMetrics
     tmp: Path
 
 
@@ -69,7 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         tmp = tmp_path_factory.mktemp("restart")
         kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig")
-        with RouterMetrics() as metrics, KubeRayStatus(emulator.url):
+        with SyntheticRouterMetrics() as metrics, ClusterSimulator(emulator.url):
             yield World(emulator, kubeconfig, metrics, tmp)
     finally:
         emulator.stop()

@@ -6,48 +6,25 @@ Both bind 127.0.0.1 on free ports and are always stopped. Prometheus scrapes eve
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import start_http_server
-
-from sluice.serving.metrics import RouterMetrics
+from tests.support import free_port, wait_for
+from tests.support.router_metrics import Exporter, exported_router_metrics
 
 MODEL = "fraud"
 PROMETHEUS = shutil.which("prometheus")
 
 
-@dataclass
-class Exporter:
-    metrics: RouterMetrics
-    url: str
-    address: str  # host:port for a scrape config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def exporter() -> Iterator[Exporter]:
     """The router's RouterMetrics (exact names, labels and buckets of the data plane) over real HTTP."""
-    metrics = RouterMetrics(MODEL)
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
-    try:
-        port = server.server_port
-        yield Exporter(metrics, f"http://127.0.0.1:{port}/metrics", f"127.0.0.1:{port}")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with exported_router_metrics(MODEL) as exporter:
+        yield exporter
 
 
 def _write_config(path: Path, targets: dict[str, str]) -> None:
@@ -92,16 +69,15 @@ def prometheus_server(exporter: Exporter, tmp_path_factory: pytest.TempPathFacto
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"prometheus exited: {(root / 'prometheus.log').read_text()[-2000:]}"
             try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not become ready: {(root / 'prometheus.log').read_text()[-2000:]}")
-            time.sleep(0.1)
+                return False
+
+        wait_for("prometheus to be ready", ready, 20)
         yield Prometheus(url, config, targets)
     finally:
         proc.terminate()

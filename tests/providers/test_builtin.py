@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from tests.providers.conftest import MODEL, Exporter, free_port
+from tests.providers.conftest import MODEL
+from tests.support import free_port
+from tests.support.router_metrics import Exporter
 
-from sluice.api.model_deployment import MetricProvider as ProviderSpec
+from sluice.api.model_deployment import ProviderSpec
 from sluice.providers import Window, create_provider
 from sluice.providers.builtin import BuiltinProvider, difference, parse_snapshot, to_sample
 from sluice.rollout.measurements import MetricError, NoData, Value

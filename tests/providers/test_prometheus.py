@@ -7,9 +7,11 @@ import time
 
 import httpx
 import pytest
-from tests.providers.conftest import MODEL, Exporter, free_port
+from tests.providers.conftest import MODEL
+from tests.support import free_port
+from tests.support.router_metrics import Exporter
 
-from sluice.api.model_deployment import MetricProvider as ProviderSpec
+from sluice.api.model_deployment import ProviderSpec
 from sluice.providers import Window, create_provider
 from sluice.providers.prometheus import PrometheusProvider
 from sluice.rollout.measurements import MetricError, NoData, Value
@@ -20,7 +22,8 @@ pytestmark = pytest.mark.prometheus
 PROM_MODEL = "scoring"  # its own model label, so builtin tests sharing the exporter do not interfere
 
 
-async def wait_for(provider: PrometheusProvider, promql: str, expected: float, within_s: float = 15) -> float:
+async def query_until(provider: PrometheusProvider, promql: str, expected: float, within_s: float = 15) -> float:
+    """Query until the answer is `expected` (scrapes land every second); fail naming the last answer."""
     deadline = time.monotonic() + within_s
     last: object = None
     while time.monotonic() < deadline:
@@ -29,6 +32,14 @@ async def wait_for(provider: PrometheusProvider, promql: str, expected: float, w
             return last.value
         await asyncio.sleep(0.25)
     raise AssertionError(f"{promql} never reached {expected}: last {last}")
+
+
+async def one_more_scrape(provider: PrometheusProvider) -> None:
+    """Wait for the exporter's next scrape to be stored (the count of its `up` samples grows by one)."""
+    samples = 'count_over_time(up{job="exporter"}[10m])'
+    now = await provider.query(samples)
+    assert isinstance(now, Value), now
+    await query_until(provider, samples, now.value + 1)
 
 
 async def test_sample_reads_interval_increases(exporter: Exporter, prometheus: str) -> None:
@@ -44,16 +55,16 @@ async def test_sample_reads_interval_increases(exporter: Exporter, prometheus: s
         provider = PrometheusProvider(prometheus)
         try:
             total = f'sum({mn.REQUESTS_TOTAL}{{model="{PROM_MODEL}"}})'
-            await wait_for(provider, total, 0)
-            await asyncio.sleep(1.5)  # at least one more scrape at zero
+            await query_until(provider, total, 0)
+            await one_more_scrape(provider)  # a second sample at zero: increase() sees the traffic start from 0
             for i in range(900):
                 m.request("v1", "stable", 500 if i < 9 else 200, 0.02)
                 m.scores("v1", "stable", [0.3])
             for i in range(100):
                 m.request("v2", "canary", 500 if i < 10 else 200, 0.2)
                 m.scores("v2", "canary", [0.9])
-            assert await wait_for(provider, total, 1000) == 1000
-            await asyncio.sleep(1.5)
+            assert await query_until(provider, total, 1000) == 1000
+            await one_more_scrape(provider)
             result = await provider.sample(Window(model=PROM_MODEL, interval_s=30))
             assert isinstance(result, Value), result
             s = result.value

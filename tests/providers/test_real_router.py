@@ -6,15 +6,13 @@ What the providers report must equal what the clients saw: every response names 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from tests.providers.conftest import Prometheus
+from tests.support.traffic import send
 
 from sluice.providers import Window
 from sluice.providers.builtin import BuiltinProvider
@@ -22,11 +20,9 @@ from sluice.providers.prometheus import PrometheusProvider
 from sluice.rollout.measurements import NoData, Value
 from sluice.rollout.statistics import psi
 from sluice.serving.config import ServingConfig
-from sluice.serving.launch import DataPlane, start_data_plane
+from sluice.serving.launch import RunningPlane, start_data_plane
 
 MODELS = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "models"
-sys.path.insert(0, str(MODELS))
-import traffic  # noqa: E402
 
 
 def config(canary_uri: str, canary_weight: int) -> ServingConfig:
@@ -42,7 +38,7 @@ def config(canary_uri: str, canary_weight: int) -> ServingConfig:
 
 
 @pytest.fixture(scope="module")
-def plane() -> Iterator[DataPlane]:
+def plane() -> Iterator[RunningPlane]:
     p = start_data_plane(config("file:fraud-v2-bad.onnx", 40), "onnx", MODELS, ready_timeout_s=60)
     try:
         yield p
@@ -50,19 +46,7 @@ def plane() -> Iterator[DataPlane]:
         p.stop()
 
 
-async def send(plane: DataPlane, n: int, seed: int) -> Counter[str]:
-    rows = traffic.features(n, seed=seed)
-    seen: Counter[str] = Counter()
-    async with httpx.AsyncClient(timeout=30) as client:
-        for row in rows:
-            body = traffic.v2_request(row.reshape(1, -1))
-            resp = await client.post(f"{plane.url}/v2/models/fraud/infer", json=body)
-            resp.raise_for_status()
-            seen[resp.json()["model_version"]] += 1
-    return seen
-
-
-async def test_builtin_counts_what_clients_saw(plane: DataPlane) -> None:
+async def test_builtin_counts_what_clients_saw(plane: RunningPlane) -> None:
     provider = BuiltinProvider(plane.metrics_url)
     try:
         window = Window(model="fraud", interval_s=30)
@@ -82,7 +66,7 @@ async def test_builtin_counts_what_clients_saw(plane: DataPlane) -> None:
         await provider.close()
 
 
-async def test_prometheus_reads_the_real_router(plane: DataPlane, prometheus_server: Prometheus) -> None:
+async def test_prometheus_reads_the_real_router(plane: RunningPlane, prometheus_server: Prometheus) -> None:
     prometheus_server.scrape("sluice-router", plane.url.removeprefix("http://"))
     provider = PrometheusProvider(prometheus_server.url)
     try:

@@ -10,13 +10,14 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client import start_http_server
 from tests.rollout.helpers import Clock, make_spec
+from tests.support.router_metrics import exported_router_metrics
 
 from sluice.api.status import Phase
-from sluice.local.dataplane import DataPlanePlatform, Routing, serving_config
-from sluice.local.loop import RolloutLoop
-from sluice.local.platform import Platform
+from sluice.engine.modeldeployment import RolloutLoop
+from sluice.engine.platform import Platform
+from sluice.engine.routing import Routing, serving_config
+from sluice.local.modeldeployment import LocalPlatform
 from sluice.providers.builtin import BuiltinProvider
 from sluice.serving.config import ServingConfig
 from sluice.serving.metrics import RouterMetrics
@@ -40,14 +41,8 @@ class RecordingHandle:
 
 @pytest.fixture
 def router_metrics() -> Iterator[tuple[RouterMetrics, str]]:
-    metrics = RouterMetrics(MODEL)
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
-    try:
-        yield metrics, f"http://127.0.0.1:{server.server_port}/metrics"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with exported_router_metrics(MODEL) as exporter:
+        yield exporter.metrics, exporter.url
 
 
 def send(metrics: RouterMetrics, config: ServingConfig, n: int, canary_error_rate: float) -> None:
@@ -65,7 +60,7 @@ async def run_rollout(
     spec_v1 = make_spec("v1", analysis={"interval": "30s", "minRequests": 20, "failureThreshold": 2})
     spec_v1.rollout.canary.steps = spec_v1.rollout.canary.steps[1:]  # one step: 50%
     handle = RecordingHandle()
-    platform = DataPlanePlatform(spec_v1, handle)
+    platform = LocalPlatform(spec_v1, handle)
     assert isinstance(platform, Platform)
     clock = Clock()
     provider = BuiltinProvider(url)
@@ -114,7 +109,7 @@ async def test_good_canary_is_promoted_on_the_data_plane(router_metrics: tuple[R
 async def test_run_stops_when_asked(router_metrics: tuple[RouterMetrics, str]) -> None:
     spec = make_spec("v1")
     provider = BuiltinProvider(router_metrics[1])
-    loop = RolloutLoop(spec, DataPlanePlatform(spec, RecordingHandle()), provider, name="fraud", poll_s=0.01)
+    loop = RolloutLoop(spec, LocalPlatform(spec, RecordingHandle()), provider, name="fraud", poll_s=0.01)
     stop = asyncio.Event()
     try:
         task = asyncio.create_task(loop.run(stop))

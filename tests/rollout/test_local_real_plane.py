@@ -6,26 +6,24 @@ driven by the test, so a 30 s analysis interval takes no wall time.
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from tests.rollout.helpers import Clock
+from tests.support.traffic import send
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import Phase
-from sluice.local.dataplane import DataPlanePlatform, Routing, serving_config
-from sluice.local.loop import RolloutLoop
+from sluice.engine.modeldeployment import RolloutLoop
+from sluice.engine.routing import Routing, serving_config
+from sluice.local.modeldeployment import LocalPlatform
 from sluice.providers.builtin import BuiltinProvider
 from sluice.rollout.core import version_ref
-from sluice.serving.launch import DataPlane, start_data_plane
+from sluice.serving.launch import RunningPlane, start_data_plane
 
 MODELS = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "models"
-sys.path.insert(0, str(MODELS))
-import traffic  # noqa: E402
 
 
 def spec(uri: str, version: str) -> ModelDeploymentSpec:
@@ -50,7 +48,7 @@ V1 = spec("file:fraud-v1.onnx", "v1")
 
 
 @pytest.fixture
-def plane() -> Iterator[DataPlane]:
+def plane() -> Iterator[RunningPlane]:
     p = start_data_plane(serving_config(V1, Routing(stable=version_ref(V1.model))), "onnx", MODELS, ready_timeout_s=60)
     try:
         yield p
@@ -58,20 +56,10 @@ def plane() -> Iterator[DataPlane]:
         p.stop()
 
 
-async def send(plane: DataPlane, n: int, seed: int) -> Counter[str]:
-    seen: Counter[str] = Counter()
-    async with httpx.AsyncClient(timeout=30) as client:
-        for row in traffic.features(n, seed=seed):
-            resp = await client.post(f"{plane.url}/v2/models/fraud/infer", json=traffic.v2_request(row.reshape(1, -1)))
-            resp.raise_for_status()
-            seen[resp.json()["model_version"]] += 1
-    return seen
-
-
-async def rollout(plane: DataPlane, candidate: ModelDeploymentSpec) -> RolloutLoop:
+async def rollout(plane: RunningPlane, candidate: ModelDeploymentSpec) -> RolloutLoop:
     clock = Clock()
     provider = BuiltinProvider(plane.metrics_url)
-    loop = RolloutLoop(V1, DataPlanePlatform(V1, plane), provider, name="fraud", clock=clock)
+    loop = RolloutLoop(V1, LocalPlatform(V1, plane), provider, name="fraud", clock=clock)
     try:
         await loop.tick()
         await loop.tick()
@@ -94,7 +82,7 @@ async def rollout(plane: DataPlane, candidate: ModelDeploymentSpec) -> RolloutLo
     return loop
 
 
-async def test_drifting_model_is_rolled_back_on_the_real_router(plane: DataPlane) -> None:
+async def test_drifting_model_is_rolled_back_on_the_real_router(plane: RunningPlane) -> None:
     loop = await rollout(plane, spec("file:fraud-v2-bad.onnx", "v2"))
     assert loop.status.phase is Phase.ROLLED_BACK, loop.status.message
     assert loop.status.failed_checks[0].name == "drift"
@@ -102,7 +90,7 @@ async def test_drifting_model_is_rolled_back_on_the_real_router(plane: DataPlane
     assert await send(plane, 30, seed=9) == Counter({"v1": 30})
 
 
-async def test_good_model_is_promoted_on_the_real_router(plane: DataPlane) -> None:
+async def test_good_model_is_promoted_on_the_real_router(plane: RunningPlane) -> None:
     loop = await rollout(plane, spec("file:fraud-v2.onnx", "v2"))
     assert loop.status.phase is Phase.SUCCEEDED, loop.status.message
     assert await send(plane, 30, seed=9) == Counter({"v2": 30})

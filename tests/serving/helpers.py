@@ -15,14 +15,18 @@ import uvicorn
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
+from sluice.serving.admin import AdminAuth
 from sluice.serving.app import build_app
 from sluice.serving.config import ServingConfig
 from sluice.serving.errors import BackendUnavailable
-from sluice.serving.httpserver import HttpServer
+from sluice.serving.httpserver import HttpServer, ServerLimits
 from sluice.serving.router import Router
 from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 
 MODEL = "fraud"
+# The admin credential of every test server (`serve`): admin endpoints need it (tests use ADMIN_HEADERS).
+ADMIN = AdminAuth("test-admin-token")
+ADMIN_HEADERS = {"authorization": "Bearer test-admin-token"}
 _ORT_TO_V2 = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(double)": "FP64"}
 
 
@@ -38,7 +42,7 @@ def train(flip: bool) -> bytes:
 
 
 class OnnxBackend:
-    """Minimal in-test Backend over a real onnxruntime session (the real runtime is another area's)."""
+    """Minimal in-test VariantBackend over a real onnxruntime session (the real one: test_runtime.py)."""
 
     def __init__(self, model: bytes, version: str, *, delay_s: float = 0.0, batch_size: int | None = None) -> None:
         opts = ort.SessionOptions()
@@ -105,9 +109,10 @@ class NotReadyBackend(OnnxBackend):
 
 
 def config(**kw: object) -> ServingConfig:
-    """stable v1 / canary v2 config with overrides."""
+    """stable v1 / canary v2 config with overrides (the override header enabled for any client)."""
     base: dict[str, object] = {
         "model_name": MODEL,
+        "override_enabled": True,
         "variants": [
             {"name": "stable", "version": "v1", "uri": "file://v1.onnx", "weight": 90},
             {"name": "canary", "version": "v2", "uri": "file://v2.onnx", "weight": 10},
@@ -118,19 +123,11 @@ def config(**kw: object) -> ServingConfig:
 
 
 def free_socket() -> socket.socket:
+    """A bound, not yet listening socket on a free port, handed to a server in this process (no race for the port)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for servers started as their own process)."""
-    sock = free_socket()
-    try:
-        return int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 # Which HTTP server `serve` runs: the router's own (`HttpServer`, what the standalone router and `sluice serve` use)
@@ -140,14 +137,14 @@ SERVER = {"kind": "sluice"}
 
 
 @contextmanager
-def serve(router: Router) -> Iterator[str]:
-    """Serve build_app(router) in a thread on 127.0.0.1:<free port>; always stopped."""
+def serve(router: Router, limits: ServerLimits | None = None) -> Iterator[str]:
+    """Serve build_app(router) in a thread on 127.0.0.1:<free port>; always stopped (`limits`: HttpServer only)."""
     if SERVER["kind"] == "uvicorn":
         with _serve_uvicorn(router) as url:
             yield url
         return
     loop = asyncio.new_event_loop()
-    server = HttpServer(build_app(router), "127.0.0.1", 0, graceful_timeout_s=5)
+    server = HttpServer(build_app(router, admin=ADMIN), "127.0.0.1", 0, graceful_timeout_s=5, limits=limits)
     stop = asyncio.Event()
     started = threading.Event()
 
@@ -178,7 +175,8 @@ def serve(router: Router) -> Iterator[str]:
 def _serve_uvicorn(router: Router) -> Iterator[str]:
     sock = free_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(router), log_level="warning", access_log=False, lifespan="on"))
+    app = build_app(router, admin=ADMIN)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

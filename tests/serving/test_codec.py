@@ -12,8 +12,8 @@ from sluice.serving.protocol.v2_codec import (
     encode_infer_response,
     encode_request,
 )
-from sluice.serving.protocol.validation import validate_request
 from sluice.serving.tensors import InferResponse, ModelMetadata, Tensor, TensorSpec
+from sluice.serving.validation import validate_request
 
 META = ModelMetadata("m", "v1", "onnx", (TensorSpec("X", "FP32", (-1, 4)),), (TensorSpec("label", "INT64", (-1,)),))
 

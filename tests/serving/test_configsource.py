@@ -4,6 +4,7 @@ garbage never replaces a good config, closed watches resume and an expired resou
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,9 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.kube.emulator import WATCH_HISTORY, EmulatorThread
-from tests.kube.fixtures import kube_emulator, start_emulator  # noqa: F401
-from tests.serving.helpers import free_port
+from tests.serving.helpers import ADMIN, ADMIN_HEADERS
+from tests.support import answers, free_port, wait_for
+from tests.support.emulator import WATCH_HISTORY, EmulatorThread
+from tests.support.kube import start_emulator
 
 from sluice.serving.configsource import ConfigError, KubeApi, parse_config, parse_target
 
@@ -42,7 +44,7 @@ class Router:
 
     def __init__(self, api: str, name: str, proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
         self.api, self.name, self.proc, self.base, self.log = api, name, proc, base, log
-        self.http = httpx.Client(base_url=base, timeout=10)
+        self.http = httpx.Client(base_url=base, timeout=10, headers=ADMIN_HEADERS)
 
     @property
     def cm_url(self) -> str:
@@ -86,24 +88,24 @@ def start_router(tmp_path: Path) -> Iterator[Any]:
         path.write_text(text)  # the mounted start-up copy
         port = free_port()
         log = tmp_path / f"{name}.log"
-        args = ["--config", str(path), "--backend", "onnx", "--port", str(port), "--kube-api", api]
+        args = ["--config", str(path), "--variant-backend", "onnx", "--port", str(port), "--kube-api", api]
         args += ["--watch-configmap", f"{NAMESPACE}/{name}", "--watch-timeout", str(watch_timeout_s)]
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sluice.serving.host_standalone", *args], stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "sluice.serving.host_standalone", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "SLUICE_ADMIN_TOKEN": str(ADMIN.token)},
             )
         router = Router(api, name, proc, f"http://127.0.0.1:{port}", log)
         routers.append(router)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             assert proc.poll() is None, f"router exited: {log.read_text()}"
-            try:
-                if router.http.get("/v2/health/ready").status_code == 200:
-                    return router
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"router not ready within 30 s: {log.read_text()}")
+            return answers(f"{router.base}/v2/health/ready")
+
+        wait_for("the router to be ready", ready, 30)
+        return router
 
     try:
         yield start
@@ -120,7 +122,7 @@ def start_router(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_weights_reach_the_router_within_2s_and_garbage_keeps_the_last_good_config(
-    kube_emulator: EmulatorThread,  # noqa: F811
+    kube_emulator: EmulatorThread,
     start_router: Any,
 ) -> None:
     # Watches end after 1 s, as a real API server ends them after timeoutSeconds: the source must resume each time.
@@ -142,9 +144,11 @@ def test_weights_reach_the_router_within_2s_and_garbage_keeps_the_last_good_conf
     # Garbage (not JSON; JSON that is no valid ServingConfig; the key removed) never replaces the good config.
     bad_weights = _config(50)
     bad_weights["variants"][0]["weight"] = 10
-    for garbage in ("{not json", json.dumps(bad_weights), None):
+    for refused, garbage in enumerate(("{not json", json.dumps(bad_weights), None), start=1):
         router.write(garbage)
-        time.sleep(0.3)
+        wait_for(
+            "the router to refuse it", lambda n=refused: router.log.read_text().count("keeping the running config") == n
+        )
         assert router.weights() == {"stable": 0, "canary": 100}
         assert all(router.infer().status_code == 200 for _ in range(5))
     log = router.log.read_text()
@@ -155,7 +159,12 @@ def test_weights_reach_the_router_within_2s_and_garbage_keeps_the_last_good_conf
     assert '"variants"' not in log
 
     # Past several closed watches, the source still follows the ConfigMap.
-    time.sleep(2.5)
+    def watches() -> int:
+        audit = kube_emulator.call(kube_emulator.emulator.audited)
+        return sum(1 for e in audit if e.verb == "watch" and e.resource == "configmaps" and e.namespace == NAMESPACE)
+
+    opened = watches()
+    wait_for("two more watches (each ends after 1 s)", lambda: watches() >= opened + 2, 10)
     router.write(json.dumps(_config(50)))
     assert router.wait_weights({"stable": 50, "canary": 50}, limit_s=2.0) < 2.0
     assert router.proc.poll() is None
@@ -174,10 +183,7 @@ def test_an_expired_resource_version_re_lists_and_continues(start_router: Any) -
                 em._create(rt, NAMESPACE, {"metadata": {"name": f"flood-{i}"}, "data": {"i": str(i)}})
 
         emulator.call(flood)
-        deadline = time.monotonic() + 10
-        while "listing again" not in router.log.read_text():
-            assert time.monotonic() < deadline, f"no re-list after 410: {router.log.read_text()}"
-            time.sleep(0.1)
+        wait_for("a re-list after 410", lambda: "listing again" in router.log.read_text(), 10)
         router.write(json.dumps(_config(25)))
         assert router.wait_weights({"stable": 75, "canary": 25}, limit_s=2.0) < 2.0
         assert router.infer().status_code == 200

@@ -10,7 +10,17 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from tests.serving.helpers import MODEL, FailingBackend, NotReadyBackend, OnnxBackend, config, row, serve, v2_body
+from tests.serving.helpers import (
+    ADMIN_HEADERS,
+    MODEL,
+    FailingBackend,
+    NotReadyBackend,
+    OnnxBackend,
+    config,
+    row,
+    serve,
+    v2_body,
+)
 
 from sluice.serving.router import Router
 
@@ -163,21 +173,26 @@ async def test_plain_predict_for_humans(client: httpx.AsyncClient) -> None:
     assert '{"instances"' in r.json()["error"]
 
 
-async def test_admin_config_validation_and_token(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    r = await client.put("/admin/config", json={"model_name": MODEL, "variants": []})
+async def test_admin_config_validation_and_token(client: httpx.AsyncClient) -> None:
+    r = await client.put("/admin/config", json={"model_name": MODEL, "variants": []}, headers=ADMIN_HEADERS)
     assert r.status_code == 400
     assert r.json()["error"].startswith("invalid ServingConfig: variants:")
-    current = (await client.get("/admin/config")).json()
+    current = (await client.get("/admin/config", headers=ADMIN_HEADERS)).json()
     bad = {**current, "variants": [{**v, "weight": 50} for v in current["variants"]]}
-    r = await client.put("/admin/config", json=bad)
+    r = await client.put("/admin/config", json=bad, headers=ADMIN_HEADERS)
     assert r.status_code == 400
     assert "variant weights must sum to 100, got 200" in r.json()["error"]
+    huge = {**current, "max_request_bytes": 10**12}
+    r = await client.put("/admin/config", json=huge, headers=ADMIN_HEADERS)
+    assert r.status_code == 400
+    assert "max_request_bytes" in r.json()["error"]
 
-    monkeypatch.setenv("SLUICE_ADMIN_TOKEN", "s3cret")
-    r = await client.put("/admin/config", json=current)
-    assert r.status_code == 401
-    assert r.json() == {"error": "admin endpoint needs 'Authorization: Bearer <token>'"}
-    r = await client.put("/admin/config", json=current, headers={"authorization": "Bearer s3cret"})
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "test-admin-token"}):
+        for method in ("GET", "PUT"):  # reading the config is as protected as changing it
+            r = await client.request(method, "/admin/config", json=current, headers=headers)
+            assert r.status_code == 401
+            assert r.json() == {"error": "admin endpoint needs 'Authorization: Bearer <token>'"}
+    r = await client.put("/admin/config", json=current, headers=ADMIN_HEADERS)
     assert r.status_code == 200
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.serving.helpers import MODEL, OnnxBackend, config, free_port, row, serve, v2_body
+from tests.serving.helpers import ADMIN, ADMIN_HEADERS, MODEL, OnnxBackend, config, row, serve, v2_body
+from tests.support import answers, free_port, wait_for
 
 from sluice.serving.router import Router
 
@@ -48,12 +50,13 @@ def _write_config(tmp_path: Path, endpoint: str, canary_endpoint: str | None = N
     return path
 
 
-def _start(args: list[str]) -> subprocess.Popen[str]:
+def _start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "sluice.serving.host_standalone", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "SLUICE_ADMIN_TOKEN": str(ADMIN.token), **(env or {})},
     )
 
 
@@ -64,22 +67,18 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def _wait_ready(base: str, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"router exited early: {proc.stdout.read() if proc.stdout else ''}")
-        try:
-            if httpx.get(f"{base}/v2/health/live", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("router did not come up within 30 s")
+    def live() -> bool:
+        assert proc.poll() is None, f"router exited early: {proc.stdout.read() if proc.stdout else ''}"
+        return answers(f"{base}/v2/health/live")
+
+    wait_for("the router to come up", live, 30)
 
 
 def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str, tmp_path: Path) -> None:
     port = free_port()
-    proc = _start(["--config", str(_write_config(tmp_path, model_server)), "--port", str(port), "--backend", "http"])
+    proc = _start(
+        ["--config", str(_write_config(tmp_path, model_server)), "--port", str(port), "--variant-backend", "http"]
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, proc)
@@ -97,7 +96,8 @@ def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str
             new = json.loads((tmp_path / "serving.json").read_text())
             new["variants"][0]["weight"], new["variants"][1]["weight"] = 0, 100
             t0 = time.monotonic()
-            assert client.put("/admin/config", json=new).status_code == 200
+            assert client.put("/admin/config", json=new).status_code == 401  # locked without the token
+            assert client.put("/admin/config", json=new, headers=ADMIN_HEADERS).status_code == 200
             assert client.post(URL, json=v2_body(row())).headers["x-sluice-variant"] == "canary"
             assert time.monotonic() - t0 < 2  # new weights serve within 2 s of the control plane's PUT
             assert all(client.post(URL, json=v2_body(row())).headers["x-sluice-variant"] == "canary" for _ in range(10))
@@ -105,7 +105,7 @@ def test_standalone_router_serves_updates_and_stops_on_sigterm(model_server: str
 
             # A new variant the backend factory cannot build is refused; the running config stays.
             arm = {"name": "arm", "version": "v3", "uri": "file://v3.onnx", "weight": 0}
-            r = client.put("/admin/config", json={**new, "variants": [*new["variants"], arm]})
+            r = client.put("/admin/config", json={**new, "variants": [*new["variants"], arm]}, headers=ADMIN_HEADERS)
             assert r.status_code == 400
             assert "variant 'arm': the http backend needs 'endpoint'" in r.json()["error"]
             assert client.post(URL, json=v2_body(row())).status_code == 200
@@ -125,10 +125,14 @@ def test_unreachable_backend_is_503_not_a_crash(model_server: str, tmp_path: Pat
         _wait_ready(base, proc)
         with httpx.Client(base_url=base, timeout=10) as client:
             assert client.get("/v2/health/ready").status_code == 503
-            r = client.post(URL, json=v2_body(row()), headers={"x-sluice-variant": "canary"})
+            # The override header is off by default, but a caller holding the admin token may use it.
+            r = client.post(URL, json=v2_body(row()), headers={"x-sluice-variant": "canary", **ADMIN_HEADERS})
             assert r.status_code == 503
-            assert r.json()["error"] == f"backend {dead} unreachable: ConnectionRefusedError"
-            assert client.post(URL, json=v2_body(row()), headers={"x-sluice-variant": "stable"}).status_code == 200
+            # The backend's address never reaches the client (nor would a model URI).
+            assert r.json()["error"] == "backend <uri> unreachable: ConnectionRefusedError"
+            assert dead.split("//")[1] not in r.text
+            stable = {"x-sluice-variant": "stable", **ADMIN_HEADERS}
+            assert client.post(URL, json=v2_body(row()), headers=stable).status_code == 200
     finally:
         _stop(proc)
 
@@ -136,7 +140,7 @@ def test_unreachable_backend_is_503_not_a_crash(model_server: str, tmp_path: Pat
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        ("kind", "unknown backend kind 'nope'; known: ['http', 'onnx', 'triton']"),
+        ("kind", "argument --variant-backend: invalid choice: 'nope'"),
         ("missing", "cannot read config"),
         ("invalid", "is not a valid ServingConfig"),
         ("no-endpoint", "the http backend needs 'endpoint'"),
@@ -153,7 +157,7 @@ def test_bad_startup_exits_2_naming_the_problem(tmp_path: Path, setup: str, mess
         raw = json.loads(path.read_text())
         del raw["variants"][0]["endpoint"]
         path.write_text(json.dumps(raw))
-    proc = _start(["--config", str(path), "--port", str(free_port()), "--backend", backend])
+    proc = _start(["--config", str(path), "--port", str(free_port()), "--variant-backend", backend])
     try:
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 2

@@ -10,7 +10,7 @@ from collections import Counter
 import aiohttp
 import httpx
 import pytest
-from tests.serving.helpers import MODEL, OnnxBackend, config, row, serve, v2_body
+from tests.serving.helpers import ADMIN_HEADERS, MODEL, OnnxBackend, config, row, serve, v2_body
 
 from sluice.serving.router import Router
 
@@ -61,7 +61,7 @@ async def test_split_is_within_one_point_over_10000_requests_and_right_after_a_w
             counts = await _hammer(session, 10_000, concurrency=8)
             assert abs(counts["canary"] / 10_000 - 0.10) <= 0.01, counts
 
-            async with session.put("/admin/config", data=_weights(70), headers=JSON) as r:
+            async with session.put("/admin/config", data=_weights(70), headers={**JSON, **ADMIN_HEADERS}) as r:
                 assert r.status == 200, await r.text()
             first = await _hammer(session, 500, concurrency=8)  # right after the change
             assert abs(first["canary"] / 500 - 0.30) <= 0.01, first
@@ -157,7 +157,7 @@ async def test_live_updates_under_concurrent_load_fail_nothing(model_bytes: byte
             workers = [asyncio.create_task(load()) for _ in range(8)]
             try:
                 for i in range(40):
-                    r = await client.put("/admin/config", content=configs[i % len(configs)])
+                    r = await client.put("/admin/config", content=configs[i % len(configs)], headers=ADMIN_HEADERS)
                     assert r.status_code == 200, r.text
                     await asyncio.sleep(0.03)
             finally:

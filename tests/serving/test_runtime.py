@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from sluice.serving.backends.onnx_local import OnnxLocalBackend
+from sluice.serving.backends.onnx_inprocess import InProcessOnnxBackend
 from sluice.serving.config import BatchingConfig
 from sluice.serving.errors import BackendUnavailable
 from sluice.serving.runtime import (
@@ -158,7 +158,7 @@ def test_predict_many_equals_one_by_one() -> None:
 
 async def test_local_backend_forms_batches_under_concurrency() -> None:
     model = OnnxModel("fraud", "v1", V1.as_uri())
-    backend = OnnxLocalBackend(model, BatchingConfig(max_batch_size=16, max_wait_ms=20))
+    backend = InProcessOnnxBackend(model, BatchingConfig(max_batch_size=16, max_wait_ms=20))
     try:
         assert await backend.ready()
         rows = [_x(1, seed=i) for i in range(32)]
@@ -174,7 +174,7 @@ async def test_local_backend_forms_batches_under_concurrency() -> None:
 
 
 async def test_local_backend_without_batching_runs_one_by_one() -> None:
-    backend = OnnxLocalBackend(OnnxModel("fraud", "v1", V1.as_uri()), BatchingConfig(enabled=False))
+    backend = InProcessOnnxBackend(OnnxModel("fraud", "v1", V1.as_uri()), BatchingConfig(enabled=False))
     try:
         responses = await asyncio.gather(
             *(backend.infer(InferRequest(inputs=(Tensor("features", _x(1)),))) for _ in range(8))
@@ -185,7 +185,7 @@ async def test_local_backend_without_batching_runs_one_by_one() -> None:
 
 
 async def test_local_backend_not_ready_says_why() -> None:
-    backend = OnnxLocalBackend(OnnxModel("fraud", "v1", V1.as_uri(), sha256="1" * 64))
+    backend = InProcessOnnxBackend(OnnxModel("fraud", "v1", V1.as_uri(), sha256="1" * 64))
     try:
         assert not await backend.ready()
         with pytest.raises(BackendUnavailable, match="sha256 mismatch"):

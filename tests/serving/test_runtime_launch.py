@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.support import listening
 
 from sluice.serving.config import ServingConfig
 from sluice.serving.launch import LaunchError, start_data_plane
@@ -29,13 +29,6 @@ def _config(stable: int, canary: int, sha: str | None = None) -> ServingConfig:
     )
 
 
-def _listening(url: str) -> bool:
-    host, port = url.removeprefix("http://").split(":")
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex((host, int(port))) == 0
-
-
 def _versions(url: str, n: int) -> Counter[str]:
     with httpx.Client(timeout=30) as client:
         return Counter(client.post(f"{url}/v2/models/fraud/infer", json=BODY).json()["model_version"] for _ in range(n))
@@ -54,7 +47,8 @@ def test_serve_update_stop(backend: str) -> None:
         plane.stop()
         plane.stop()  # idempotent
     assert time.monotonic() - started < 30
-    assert not _listening(plane.url)
+    host, port = plane.url.removeprefix("http://").split(":")
+    assert not listening(int(port), host)
 
 
 def test_unknown_backend_and_unready_model_are_clear_errors() -> None:

@@ -1,6 +1,9 @@
 """Test support shared by every test area and by the benchmarks: one copy of each helper.
 
-`free_port` and `wait_for` live here; nothing else in tests/ or benchmarks/ defines its own.
+`free_port`, `wait_for` and `answers` live here; nothing else in tests/ or benchmarks/ defines its own. The modules
+next to this one hold the larger pieces: the API emulator (`emulator`) and its fixtures (`kube`), `sluice operator` as
+a process (`operator_process`), the stand-in for KubeRay and the Deployment controller (`simulator`) and for the
+routers' /metrics (`router_metrics`). tests/conftest.py registers their fixtures once for the whole run.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["free_port", "wait_for"]
+import httpx
+
+__all__ = ["answers", "free_port", "listening", "wait_for"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,3 +35,18 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 20.0, inter
             return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last: {last!r}")
+
+
+def answers(url: str, timeout_s: float = 1.0) -> bool:
+    """GET `url` answers 200 (a server's readiness or health endpoint); False while nothing listens."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Something accepts TCP connections on host:port (a server that has no health endpoint yet)."""
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0

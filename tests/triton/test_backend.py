@@ -16,8 +16,8 @@ import tritonclient.grpc as grpcclient
 from tests.triton.conftest import BROKEN, LOOKUP, LOOKUP_TABLE, MODEL
 from tritonclient.utils import InferenceServerException
 
-from sluice.serving.backends import make_backend
-from sluice.serving.backends.base import Backend
+from sluice.serving.backends import make_variant_backend
+from sluice.serving.backends.base import VariantBackend
 from sluice.serving.backends.triton import TritonBackend
 from sluice.serving.config import ServingConfig
 from sluice.serving.errors import BackendError, BackendTimeout, BackendUnavailable, InvalidInput, ModelNotFound
@@ -62,7 +62,7 @@ async def backend_v1(triton: TritonServer) -> AsyncIterator[TritonBackend]:
 async def test_infer_matches_onnxruntime(triton: TritonServer, onnx_models: dict[str, Path], label: str) -> None:
     backend = TritonBackend(triton.grpc_url, MODEL, version=label)
     try:
-        assert isinstance(backend, Backend)
+        assert isinstance(backend, VariantBackend)
         assert await backend.ready()
         x = RNG.normal(size=(5, 4))
         response = await backend.infer(_request(x, "req-1"))
@@ -211,7 +211,7 @@ async def test_registry_builds_the_triton_backend(triton: TritonServer) -> None:
             ],
         }
     )
-    backend = make_backend("triton", config.variants[0], config)
+    backend = make_variant_backend("triton", config.variants[0], config)
     try:
         assert isinstance(backend, TritonBackend)
         assert backend.timeout_s == 3
@@ -221,10 +221,10 @@ async def test_registry_builds_the_triton_backend(triton: TritonServer) -> None:
     finally:
         await backend.close()
     unbatched = config.model_copy(update={"batching": config.batching.model_copy(update={"enabled": False})})
-    assert not make_backend("triton", config.variants[0], unbatched).coalesce  # type: ignore[attr-defined]
+    assert not make_variant_backend("triton", config.variants[0], unbatched).coalesce  # type: ignore[attr-defined]
     no_endpoint = config.variants[0].model_copy(update={"endpoint": None})
     with pytest.raises(ValueError, match="needs 'endpoint'"):
-        make_backend("triton", no_endpoint, config)
+        make_variant_backend("triton", no_endpoint, config)
     with pytest.raises(ValueError, match="gRPC address"):
         TritonBackend("http://127.0.0.1:8000", MODEL)
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
+from tests.support import answers, free_port, wait_for
 from tests.triton.conftest import MODEL
 from tritonclient.utils import InferenceServerException
 
@@ -23,16 +21,9 @@ from sluice.serving.triton.server import TritonServer
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(120)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def router_url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m sluice.serving.host_standalone --backend triton`: stable v1 at 100 %, canary v2 at 0 %."""
+    """`python -m sluice.serving.host_standalone --variant-backend triton`: stable v1 at 100 %, canary v2 at 0 %."""
     config = {
         "model_name": MODEL,
         "variants": [
@@ -43,28 +34,21 @@ def router_url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -
     }
     path = tmp_path_factory.mktemp("router") / "serving.json"
     path.write_text(json.dumps(config))
-    port = _free_port()
+    port = free_port()
     log = path.with_suffix(".log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "sluice.serving.host_standalone", "--config", str(path), "--port", str(port),
-         "--backend", "triton"],
+         "--variant-backend", "triton"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"router exited: {path.with_suffix('.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"router not ready: {path.with_suffix('.log').read_text()}")
-            time.sleep(0.1)
+
+        def ready() -> bool:
+            assert process.poll() is None, f"router exited: {path.with_suffix('.log').read_text()}"
+            return answers(f"http://127.0.0.1:{port}/v2/health/ready")
+
+        wait_for("the router to be ready", ready, 60)
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -60,6 +60,16 @@ class Rule:
     violation: Callable[[Any], str | None]  # None when valid, else the precise relative path (e.g. ".steps[1].weight")
 
 
+def first_duplicate(prefix: str, names: list[str]) -> str | None:
+    """Path of the first name seen before, e.g. `.checks[2].name` (a `Rule`'s violation for unique names)."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            return f"{prefix}[{i}].name"
+        seen.add(name)
+    return None
+
+
 class RuleViolation(ValueError):
     """A broken cross-field rule; `path` continues the pydantic location so messages name the exact field."""
 
@@ -121,6 +131,37 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(
         default=None, ge=0, description="The metadata.generation the condition was computed for."
     )
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: bool,
+    *,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int | None,
+) -> list[Condition]:
+    """Return `conditions` with `type_` set; the transition time is kept when the status is unchanged."""
+    value = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+    old = next((c for c in conditions if c.type == type_), None)
+    since = old.last_transition_time if old is not None and old.status == value else now
+    new = Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+    if old is None:
+        return [*conditions, new]
+    return [new if c.type == type_ else c for c in conditions]
+
+
+def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
 
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # DNS-1123 label

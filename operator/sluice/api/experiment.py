@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta, Rule
-from sluice.api.model_deployment import ModelSpec, _first_duplicate
+from sluice.api.base import ApiModel, Condition, Duration, LocalObjectReference, ObjectMeta, Rule, first_duplicate
+from sluice.api.model_deployment import ModelSpec
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -90,6 +90,11 @@ class Method(StrEnum):
     BAYESIAN = "bayesian"  # Beta-Binomial / normal posterior probability of being best
 
 
+class Allocation(StrEnum):
+    FIXED = "fixed"  # the variants' weights, for the whole experiment
+    THOMPSON = "thompson"  # Thompson sampling: each look re-weights arms by their posterior chance of being best
+
+
 class EndPolicy(StrEnum):
     PROMOTE_WINNER = "promoteWinner"  # make the winning model the target's stable version
     KEEP_CONTROL = "keepControl"  # end and route everything back to the first variant
@@ -116,6 +121,13 @@ class ExperimentSpec(ApiModel):
     minimum_samples: int = Field(default=1000, ge=1, description="Units per arm before any verdict.")
     maximum_duration: Duration = Field(default="168h", description="Stop with no verdict after this long.")
     end_policy: EndPolicy = Field(default=EndPolicy.MANUAL, description="What happens at a verdict.")
+    interval: Duration = Field(default="30s", description="How often the arms are looked at (statistics, bandit).")
+    allocation: Allocation = Field(
+        default=Allocation.FIXED, description="fixed: the variants' weights; thompson: re-weighted every interval."
+    )
+    allocation_floor: int = Field(
+        default=5, ge=0, le=50, description="Thompson: the least percent of traffic any running arm keeps."
+    )
 
     rules = (
         Rule(
@@ -128,34 +140,59 @@ class ExperimentSpec(ApiModel):
             cel="self.variants.all(v, self.variants.exists_one(w, w.name == v.name))",
             message="variant names must be unique",
             field=".variants",
-            violation=lambda s: _first_duplicate(".variants", [v.name for v in s.variants]),
+            violation=lambda s: first_duplicate(".variants", [v.name for v in s.variants]),
         ),
         Rule(
             cel="!has(self.guardrails) || self.guardrails.all(g, self.guardrails.exists_one(h, h.name == g.name))",
             message="guardrail names must be unique",
             field=".guardrails",
-            violation=lambda s: _first_duplicate(".guardrails", [g.name for g in s.guardrails]),
+            violation=lambda s: first_duplicate(".guardrails", [g.name for g in s.guardrails]),
+        ),
+        Rule(
+            cel="self.allocation != 'thompson' || self.allocationFloor * size(self.variants) <= 100",
+            message="allocationFloor times the number of variants must not exceed 100",
+            field=".allocationFloor",
+            violation=lambda s: (
+                ".allocationFloor"
+                if s.allocation is Allocation.THOMPSON and s.allocation_floor * len(s.variants) > 100
+                else None
+            ),
         ),
     )
 
 
 class ExperimentPhase(StrEnum):
-    PENDING = "Pending"  # accepted; arms not yet serving
-    RUNNING = "Running"  # collecting samples
-    CONCLUDED = "Concluded"  # terminal: a verdict was reached
-    STOPPED = "Stopped"  # terminal: guardrail breached, maximum duration passed, or stopped by hand
-    FAILED = "Failed"  # terminal: the spec cannot be carried out (see conditions)
+    PENDING = "Pending"  # accepted; waiting for the target (missing, or mid-rollout: see conditions)
+    RUNNING = "Running"  # arms serving, collecting samples; a look every interval
+    CONCLUDED = "Concluded"  # terminal: a verdict was reached (a winner, or no difference at the fixed horizon)
+    STOPPED = "Stopped"  # terminal: every treatment stopped by guardrails, maximum duration passed, or stopped by hand
+    FAILED = "Failed"  # terminal: the spec cannot be carried out (the control cannot serve; see conditions)
 
 
 class VariantStats(ApiModel):
     """What was observed for one arm."""
 
     name: str = Field(description="Variant name.")
-    samples: int = Field(default=0, ge=0, description="Units observed.")
+    weight: int = Field(default=0, ge=0, le=100, description="Percent of enrolled units this arm gets now.")
+    samples: int = Field(default=0, ge=0, description="Outcomes observed (units with a reported primary metric).")
     value: float | None = Field(default=None, description="Conversion rate or mean of the primary metric.")
-    lift: float | None = Field(default=None, description="Relative difference to control.")
-    probability_best: float | None = Field(default=None, description="Bayesian: chance this arm is best.")
-    p_value: float | None = Field(default=None, description="Frequentist/sequential p-value against control.")
+    lift: float | None = Field(default=None, description="Relative difference to control: (arm - control) / control.")
+    lift_low: float | None = Field(default=None, description="Lower end of the lift's interval (see the method).")
+    lift_high: float | None = Field(default=None, description="Upper end of the lift's interval.")
+    p_value: float | None = Field(
+        default=None,
+        description="Against control, Holm-adjusted across treatments; sequential: always-valid (1 / e-value).",
+    )
+    always_valid_p: float | None = Field(
+        default=None,
+        description="Sequential: running minimum of the unadjusted always-valid p-value (kept across looks).",
+    )
+    probability_best: float | None = Field(default=None, description="Posterior chance this arm is best.")
+    expected_loss: float | None = Field(
+        default=None, description="Posterior expected loss of choosing this arm (in units of the metric)."
+    )
+    stopped: bool = Field(default=False, description="Stopped (guardrail or load failure): gets no traffic again.")
+    stopped_reason: str | None = Field(default=None, description="Why the arm was stopped.")
 
 
 class ExperimentStatus(ApiModel):
@@ -168,6 +205,17 @@ class ExperimentStatus(ApiModel):
     lift: str | None = Field(default=None, description="Leader's lift over control, e.g. '+3.2%'.")
     confidence: str | None = Field(default=None, description="Confidence in the leader, e.g. '97.1%'.")
     verdict: str | None = Field(default=None, description="The conclusion in words, once reached.")
+    winner: str | None = Field(default=None, description="The winning arm, once a verdict names one.")
+    message: str | None = Field(default=None, description="What is happening now, in words.")
+    salt: str | None = Field(default=None, description="The assignment salt in use (kept so restarts keep it).")
+    required_samples: int | None = Field(
+        default=None,
+        description="Fixed horizon and Bayesian: outcomes per arm before the verdict (80% power at the MDE), "
+        "planned once the control has minimumSamples outcomes.",
+    )
+    looks: int = Field(default=0, ge=0, description="Looks taken at the arms so far.")
+    last_look_at: datetime | None = Field(default=None, description="When the arms were last looked at.")
+    finished_at: datetime | None = Field(default=None, description="When a terminal phase was reached.")
     variants: list[VariantStats] = Field(default_factory=list, description="Per-arm statistics.")
     conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-convention conditions.")
 

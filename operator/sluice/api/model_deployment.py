@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
-from sluice.api.base import ApiModel, Duration, ObjectMeta, Rule
+from sluice.api.base import ApiModel, Duration, ObjectMeta, Rule, first_duplicate
 from sluice.api.status import ModelDeploymentStatus
 
 _NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -398,7 +398,7 @@ class ProviderType(StrEnum):
     PROMETHEUS = "prometheus"  # PromQL over a Prometheus HTTP API
 
 
-class MetricProvider(ApiModel):
+class ProviderSpec(ApiModel):
     """Where analysis reads metrics from."""
 
     type: ProviderType = Field(default=ProviderType.BUILTIN, description="builtin or prometheus.")
@@ -435,7 +435,7 @@ class Analysis(ApiModel):
         ge=0,
         description="Fewer new-version requests than this in an interval count as no data: progress holds.",
     )
-    provider: MetricProvider = Field(default_factory=MetricProvider, description="Where the metrics come from.")
+    provider: ProviderSpec = Field(default_factory=ProviderSpec, description="Where the metrics come from.")
     checks: list[Check] = Field(
         default_factory=list,
         max_length=32,
@@ -447,7 +447,7 @@ class Analysis(ApiModel):
             cel="!has(self.checks) || self.checks.all(c, self.checks.exists_one(d, d.name == c.name))",
             message="check names must be unique",
             field=".checks",
-            violation=lambda a: _first_duplicate(".checks", [c.name for c in a.checks]),
+            violation=lambda a: first_duplicate(".checks", [c.name for c in a.checks]),
         ),
         Rule(
             cel="!has(self.checks) || self.checks.all(c, c.type != 'promql')"
@@ -464,16 +464,6 @@ class Analysis(ApiModel):
             ),
         ),
     )
-
-
-def _first_duplicate(prefix: str, names: list[str]) -> str | None:
-    """Path of the first name seen before, e.g. `.checks[2].name`."""
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if name in seen:
-            return f"{prefix}[{i}].name"
-        seen.add(name)
-    return None
 
 
 class RollbackPolicy(ApiModel):

@@ -24,14 +24,8 @@ class _Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-def _load(name: str) -> _Command | None:
-    module_name = COMMANDS[name][0]
-    try:
-        return cast(_Command, importlib.import_module(module_name))
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None  # not built yet in this checkout
-        raise
+def _load(name: str) -> _Command:
+    return cast(_Command, importlib.import_module(COMMANDS[name][0]))
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -42,8 +36,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=help_text, add_help=False)
             continue
         command = _load(name)
-        if command is None:
-            continue
         command.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
@@ -56,10 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    command = _load(args.command)
-    if command is None:
-        parser.error(f"command {args.command!r} is not available in this build")
-    return command.run(args)
+    return _load(args.command).run(args)
 
 
 if __name__ == "__main__":

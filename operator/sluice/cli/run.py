@@ -6,32 +6,34 @@ built-in metric provider, while optional synthetic traffic (`--load RPS`) flows 
 
 Exit codes: 0 the last revision was promoted (or, for a single document, is serving), 1 it was rolled back,
 3 it was aborted, failed or did not finish within --timeout, 2 invalid input.
+
+With an Experiment in the files (and its target ModelDeployment), the experiment runs on the target's local data
+plane instead: `--load RPS` sends enrolled requests and `--outcomes control=0.10,treatment=0.12` simulates each
+arm's outcome (conversion rate, or MEAN:SD for a mean metric). Exit codes: 0 Concluded (a verdict, with or
+without a winner), 1 Stopped (no verdict: maximum duration, guardrails, stopped), 3 Failed or --timeout,
+2 invalid input.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Literal
 
-import httpx
-import numpy as np
-
+from sluice.api.experiment import Experiment, ExperimentPhase
+from sluice.api.loading import load_file
 from sluice.api.model_deployment import ModelDeployment
-from sluice.api.status import TERMINAL_PHASES, ModelDeploymentStatus, Phase
+from sluice.api.status import Phase
 from sluice.cli.serve import load_deployments
-from sluice.local.dataplane import DataPlanePlatform, Routing, serving_config
-from sluice.local.loop import RolloutLoop
-from sluice.providers.factory import create_provider
+from sluice.engine.routing import Routing, serving_config
+from sluice.local.experiment import parse_outcomes, run_experiment
+from sluice.local.modeldeployment import run_rollout
 from sluice.rollout.core import version_ref
-from sluice.serving.launch import DataPlane, LaunchError, start_data_plane
+from sluice.serving.launch import BACKENDS, LaunchError, start_data_plane
 
 EXIT_PROMOTED, EXIT_ROLLED_BACK, EXIT_INVALID, EXIT_OTHER = 0, 1, 2, 3
 _EXIT = {Phase.SUCCEEDED: EXIT_PROMOTED, Phase.STABLE: EXIT_PROMOTED, Phase.ROLLED_BACK: EXIT_ROLLED_BACK}
@@ -41,122 +43,30 @@ log = logging.getLogger("sluice.run")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", action="append", required=True, type=Path, help="ModelDeployment YAML")
-    parser.add_argument("--backend", choices=["ray", "triton", "onnx"], help="override spec.backend")
+    parser.add_argument("--backend", choices=BACKENDS, help="override spec.backend")
     parser.add_argument("--load", type=float, default=0.0, metavar="RPS", help="synthetic requests per second")
     parser.add_argument("--output", choices=["text", "json"], default="text", help="json prints the final status")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds per rollout")
     parser.add_argument("--port", type=int, default=0, help="router port (default: a free one)")
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4g}"
-
-
-def _view(status: ModelDeploymentStatus) -> str:
-    canary = status.canary.version if status.canary else "-"
-    stable = status.stable.version if status.stable else "-"
-    line = f"{status.phase.value:<12} stable={stable} canary={canary} weight={status.canary_weight}%"
-    if status.mirror_percent:
-        line += f" mirror={status.mirror_percent}%"
-    if status.last_analysis is not None:
-        checks = " ".join(
-            f"{r.name}={_fmt(r.value)}({r.verdict.value}{' ' + r.threshold if r.threshold else ''})"
-            for r in status.last_analysis.results
-        )
-        line += f" | {checks}"
-    return line + (f" | {status.message}" if status.message else "")
-
-
-class _Traffic:
-    """Synthetic requests at a fixed rate: standard-normal rows shaped like the model's first input."""
-
-    def __init__(self, url: str, model: str, rps: float) -> None:
-        self.url, self.model, self.rps = url, model, rps
-        self.sent = self.failed = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        rng = np.random.default_rng(0)
-        async with httpx.AsyncClient(timeout=30) as client:
-            meta = (await client.get(f"{self.url}/v2/models/{self.model}")).json()
-            first = meta["inputs"][0]
-            width = [d if d > 0 else 1 for d in first["shape"][1:]]
-            period, next_at = 1.0 / self.rps, time.monotonic()
-            while not stop.is_set():
-                row = rng.standard_normal(size=[1, *width]).astype(np.float32)
-                body = {
-                    "inputs": [
-                        {
-                            "name": first["name"],
-                            "shape": list(row.shape),
-                            "datatype": "FP32",
-                            "data": row.ravel().tolist(),
-                        }
-                    ]
-                }
-                try:
-                    resp = await client.post(f"{self.url}/v2/models/{self.model}/infer", json=body)
-                    self.failed += resp.status_code >= 500
-                except httpx.HTTPError:
-                    self.failed += 1
-                self.sent += 1
-                next_at += period
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
-
-
-async def _drive(
-    loop: RolloutLoop, until: frozenset[Phase], timeout_s: float, stop: asyncio.Event, quiet: bool
-) -> bool:
-    deadline, last = time.monotonic() + timeout_s, ""
-    while time.monotonic() < deadline and not stop.is_set():
-        await loop.tick()
-        view = _view(loop.status)
-        if view != last and not quiet:
-            print(f"{time.strftime('%H:%M:%S')} {view}", flush=True)
-            last = view
-        if loop.status.phase in until:
-            return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), loop.poll_s)
-    return False
-
-
-async def _rollout(docs: list[ModelDeployment], plane: DataPlane, args: argparse.Namespace) -> ModelDeploymentStatus:
-    first = docs[0].spec
-    platform = DataPlanePlatform(first, plane)
-    provider = create_provider(first.analysis.provider, metrics_url=plane.metrics_url)
-    loop = RolloutLoop(first, platform, provider, name=docs[0].metadata.name, poll_s=0.5)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    traffic = _Traffic(plane.url, first.model.name, args.load) if args.load > 0 else None
-    task = asyncio.create_task(traffic.run(stop)) if traffic else None
-    quiet = args.output == "json"
-    try:
-        if not await _drive(loop, frozenset({Phase.STABLE, *TERMINAL_PHASES}), args.timeout, stop, quiet):
-            return loop.status
-        for generation, doc in enumerate(docs[1:], start=2):
-            if not quiet:
-                print(
-                    f"applying {doc.metadata.name} model {doc.spec.model.version} ({doc.spec.rollout.strategy.value})"
-                )
-            loop.set_spec(doc.spec, generation)
-            platform.spec = doc.spec
-            await loop.tick()  # the new revision leaves the previous terminal phase
-            if not await _drive(loop, TERMINAL_PHASES, args.timeout, stop, quiet):
-                break
-    finally:
-        stop.set()
-        if task is not None:
-            await task
-        await provider.close()
-        if traffic is not None and not quiet:
-            print(f"traffic: {traffic.sent} requests, {traffic.failed} failed")
-    return loop.status
+    parser.add_argument(
+        "--outcomes",
+        default="",
+        metavar="ARM=RATE,...",
+        help="Experiment: simulated outcome per arm, a conversion rate (control=0.10) or MEAN:SD (control=5:1.5)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        objects = _objects(args.filename)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    experiments = [o for o in objects if isinstance(o, Experiment)]
+    if experiments:
+        deployments = [o for o in objects if isinstance(o, ModelDeployment)]
+        return run_experiment_command(args, experiments, deployments)
     try:
         docs = [d for path in args.filename for d in load_deployments(path)]
     except (OSError, ValueError) as exc:
@@ -177,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.output == "text":
             print(f"serving {first.model.name} on {plane.url} ({backend}); metrics at {plane.metrics_url}", flush=True)
-        status = asyncio.run(_rollout(docs, plane, args))
+        status = asyncio.run(
+            run_rollout(docs, plane, load_rps=args.load, timeout_s=args.timeout, quiet=args.output == "json")
+        )
     finally:
         plane.stop()
     if args.output == "json":
@@ -185,3 +97,71 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"result: {status.phase.value} — {status.message}")
     return _EXIT.get(status.phase, EXIT_OTHER)
+
+
+_EXPERIMENT_EXIT = {ExperimentPhase.CONCLUDED: EXIT_PROMOTED, ExperimentPhase.STOPPED: EXIT_ROLLED_BACK}
+
+
+def _objects(paths: list[Path]) -> list[object]:
+    """Every API object in the files, in order; ValueError lists each invalid field."""
+    problems: list[str] = []
+    found: list[object] = []
+    for path in paths:
+        for doc in load_file(path):
+            if doc.error is not None:
+                problems += [f"{doc.source}: {e}" for e in doc.error.errors]
+            else:
+                found.append(doc.obj)
+    if problems:
+        raise ValueError("invalid YAML:\n  " + "\n  ".join(problems))
+    return found
+
+
+def run_experiment_command(args: argparse.Namespace, experiments: list[Experiment], docs: list[ModelDeployment]) -> int:
+    """`sluice run` on files with an Experiment and its target ModelDeployment."""
+    if len(experiments) != 1:
+        print(f"error: one Experiment per run, got {len(experiments)}", file=sys.stderr)
+        return EXIT_INVALID
+    experiment = experiments[0]
+    try:
+        outcomes = parse_outcomes(args.outcomes) if args.outcomes else {}
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    wanted = experiment.spec.target.name
+    target = next((d for d in docs if d.metadata.name == wanted), None)
+    if target is None:
+        print(f"error: spec.target.name: no ModelDeployment {wanted!r} in the files", file=sys.stderr)
+        return EXIT_INVALID
+    arms = {v.name for v in experiment.spec.variants}
+    unknown = sorted(set(outcomes) - arms)
+    if unknown:
+        print(f"error: --outcomes names {unknown}, not arms of the experiment ({sorted(arms)})", file=sys.stderr)
+        return EXIT_INVALID
+    backend: Literal["ray", "triton", "onnx"] = args.backend or target.spec.backend.value
+    config = serving_config(target.spec, Routing(stable=version_ref(target.spec.model)))
+    try:
+        plane = start_data_plane(config, backend, args.filename[0].resolve().parent, port=args.port)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_OTHER
+    quiet = args.output == "json"
+    try:
+        if not quiet:
+            print(f"serving {target.spec.model.name} on {plane.url} ({backend}); metrics at {plane.metrics_url}")
+        status, platform, traffic = asyncio.run(
+            run_experiment(
+                target, experiment, plane, load_rps=args.load, outcomes=outcomes, timeout_s=args.timeout, quiet=quiet
+            )
+        )
+    finally:
+        plane.stop()
+    if quiet:
+        print(json.dumps(status.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2))
+    else:
+        if traffic is not None:
+            print(f"traffic: {traffic.sent} requests ({traffic.failed} failed), {traffic.reported} outcomes reported")
+        if platform.promoted is not None:
+            print(f"promoted {platform.promoted.version}: it now serves {target.spec.model.name} on this plane")
+        print(f"result: {status.phase.value} — winner {status.winner or 'none'} — {status.verdict or status.message}")
+    return _EXPERIMENT_EXIT.get(status.phase, EXIT_OTHER)

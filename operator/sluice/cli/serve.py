@@ -19,73 +19,62 @@ from typing import Any, cast
 
 from sluice.api import ModelDeployment
 from sluice.api.loading import load_file
-from sluice.api.model_deployment import StrategyType
-from sluice.serving.config import CANARY, STABLE, ServingConfig
-
-# Canary weight when the newest document has no canary steps (strategy canary with defaults).
-DEFAULT_CANARY_WEIGHT = 10
+from sluice.api.model_deployment import DEFAULT_CANARY_STEPS, StrategyType
+from sluice.engine.routing import Routing
+from sluice.engine.routing import serving_config as engine_serving_config
+from sluice.rollout.core import version_ref
+from sluice.serving.config import ServingConfig
+from sluice.serving.launch import BACKENDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", required=True, metavar="FILE", help="ModelDeployment YAML")
-    parser.add_argument(
-        "--backend", choices=["ray", "triton", "onnx"], default=None, help="default: spec.backend of the YAML"
-    )
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: spec.backend of the YAML")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (0 picks a free one; default 8000)")
+    parser.add_argument(
+        "--allow-override",
+        action="store_true",
+        help="honour the override header (x-sluice-variant) from any client; by default only with the admin token",
+    )
 
 
 def serving_config(deployments: list[ModelDeployment]) -> ServingConfig:
-    """The data-plane config for one ModelDeployment (stable) or the last two revisions of it (stable + new)."""
+    """The data-plane config for one ModelDeployment (stable) or the last two revisions of it (stable + new).
+
+    The new revision gets what the rollout's first step would give it (canary: the first step's weight; shadow and
+    blueGreen: weight 0, mirrored at their mirror percent), through the engine's one spec -> ServingConfig
+    translation.
+    """
     if not deployments:
         raise ValueError("no ModelDeployment documents")
     names = {d.metadata.name for d in deployments}
     if len(names) != 1:
         raise ValueError(f"all documents must be the same ModelDeployment, got {sorted(names)}")
     new = deployments[-1]
-    spec = new.spec
     model_names = {d.spec.model.name for d in deployments}
     if len(model_names) != 1:
         raise ValueError(f"spec.model.name must be the same in every document, got {sorted(model_names)}")
-
-    def variant(d: ModelDeployment, name: str, weight: int) -> dict[str, Any]:
-        m = d.spec.model
-        return {"name": name, "version": m.version, "uri": m.uri, "sha256": m.sha256, "weight": weight}
-
-    mirror = None
     if len(deployments) == 1:
-        variants = [variant(new, STABLE, 100)]
-    else:
-        old = deployments[-2]
-        if old.spec.model.version == new.spec.model.version:
-            raise ValueError(f"the last two documents both have version {new.spec.model.version!r}")
-        rollout = spec.rollout
-        weight, mirror_percent = DEFAULT_CANARY_WEIGHT, 0
-        if rollout.strategy == StrategyType.CANARY and rollout.canary is not None:
-            weight = rollout.canary.steps[0].weight
-        elif rollout.strategy == StrategyType.SHADOW:
-            weight, mirror_percent = 0, rollout.shadow.mirror_percent if rollout.shadow else 100
-        elif rollout.strategy == StrategyType.BLUE_GREEN:
-            weight, mirror_percent = 0, rollout.blue_green.preview_mirror_percent if rollout.blue_green else 0
-        variants = [variant(old, STABLE, 100 - weight), variant(new, CANARY, weight)]
-        if mirror_percent > 0:
-            mirror = {"variant": CANARY, "percent": mirror_percent}
-    from sluice.api import parse_duration
-
-    return ServingConfig.model_validate(
-        {
-            "model_name": spec.model.name,
-            "variants": variants,
-            "mirror": mirror,
-            "sticky_header": spec.traffic.sticky_header,
-            "override_header": spec.traffic.override_header,
-            "fallback_to_stable": spec.traffic.fallback_to_stable,
-            "request_timeout_s": parse_duration(spec.traffic.request_timeout),
-            "max_request_bytes": spec.traffic.max_request_bytes,
-            "batching": spec.batching.model_dump(),
-            "gpus_per_replica": spec.resources.gpu,
-        }
+        return engine_serving_config(new.spec, Routing(stable=version_ref(new.spec.model)))
+    old = deployments[-2]
+    if old.spec.model.version == new.spec.model.version:
+        raise ValueError(f"the last two documents both have version {new.spec.model.version!r}")
+    rollout = new.spec.rollout
+    weight, mirror_percent = DEFAULT_CANARY_STEPS[0], 0
+    if rollout.strategy == StrategyType.CANARY and rollout.canary is not None:
+        weight = rollout.canary.steps[0].weight
+    elif rollout.strategy == StrategyType.SHADOW:
+        weight, mirror_percent = 0, rollout.shadow.mirror_percent if rollout.shadow else 100
+    elif rollout.strategy == StrategyType.BLUE_GREEN:
+        weight, mirror_percent = 0, rollout.blue_green.preview_mirror_percent if rollout.blue_green else 0
+    routing = Routing(
+        stable=version_ref(old.spec.model),
+        canary=version_ref(new.spec.model),
+        canary_weight=weight,
+        mirror_percent=mirror_percent,
     )
+    return engine_serving_config(new.spec, routing)
 
 
 def load_deployments(path: Path) -> list[ModelDeployment]:
@@ -131,19 +120,21 @@ class _Stop(BaseException):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sluice.serving.launch import BackendKind, LaunchError, start_data_plane
+    from sluice.serving.launch import LaunchError, PlaneBackend, start_data_plane
 
     path = Path(args.filename)
     try:
         deployments = load_deployments(path)
         config = serving_config(deployments)
+        if args.allow_override:
+            config = config.model_copy(update={"override_enabled": True})
     except OSError as exc:
         print(f"error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    backend = cast(BackendKind, args.backend or deployments[-1].spec.backend.value)
+    backend = cast(PlaneBackend, args.backend or deployments[-1].spec.backend.value)
     stopping = threading.Event()
 
     def on_signal(signum: int, _: FrameType | None) -> None:
@@ -158,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         plane = start_data_plane(config, backend, path.resolve().parent, host=args.host, port=args.port)
         print(f"serving {config.model_name} at {plane.url}  (metrics: {plane.metrics_url})")
+        token_file = getattr(plane, "admin_token_file", None)  # routers in this process; Ray's ingress has none
+        if token_file is not None:
+            print(f"admin API token (Authorization: Bearer <token>) is in {token_file}")
         print(example_curl(plane.url, config, _example_inputs(plane.url, config.model_name)))
         print("Ctrl-C or SIGTERM stops it.")
         sys.stdout.flush()

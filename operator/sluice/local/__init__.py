@@ -1,6 +1,8 @@
-"""`sluice run`: the rollout carried out on this machine against a local data plane, no cluster."""
+"""The local platform behind `sluice run`: the engine's loops drive a data plane on this machine, no cluster.
 
-from sluice.local.loop import RolloutLoop
-from sluice.local.platform import Platform, Readiness
+One module per kind: `modeldeployment.LocalPlatform` carries rollout actions out on a local data plane handle.
+"""
 
-__all__ = ["Platform", "Readiness", "RolloutLoop"]
+from sluice.local.modeldeployment import LocalPlatform
+
+__all__ = ["LocalPlatform"]

@@ -1,5 +1,6 @@
-"""Kubernetes platform of Sluice: `sluice operator` runs Kopf with one daemon per ModelDeployment.
+"""Kubernetes platform of Sluice: `sluice operator` runs Kopf with one controller per ModelDeployment.
 
-handlers/ (thin Kopf handlers) → daemon.py (re-read, tick, report bad input, back off) → the rollout loop of
-sluice.local.loop over platform/ (KubePlatform: children from render/, readiness, checks, status and Events).
+handlers/ (thin Kopf registrations) → controllers/<kind>.py (read the live body, tick, report bad input, back off)
+→ the engine's loop (sluice.engine) over platform/ (KubePlatform: children from render/, readiness, checks, status
+and Events); leader.py elects one active replica when several run.
 """

@@ -252,7 +252,3 @@ class KubeClient:
         if contains(live, mine):
             return False, live
         return True, await self.patch(api_version, kind, namespace, name, mine)
-
-
-def labels_selector(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from sluice.experiment.statistics import Sample
 from sluice.rollout.actions import CANARY, STABLE
 from sluice.rollout.measurements import Histogram, Measurement, TrafficSample, VariantSample
 
@@ -20,6 +21,20 @@ class Window:
     selector: str = ""  # extra PromQL label matchers, e.g. 'namespace="prod"' (prometheus only)
 
 
+@dataclass(frozen=True)
+class ArmCounters:
+    """One experiment arm's cumulative counters (since the router started): the primary metric's outcomes joined to
+    the arm (count, sum, sum of squares), and the arm's requests, 5xx errors and latency buckets for guardrails."""
+
+    outcomes: Sample
+    requests: float = 0.0
+    errors: float = 0.0
+    latency: Histogram | None = None
+
+
+ArmsReading = dict[str, ArmCounters]  # by variant (arm) name
+
+
 @runtime_checkable
 class MetricProvider(Protocol):
     """Reads one analysis interval's measurements. Failures are returned as data (NoData/MetricError), not raised."""
@@ -30,6 +45,10 @@ class MetricProvider(Protocol):
 
     async def query(self, promql: str) -> Measurement[float]:
         """One number from a custom query (checks of type promql)."""
+        ...
+
+    async def arms(self, window: Window, metric: str) -> Measurement[ArmsReading]:
+        """Experiment arms: cumulative outcomes of `metric` and requests/errors/latency, per variant."""
         ...
 
     async def close(self) -> None:
@@ -63,3 +82,22 @@ def assemble(
         shadow_disagree=shadow.get("disagree", 0.0),
         shadow_errors=shadow.get("error", 0.0),
     )
+
+
+def assemble_arms(
+    outcomes: Mapping[tuple[str, str], float],
+    requests: Mapping[tuple[str, str], float],
+    latency: Mapping[str, Mapping[float, float]],
+) -> ArmsReading:
+    """ArmsReading from cumulative series: outcomes by (variant, kind of sum), requests by (variant, code)."""
+    names = {v for v, _ in outcomes} | {v for v, _ in requests}
+    out: ArmsReading = {}
+    for name in sorted(names):
+        total = sum(v for (var, _), v in requests.items() if var == name)
+        errors = sum(v for (var, code), v in requests.items() if var == name and code.startswith("5"))
+        lat = Histogram.from_cumulative(dict(latency[name])) if latency.get(name) else None
+        sample = Sample(
+            outcomes.get((name, "count"), 0.0), outcomes.get((name, "sum"), 0.0), outcomes.get((name, "squares"), 0.0)
+        )
+        out[name] = ArmCounters(sample, total, errors, lat)
+    return out

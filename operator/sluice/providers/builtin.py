@@ -12,7 +12,7 @@ from collections import defaultdict
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluice.providers.base import Window, assemble, parse_le
+from sluice.providers.base import ArmsReading, Window, assemble, assemble_arms, parse_le
 from sluice.rollout.measurements import Measurement, MetricError, NoData, TrafficSample, Value
 from sluice.serving import metric_names as mn
 
@@ -22,6 +22,7 @@ _REQUESTS = mn.REQUESTS_TOTAL
 _LATENCY = f"{mn.REQUEST_DURATION_SECONDS}_bucket"
 _SCORES = f"{mn.PREDICTION_SCORE}_bucket"
 _SHADOW = mn.SHADOW_COMPARISONS_TOTAL
+_OUTCOME_SUMS = {mn.OUTCOMES_TOTAL: "count", mn.OUTCOME_VALUE_SUM: "sum", mn.OUTCOME_VALUE_SQUARES_SUM: "squares"}
 
 
 def parse_snapshot(text: str, model: str) -> dict[Key, float]:
@@ -42,6 +43,26 @@ def parse_snapshot(text: str, model: str) -> dict[Key, float]:
                 continue
             snap[key] = snap.get(key, 0.0) + float(s.value)
     return snap
+
+
+def parse_arms(text: str, model: str, metric: str) -> ArmsReading:
+    """Cumulative per-arm counters of one model (outcomes of `metric`, requests, latency). Raises ValueError."""
+    outcomes: dict[tuple[str, str], float] = defaultdict(float)
+    requests: dict[tuple[str, str], float] = defaultdict(float)
+    latency: dict[str, dict[float, float]] = defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("model") != model:
+                continue
+            variant = s.labels.get("variant", "")
+            if s.name in _OUTCOME_SUMS and s.labels.get("metric") == metric:
+                outcomes[(variant, _OUTCOME_SUMS[s.name])] += float(s.value)
+            elif s.name == _REQUESTS:
+                requests[(variant, s.labels.get("code", ""))] += float(s.value)
+            elif s.name == _LATENCY:
+                le = parse_le(s.labels.get("le", "+Inf"))
+                latency[variant][le] = latency[variant].get(le, 0.0) + float(s.value)
+    return assemble_arms(outcomes, requests, latency)
 
 
 def difference(now: dict[Key, float], before: dict[Key, float]) -> dict[Key, float]:
@@ -98,6 +119,21 @@ class BuiltinProvider:
         if not any(k[0] == _REQUESTS for k in delta):
             return NoData(f"no {mn.REQUESTS_TOTAL} series for model {window.model!r} at {self.metrics_url}")
         return Value(to_sample(delta))
+
+    async def arms(self, window: Window, metric: str) -> Measurement[ArmsReading]:
+        try:
+            resp = await self._client.get(self.metrics_url)
+        except httpx.HTTPError as exc:
+            return MetricError(f"router metrics at {self.metrics_url} unreachable: {type(exc).__name__}: {exc}")
+        if resp.status_code != 200:
+            return MetricError(f"router metrics at {self.metrics_url} answered HTTP {resp.status_code}")
+        try:
+            reading = parse_arms(resp.text, window.model, metric)
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            return MetricError(f"router metrics at {self.metrics_url} are not Prometheus text: {exc}")
+        if not reading:
+            return NoData(f"no per-arm series for model {window.model!r} at {self.metrics_url}")
+        return Value(reading)
 
     async def query(self, promql: str) -> Measurement[float]:
         return MetricError("checks of type promql need provider type prometheus; builtin reads only the router")

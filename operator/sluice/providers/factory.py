@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from sluice.api.model_deployment import MetricProvider as ProviderSpec
-from sluice.api.model_deployment import ProviderType
+from sluice.api.model_deployment import ProviderSpec, ProviderType
 from sluice.providers.base import MetricProvider
 from sluice.providers.builtin import BuiltinProvider
 from sluice.providers.prometheus import PrometheusProvider

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from sluice.providers.base import Window, assemble, parse_le
+from sluice.providers.base import ArmsReading, Window, assemble, assemble_arms, parse_le
 from sluice.rollout.measurements import Measurement, MetricError, NoData, TrafficSample, Value
 from sluice.serving import metric_names as mn
 
@@ -78,6 +78,31 @@ class PrometheusProvider:
         for labels, v in req:
             requests[(labels.get("variant", ""), labels.get("code", ""))] += v
         return Value(assemble(requests, _buckets(lat), _buckets(score), {m.get("outcome", ""): v for m, v in shadow}))
+
+    async def arms(self, window: Window, metric: str) -> Measurement[ArmsReading]:
+        """Cumulative counters (not increases): an experiment's statistics use everything since its arms started."""
+        matchers = f'model="{window.model}"' + (f",{window.selector}" if window.selector else "")
+        outcome = f'{matchers},metric="{metric}"'
+        results = await asyncio.gather(
+            self._vector(f"sum by (variant) ({mn.OUTCOMES_TOTAL}{{{outcome}}})"),
+            self._vector(f"sum by (variant) ({mn.OUTCOME_VALUE_SUM}{{{outcome}}})"),
+            self._vector(f"sum by (variant) ({mn.OUTCOME_VALUE_SQUARES_SUM}{{{outcome}}})"),
+            self._vector(f"sum by (variant, code) ({mn.REQUESTS_TOTAL}{{{matchers}}})"),
+            self._vector(f"sum by (variant, le) ({mn.REQUEST_DURATION_SECONDS}_bucket{{{matchers}}})"),
+        )
+        for r in results:
+            if isinstance(r, MetricError):
+                return r
+        count, total, squares, req, lat = (r for r in results if not isinstance(r, MetricError))
+        outcomes: dict[tuple[str, str], float] = {}
+        for kind, series in (("count", count), ("sum", total), ("squares", squares)):
+            for labels, v in series:
+                outcomes[(labels.get("variant", ""), kind)] = v
+        requests = {(labels.get("variant", ""), labels.get("code", "")): v for labels, v in req}
+        reading = assemble_arms(outcomes, requests, _buckets(lat))
+        if not reading:
+            return NoData(f"no per-arm series for {matchers}")
+        return Value(reading)
 
     async def close(self) -> None:
         if self._owns_client:

@@ -2,14 +2,12 @@
 
 Served by `sluice.serving.httpserver` in the standalone router and `sluice serve` (which answers infer itself and
 hands everything else to this app) and by Ray Serve in the ingress deployment. The app holds no routing logic:
-it reads bodies (bounded), headers and path parameters and hands them to `DataPlane`.
+it reads bodies (bounded), headers and path parameters and hands them to `ProtocolEndpoints`.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -22,15 +20,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from sluice.serving import admin as admin_auth
+from sluice.serving.admin import AdminAuth
 from sluice.serving.config import ServingConfig
-from sluice.serving.errors import InvalidInput, PayloadTooLarge, ServingError, Unauthorized, UnsupportedMediaType
+from sluice.serving.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
 from sluice.serving.metrics import CONTENT_TYPE_LATEST
-from sluice.serving.protocol.dataplane import DataPlane, Reply, dumps, parse_json
+from sluice.serving.protocol.endpoints import ProtocolEndpoints, Reply, dumps, parse_json
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)
 
-ADMIN_TOKEN_ENV = "SLUICE_ADMIN_TOKEN"
 # application/octet-stream: tritonclient.http.aio labels its (JSON) bodies so; the body must still parse as JSON.
 _JSON_TYPES = ("application/json", "text/json", "application/octet-stream")
 
@@ -168,7 +167,7 @@ class SluiceApp(Starlette):
     objects and middleware (measured ~0.1 ms of the router's CPU per request); everything else is plain Starlette.
     Behaviour is the same as the routed handler: bounded body, content-type checks, JSON errors, a 500 on a bug."""
 
-    plane: DataPlane
+    plane: ProtocolEndpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -200,15 +199,20 @@ class SluiceApp(Starlette):
         await _send_json(send, reply.status, reply.body, reply.headers)
 
 
-def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> SluiceApp:
-    """The ASGI app over `router`; `app.state.dataplane.router` may be swapped to re-point it."""
-    plane = DataPlane(router)
+def build_app(router: Router, *, close_router_on_shutdown: bool = False, admin: AdminAuth | None = None) -> SluiceApp:
+    """The ASGI app over `router`; `app.state.endpoints.router` may be swapped to re-point it.
 
-    def dp() -> DataPlane:
+    `admin` guards `/admin/*` and the override header; by default it is what the environment configures
+    (`sluice.serving.admin.from_env`), and without a token there the admin API answers 403.
+    """
+    auth = admin if admin is not None else admin_auth.from_env()
+    plane = ProtocolEndpoints(router, is_admin=auth.allows)
+
+    def dp() -> ProtocolEndpoints:
         return plane
 
     async def live(_: Request) -> Response:
-        return _Json(DataPlane.live())
+        return _Json(ProtocolEndpoints.live())
 
     async def ready(_: Request) -> Response:
         body = await dp().ready()
@@ -239,18 +243,21 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> Slui
         raw = await read_body(request, dp().router.config.max_request_bytes)
         return _reply(await dp().predict(request.path_params["name"], raw, request.headers, t0))
 
+    async def outcomes(request: Request) -> Response:
+        _check_content_type(request)
+        cfg = dp().router.outcomes.config
+        raw = await read_body(request, cfg.max_body_bytes if cfg else 1024 * 1024)
+        return _reply(dp().outcomes(request.path_params["name"], raw))
+
     async def metrics(_: Request) -> Response:
         return Response(dp().router.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    async def get_config(_: Request) -> Response:
+    async def get_config(request: Request) -> Response:
+        auth.require(request.headers)
         return _Json(dp().router.config.model_dump(mode="json"))
 
     async def put_config(request: Request) -> Response:
-        token = os.environ.get(ADMIN_TOKEN_ENV)
-        if token:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                raise Unauthorized("admin endpoint needs 'Authorization: Bearer <token>'")
+        auth.require(request.headers)
         _check_content_type(request)
         raw = await read_body(request, 1024 * 1024)
         try:
@@ -259,7 +266,8 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> Slui
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
             raise InvalidInput(f"invalid ServingConfig: {problems}") from exc
         try:
-            await dp().router.apply(config)
+            # New variants: allowed URI schemes only, and their model must load before the answer is 200.
+            await dp().router.apply(config, verify=True, uri_schemes=auth.uri_schemes)
         except (ValueError, ImportError) as exc:  # the backend factory refused a variant (e.g. no endpoint)
             raise InvalidInput(f"cannot build backends for this config: {exc}") from exc
         log.info("applied config: %s", {v.name: v.weight for v in config.variants})
@@ -276,6 +284,7 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> Slui
         Route("/v2/models/{name}/infer", _guard(infer), methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", _guard(infer), methods=["POST"]),
         Route("/v1/models/{name}:predict", _guard(predict), methods=["POST"]),
+        Route("/v2/models/{name}/outcomes", _guard(outcomes), methods=["POST"]),
         Route("/metrics", _guard(metrics), methods=["GET"]),
         Route("/admin/config", _guard(get_config), methods=["GET"]),
         Route("/admin/config", _guard(put_config), methods=["PUT"]),
@@ -294,5 +303,5 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False) -> Slui
 
     app = SluiceApp(routes=routes, lifespan=lifespan)
     app.plane = plane
-    app.state.dataplane = plane
+    app.state.endpoints = plane
     return app

@@ -1,11 +1,15 @@
 """The router as its own process (in front of tritonserver or any v2 server): `HttpServer` serving `build_app`.
 
-    python -m sluice.serving.host_standalone --config serving.json --port 8080 [--backend triton] [--host 0.0.0.0]
+    python -m sluice.serving.host_standalone --config serving.json --port 8080 [--variant-backend triton]
+        [--host 0.0.0.0]
         [--watch-configmap NS/NAME [--kube-api URL]]
 
-The config file is a `ServingConfig` as JSON or YAML. Backends come from `make_backend(kind, ...)`, so a new kind
-plugs in through the registry in `backends/__init__.py`. Weights change live through `PUT /admin/config`
-(bearer token from $SLUICE_ADMIN_TOKEN when set), or from a ConfigMap with ``--watch-configmap`` (the operator's
+The config file is a `ServingConfig` as JSON or YAML. ``--variant-backend`` says how the router reaches each
+version (http, triton, onnx: `sluice.serving.backends.VARIANT_BACKENDS`); it is not `--backend` of `sluice serve`,
+which says what serves the versions (ray, triton, onnx). A new kind plugs in through the registry in
+`backends/__init__.py`. Weights change live through `PUT /admin/config`
+(bearer token from $SLUICE_ADMIN_TOKEN_FILE or $SLUICE_ADMIN_TOKEN; without either a random one is written to a
+0600 file whose path is logged at start), or from a ConfigMap with ``--watch-configmap`` (the operator's
 way, see `sluice.serving.configsource`; the API is the pod's own unless ``--kube-api`` names one, with the bearer
 token from $SLUICE_KUBE_TOKEN when set). SIGTERM or SIGINT stops accepting, lets in-flight requests finish
 (bounded by the request timeout), exits 0. The event loop is uvloop's when installed.
@@ -28,10 +32,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sluice.serving.backends import BACKEND_KINDS, make_backend
+from sluice.serving import admin as admin_auth
+from sluice.serving.backends import VARIANT_BACKENDS, make_variant_backend
 from sluice.serving.config import ServingConfig
 from sluice.serving.configsource import ConfigMapSource, KubeApi, parse_target
-from sluice.serving.httpserver import HttpServer
+from sluice.serving.httpserver import HttpServer, ServerLimits
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)
@@ -54,7 +59,7 @@ def load_config(path: Path) -> ServingConfig:
 
 
 def build_router(config: ServingConfig, kind: str) -> Router:
-    factory = partial(make_backend, kind)
+    factory = partial(make_variant_backend, kind)
     backends = {v.name: factory(v, config) for v in config.variants}
     return Router(config, backends, factory=factory)
 
@@ -73,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="ServingConfig as JSON or YAML")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a pod)")
-    parser.add_argument("--backend", default="http", help=f"backend kind, one of {sorted(BACKEND_KINDS)}")
+    parser.add_argument(
+        "--variant-backend",
+        default="http",
+        choices=sorted(VARIANT_BACKENDS),
+        help="how the router reaches each version's model (default: http, any v2 REST server at variant.endpoint)",
+    )
     parser.add_argument(
         "--watch-configmap", metavar="NS/NAME", help="follow this ConfigMap's config.json and apply each new config"
     )
@@ -85,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     source = None
     try:
+        limits = ServerLimits.from_env()
         config = load_config(args.config)
-        router = build_router(config, args.backend)
+        router = build_router(config, args.variant_backend)
         if args.watch_configmap:
             namespace, name = parse_target(args.watch_configmap)
             api = KubeApi(args.kube_api, token=os.environ.get("SLUICE_KUBE_TOKEN")) if args.kube_api else None
@@ -101,12 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    auth = admin_auth.for_process("router")
+    if auth.generated:
+        log.info("admin API token written to %s (send it as 'Authorization: Bearer <token>')", auth.token_file)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(HttpServer.for_router(router, args.host, args.port), source))
+            server = HttpServer.for_router(router, args.host, args.port, admin=auth, limits=limits)
+            runner.run(serve(server, source))
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        admin_auth.remove_token_file(auth)
     return 0
 
 

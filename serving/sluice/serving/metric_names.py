@@ -27,6 +27,28 @@ MODEL_LOADED = f"{PREFIX}_model_loaded"
 # Gauge: current traffic weight percent of each variant.
 VARIANT_WEIGHT = f"{PREFIX}_variant_weight_percent"
 
+# Experiment outcomes (POST /v2/models/{name}/outcomes), joined to the arm that served the request; extra label
+# `metric` (a configured outcome metric). Sum and squares are exposed with gauge type (see sluice.serving.outcomes).
+OUTCOMES_TOTAL = f"{PREFIX}_outcomes_total"
+OUTCOME_VALUE_SUM = f"{PREFIX}_outcome_value_sum"
+OUTCOME_VALUE_SQUARES_SUM = f"{PREFIX}_outcome_value_squares_sum"
+# Counter, labels `model` and `metric` only: outcomes whose id was not (or no longer) known.
+OUTCOMES_UNMATCHED_TOTAL = f"{PREFIX}_outcomes_unmatched_total"
+# Gauge and counter, label `model` only: ids held by the outcome store, and ids dropped before their TTL because
+# the store was full (a sign that `outcomes.max_entries` is smaller than request rate x outcome delay).
+OUTCOME_STORE_ENTRIES = f"{PREFIX}_outcome_store_entries"
+OUTCOME_STORE_EVICTED_TOTAL = f"{PREFIX}_outcome_store_evicted_total"
+
+# Drift: rows per bin of each watched feature, extra labels `policy`, `feature` and `bin` (decimal index 0..k-1 in
+# the profile's order; numeric: k = len(edges) + 1, bin i holds edges[i-1] <= x < edges[i], open at both ends;
+# categorical: the top-K categories, then "other" last). `feature` is `input[column]`, `input`, or `prediction`.
+FEATURE_BIN_TOTAL = f"{PREFIX}_feature_bin_total"
+# Counter, extra label `policy`: rows binned for that policy (every row of every primary request).
+FEATURE_ROWS_TOTAL = f"{PREFIX}_feature_rows_total"
+# Counter, extra labels `policy` and `feature`: rows where the feature was missing (input or column absent, row
+# count different from the request's, NaN, unparseable). Always FEATURE_ROWS_TOTAL - sum of that feature's bins.
+FEATURE_MISSING_TOTAL = f"{PREFIX}_feature_missing_total"
+
 LABELS = ("model", "version", "variant")
 
 # Bucket edges, identical for every variant: PSI between canary and stable is computed from these buckets.

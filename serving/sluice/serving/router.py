@@ -8,30 +8,37 @@ every request keeps the state it started with, so a weight change never fails or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from sluice.serving.backends.base import Backend
+from sluice.serving.backends.base import VariantBackend
 from sluice.serving.config import STABLE, ServingConfig, VariantConfig
 from sluice.serving.errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
+    ConfigRejected,
     InvalidInput,
     ModelNotFound,
     ServingError,
+    clip,
+    hide_uris,
 )
+from sluice.serving.features import FeatureCounts
 from sluice.serving.metrics import RouterMetrics
-from sluice.serving.protocol.validation import validate_request
+from sluice.serving.outcomes import Outcomes
 from sluice.serving.scores import Scored, compare, score_outputs
 from sluice.serving.split import EveryNth, SmoothWeighted, sticky_pick
 from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata
+from sluice.serving.validation import validate_request
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[VariantConfig, ServingConfig], Backend]
+VariantBackendFactory = Callable[[VariantConfig, ServingConfig], VariantBackend]
 
 # Errors after which a canary request is retried on stable when `fallback_to_stable` is on (5xx-class only).
 _FALLBACK_ERRORS = (BackendError, BackendUnavailable, BackendTimeout)
@@ -50,12 +57,13 @@ class Routed:
     variant: str
     version: str
     fell_back_from: str | None = None
+    enrolled: bool = False  # the router chose the arm (split or unit hash), so its outcomes are arm samples
 
 
 @dataclass(eq=False)
 class _State:
     config: ServingConfig
-    backends: dict[str, Backend]
+    backends: dict[str, VariantBackend]
     splitter: SmoothWeighted
     mirror: EveryNth | None
     names: tuple[str, ...]
@@ -64,7 +72,7 @@ class _State:
     inflight: int = 0
 
 
-def _make_state(config: ServingConfig, backends: Mapping[str, Backend]) -> _State:
+def _make_state(config: ServingConfig, backends: Mapping[str, VariantBackend]) -> _State:
     missing = [v.name for v in config.variants if v.name not in backends]
     if missing:
         raise InvalidInput(f"no backend for variant(s) {missing}")
@@ -87,9 +95,9 @@ class Router:
     def __init__(
         self,
         config: ServingConfig,
-        backends: Mapping[str, Backend],
+        backends: Mapping[str, VariantBackend],
         *,
-        factory: BackendFactory | None = None,
+        factory: VariantBackendFactory | None = None,
         metrics: RouterMetrics | None = None,
         max_shadow_in_flight: int = 64,
     ) -> None:
@@ -99,6 +107,10 @@ class Router:
         self.max_shadow_in_flight = max_shadow_in_flight
         self._shadows: set[asyncio.Task[None]] = set()
         self._closers: set[asyncio.Task[None]] = set()
+        self.outcomes = Outcomes(config.outcomes, lambda: self.metrics.model)
+        self.metrics.registry.register(self.outcomes.totals)
+        self.features = FeatureCounts(config.drift, lambda: self.metrics.model)
+        self.metrics.registry.register(self.features)
         self._publish_weights()
 
     @property
@@ -108,7 +120,8 @@ class Router:
     # ---- assignment -------------------------------------------------------------------------------------------
 
     def choose(self, *, sticky_key: str | None = None, override: str | None = None, version: str | None = None) -> str:
-        """The variant for one request: override > URL version > sticky bucket > weighted split."""
+        """The variant for one request: override > URL version > sticky bucket > control (enrolment 'unit', no
+        unit id) > weighted split."""
         return self._choose(self._state, sticky_key, override, version)
 
     @staticmethod
@@ -116,7 +129,7 @@ class Router:
         if override is not None:
             if override not in state.backends:
                 raise InvalidInput(
-                    f"header {state.config.override_header!r}: unknown variant {override!r}; "
+                    f"header {state.config.override_header!r}: unknown variant {clip(override)!r}; "
                     f"allowed: {list(state.names)}"
                 )
             return override
@@ -124,11 +137,23 @@ class Router:
             matches = [v for v in state.config.variants if v.version == version]
             if not matches:
                 served = [v.version for v in state.config.variants]
-                raise ModelNotFound(f"model {state.config.model_name!r} has no version {version!r}; served: {served}")
+                raise ModelNotFound(
+                    f"model {state.config.model_name!r} has no version {clip(version)!r}; served: {served}"
+                )
             return max(matches, key=lambda v: v.weight).name
         if sticky_key is not None:
-            return sticky_pick(sticky_key, state.names, state.weights)
+            return sticky_pick(sticky_key, state.names, state.weights, state.config.sticky_salt)
+        if state.config.enrolment == "unit":
+            return state.config.control
         return state.splitter.pick()
+
+    @staticmethod
+    def _enrolled(state: _State, sticky_key: str | None, override: str | None, version: str | None) -> bool:
+        """Whether the router assigned the arm: forced requests (override header, URL version) never count, and
+        with enrolment 'unit' only requests carrying a unit id do."""
+        if override is not None or version is not None:
+            return False
+        return sticky_key is not None or state.config.enrolment == "all"
 
     # ---- serving ----------------------------------------------------------------------------------------------
 
@@ -149,7 +174,12 @@ class Router:
             started = time.perf_counter()
             try:
                 response = await self._call(state, variant, request, deadline)
-                routed = Routed(response, variant, state.config.variant(variant).version)
+                routed = Routed(
+                    response,
+                    variant,
+                    state.config.variant(variant).version,
+                    enrolled=self._enrolled(state, sticky_key, override, version),
+                )
             except ServingError as exc:
                 can_fall_back = state.config.fallback_to_stable and override is None and variant != STABLE
                 if not (isinstance(exc, _FALLBACK_ERRORS) and can_fall_back and STABLE in state.backends):
@@ -165,8 +195,14 @@ class Router:
                 except ServingError as stable_exc:
                     stable_exc.variant, stable_exc.version = STABLE, state.config.variant(STABLE).version
                     raise
-                routed = Routed(response, STABLE, state.config.variant(STABLE).version, fell_back_from=variant)
-            self._observe(routed)
+                routed = Routed(
+                    response,
+                    STABLE,
+                    state.config.variant(STABLE).version,
+                    fell_back_from=variant,
+                    enrolled=self._enrolled(state, sticky_key, override, version),
+                )
+            self._observe(routed, request)
             self._maybe_shadow(state, routed, request)
             return routed
         finally:
@@ -205,10 +241,12 @@ class Router:
             state.metadata[variant] = meta
         return meta
 
-    def _observe(self, routed: Routed) -> None:
+    def _observe(self, routed: Routed, request: InferRequest) -> None:
         scored = score_outputs(routed.response.outputs)
         if scored is not None:
             self.metrics.scores(routed.version, routed.variant, scored.scores.tolist())
+        if self.features.active:
+            self.features.observe(routed.version, routed.variant, request.inputs, scored)
         batch = routed.response.parameters.get("batch_size")
         if batch is not None and str(batch).isdigit():
             self.metrics.batch_size(routed.version, routed.variant, int(batch))
@@ -269,7 +307,7 @@ class Router:
         variants = [v for v in state.config.variants if (v.version == version if version else v.weight > 0)]
         if not variants:
             if version is not None:
-                raise ModelNotFound(f"model {state.config.model_name!r} has no version {version!r}")
+                raise ModelNotFound(f"model {state.config.model_name!r} has no version {clip(version)!r}")
             return False
         results = await asyncio.gather(*(self._ready_one(state, v) for v in state.config.variants))
         by_name = dict(zip([v.name for v in state.config.variants], results, strict=True))
@@ -287,36 +325,83 @@ class Router:
 
     # ---- live configuration -----------------------------------------------------------------------------------
 
-    def update(self, config: ServingConfig, backends: Mapping[str, Backend] | None = None) -> None:
+    def update(self, config: ServingConfig, backends: Mapping[str, VariantBackend] | None = None) -> None:
         """Swap in new weights/mirror/variants atomically; backends no longer used close once their requests end."""
         old = self._state
         new = _make_state(config, backends if backends is not None else old.backends)
         self._state = new
         self.metrics.model = config.model_name
+        self.outcomes.configure(config.outcomes)
+        self.features.configure(config.drift)
         self._publish_weights()
         retired = [b for b in old.backends.values() if all(b is not nb for nb in new.backends.values())]
         if retired:
             self._retire(old, retired)
 
-    async def apply(self, config: ServingConfig) -> None:
-        """Like update(), creating backends for new or changed variants with the factory."""
+    async def apply(
+        self, config: ServingConfig, *, verify: bool = False, uri_schemes: tuple[str, ...] | None = None
+    ) -> None:
+        """Like update(), creating backends for new or changed variants with the factory.
+
+        With `uri_schemes`, a new variant whose URI has another scheme is refused; with `verify`, every new
+        backend must answer ready and give its metadata within `request_timeout_s` before the swap. A refused
+        config raises `ConfigRejected` (422), closes what it created and leaves the config in service as it was.
+        """
         old = self._state
         by_key = {_backend_key(old.config.variant(n)): b for n, b in old.backends.items()}
-        backends: dict[str, Backend] = {}
-        for v in config.variants:
-            existing = by_key.get(_backend_key(v))
-            if existing is not None:
-                backends[v.name] = existing
-            elif self._factory is None:
-                raise InvalidInput(f"variant {v.name!r} is new and this router has no backend factory to create it")
-            else:
-                backends[v.name] = self._factory(v, config)
+        new_variants = [v for v in config.variants if _backend_key(v) not in by_key]
+        if uri_schemes is not None:
+            for v in new_variants:
+                scheme = urlsplit(v.uri).scheme.lower()
+                if scheme not in uri_schemes:
+                    raise ConfigRejected(
+                        f"variant {v.name!r}: uri scheme {scheme!r} is not allowed here; allowed: {list(uri_schemes)}"
+                    )
+        if new_variants and self._factory is None:
+            raise InvalidInput(
+                f"variant {new_variants[0].name!r} is new and this router has no backend factory to create it"
+            )
+        backends: dict[str, VariantBackend] = {}
+        created: list[VariantBackend] = []
+        try:
+            for v in config.variants:
+                existing = by_key.get(_backend_key(v))
+                if existing is not None:
+                    backends[v.name] = existing
+                elif self._factory is not None:
+                    backends[v.name] = self._factory(v, config)
+                    created.append(backends[v.name])
+            if verify:
+                for v in new_variants:
+                    await self._verify(v, backends[v.name], config.request_timeout_s)
+        except BaseException:
+            for b in created:
+                with contextlib.suppress(Exception):
+                    await b.close()
+            raise
         self.update(config, backends)
+
+    @staticmethod
+    async def _verify(v: VariantConfig, backend: VariantBackend, timeout_s: float) -> None:
+        """The new variant's model is loaded and describes itself, or ConfigRejected says why (URIs hidden)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                if await backend.ready():
+                    await backend.metadata()
+                    return
+                reason = "not ready"
+        except TimeoutError:
+            reason = f"not ready within {timeout_s:g} s"
+        except ServingError as exc:
+            reason = exc.message
+        except Exception as exc:
+            reason = type(exc).__name__
+        raise ConfigRejected(f"variant {v.name!r} (version {v.version!r}): model did not load: {hide_uris(reason)}")
 
     def _publish_weights(self) -> None:
         self.metrics.set_weights({(v.version, v.name): v.weight for v in self._state.config.variants})
 
-    def _retire(self, old: _State, backends: list[Backend]) -> None:
+    def _retire(self, old: _State, backends: list[VariantBackend]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import numpy.typing as npt
 
+from sluice.serving.errors import redact_uris
 from sluice.serving.tensors import V2_TO_NUMPY, ModelMetadata, Tensor, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ class OnnxModel:
 
     def _fail(self, reason: str) -> None:
         self._session = None
+        reason = redact_uris(reason)  # presigned query strings and credentials never reach logs or status
         self.error = reason
         log.error("model not ready: %s", reason)
 

@@ -35,15 +35,21 @@ class SmoothWeighted:
             return self._names[best]
 
 
-def bucket(key: str) -> int:
-    """0..99 from blake2b of the key: the same on every process and restart (unlike Python's salted hash())."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+def bucket(key: str, salt: str = "") -> int:
+    """0..99 from blake2b of salt and key: the same on every process, replica and restart (unlike Python's salted
+    hash()). A salt (an experiment's uid) makes experiments assign independently; an empty one hashes the key
+    alone. The salt goes in as blake2b's key (hashed first when over blake2b's 64-byte key limit), so salt and key
+    never run into each other as they would if concatenated."""
+    raw = salt.encode()
+    if len(raw) > 64:
+        raw = hashlib.blake2b(raw).digest()
+    digest = hashlib.blake2b(key.encode(), digest_size=8, key=raw).digest()
     return int.from_bytes(digest, "big") % 100
 
 
-def sticky_pick(key: str, names: Sequence[str], weights: Sequence[int]) -> str:
+def sticky_pick(key: str, names: Sequence[str], weights: Sequence[int], salt: str = "") -> str:
     """The variant whose cumulative weight range holds the key's bucket; weight-0 variants never match."""
-    b = bucket(key)
+    b = bucket(key, salt)
     edge = 0
     for name, w in zip(names, weights, strict=True):
         edge += w

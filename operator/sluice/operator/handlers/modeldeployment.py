@@ -1,4 +1,4 @@
-"""ModelDeployment handlers: one daemon per resource runs its rollout loop (all logic in sluice.operator.daemon)."""
+"""ModelDeployment handlers: one daemon per resource runs its controller (operator.controllers.modeldeployment)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import kopf
 
 from sluice.api.base import GROUP, VERSION
 from sluice.operator.context import OperatorContext
-from sluice.operator.daemon import ModelDeploymentDaemon
+from sluice.operator.controllers.modeldeployment import ModelDeploymentDaemon
 
 PLURAL = "modeldeployments"
 

@@ -9,7 +9,7 @@ import httpx
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.local.dataplane import Routing
+from sluice.engine.routing import Routing
 from sluice.operator.platform.status import MODEL_REACHABLE, BadInput
 from sluice.operator.render import Ready
 

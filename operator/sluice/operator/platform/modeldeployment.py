@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from sluice.api.base import COMMAND_ANNOTATION
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus, VersionRef
-from sluice.local.dataplane import Routing
-from sluice.local.platform import Readiness
+from sluice.engine.platform import Readiness
+from sluice.engine.routing import Routing
 from sluice.operator.config import OperatorConfig
 from sluice.operator.kube import KubeClient, Obj
 from sluice.operator.platform import checks, events

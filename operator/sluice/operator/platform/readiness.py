@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.api.model_deployment import ModelDeploymentSpec
-from sluice.local.dataplane import Routing
+from sluice.engine.routing import Routing
 from sluice.operator.kube import KubeClient, Obj
 from sluice.operator.render import Key, Owner, Ready, Renderer
 

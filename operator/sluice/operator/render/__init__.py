@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from sluice.api.base import API_VERSION
 from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.local.dataplane import Routing
+from sluice.engine.routing import Routing
 from sluice.operator.config import OperatorConfig
 
 Object = dict[str, Any]  # a Kubernetes object as JSON

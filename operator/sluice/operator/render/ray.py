@@ -19,7 +19,7 @@ import yaml
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.local.dataplane import serving_config
+from sluice.engine.routing import serving_config
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
 from sluice.operator.render.gpu import insufficient_gpu, placement

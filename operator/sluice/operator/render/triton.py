@@ -21,7 +21,7 @@ from typing import Any
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.local.dataplane import serving_config
+from sluice.engine.routing import serving_config
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
 from sluice.operator.render.gpu import insufficient_gpu, placement
@@ -45,6 +45,11 @@ ROUTER_PORT = 8000
 FLAVOUR = "onnxruntime"
 MODEL_REPOSITORY = "/models"
 CONFIG_DIR = "/etc/sluice"
+# The admin API's bearer token: the Secret `<router>-admin` (key `token`) when the platform team creates it; without
+# it the router writes a random token into its own pod (reachable only by `kubectl exec`), so the admin API is
+# never open. The mount is optional so a router starts before (or without) the Secret.
+ADMIN_DIR = "/var/run/sluice/admin"
+ADMIN_TOKEN_FILE_ENV = "SLUICE_ADMIN_TOKEN_FILE"
 CONFIG_KEY = "config.json"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 TRITON_COMPONENT, ROUTER_COMPONENT = "tritonserver", "router"
@@ -293,7 +298,7 @@ def router_selector(owner: Owner) -> dict[str, str]:
 
 def router_args(owner: Owner) -> list[str]:
     return [
-        "--backend",
+        "--variant-backend",
         "triton",
         "--host",
         "0.0.0.0",
@@ -304,6 +309,10 @@ def router_args(owner: Owner) -> list[str]:
         "--watch-configmap",
         f"{owner.namespace}/{router_name(owner)}",
     ]
+
+
+def admin_secret_name(owner: Owner) -> str:
+    return f"{router_name(owner)}-admin"
 
 
 def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
@@ -326,10 +335,17 @@ def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
                     "initialDelaySeconds": 5,
                     "periodSeconds": 10,
                 },
-                "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+                "env": [{"name": ADMIN_TOKEN_FILE_ENV, "value": f"{ADMIN_DIR}/token"}],
+                "volumeMounts": [
+                    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                    {"name": "admin-token", "mountPath": ADMIN_DIR, "readOnly": True},
+                ],
             }
         ],
-        "volumes": [{"name": "config", "configMap": {"name": name}}],
+        "volumes": [
+            {"name": "config", "configMap": {"name": name}},
+            {"name": "admin-token", "secret": {"secretName": admin_secret_name(owner), "optional": True}},
+        ],
     }
     return {
         "apiVersion": "apps/v1",

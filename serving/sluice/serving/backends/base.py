@@ -8,7 +8,7 @@ from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata
 
 
 @runtime_checkable
-class Backend(Protocol):
+class VariantBackend(Protocol):
     """One model version the router can send requests to.
 
     Implementations raise the errors of `sluice.serving.errors` so every host maps them to the same HTTP status.

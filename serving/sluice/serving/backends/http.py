@@ -1,4 +1,5 @@
-"""A Backend that forwards to any Open Inference Protocol REST server over pooled keep-alive HTTP/1.1 connections.
+"""A VariantBackend that forwards to any Open Inference Protocol REST server over pooled keep-alive HTTP/1.1
+connections.
 
 Lets the standalone router front servers it does not embed (a model server, another router) and is the
 backend the router-overhead benchmark measures. The client is a small asyncio protocol over httptools (already

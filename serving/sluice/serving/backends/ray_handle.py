@@ -1,4 +1,4 @@
-"""A Backend over a Ray Serve DeploymentHandle of `OnnxModelDeployment` (used inside the ingress replica).
+"""A VariantBackend over a Ray Serve DeploymentHandle of `OnnxModelDeployment` (used inside the ingress replica).
 
 A handle call is a Ray actor call: on a small model it costs far more than the model itself. Requests that arrive
 while `max_in_flight` calls are open to the deployment go together in one `infer_many` call (`Coalescer`), so

@@ -1,4 +1,4 @@
-"""A Backend that forwards to a tritonserver over gRPC (`tritonclient.grpc.aio`: faster than HTTP per FACTS.md).
+"""A VariantBackend that forwards to a tritonserver over gRPC (`tritonclient.grpc.aio`: measured faster than HTTP).
 
 One gRPC channel per backend, created on first use inside the running event loop and shared by every request
 (HTTP/2 multiplexes them); nothing is opened per request. The model's config is read once: it carries the
@@ -188,7 +188,7 @@ class TritonBackend:
         )
         return _ModelInfo(number, labels, max_batch_size, input_reshape, output_reshape, metadata)
 
-    # -- Backend protocol ----------------------------------------------------------------------------------------
+    # -- VariantBackend protocol ---------------------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         info = await self._model_info()
         limit = info.max_batch_size

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sluice.serving.errors import InvalidInput
+from sluice.serving.protocol.limits import check_shape
 from sluice.serving.tensors import V2_TO_NUMPY, InferRequest, InferResponse, Tensor
 
 # numpy kinds accepted for each datatype family: ints may feed float tensors, never the other way round.
@@ -40,6 +41,7 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
         raise InvalidInput(f"input {name!r}: 'shape' must be a list of integers")
     if any(d < 0 for d in raw):
         raise InvalidInput(f"input {name!r}: 'shape' has a negative dimension {raw}")
+    check_shape(raw, name)
     return tuple(raw)
 
 
@@ -89,11 +91,15 @@ def _to_array(data: list[Any], datatype: str, dtype: np.dtype[Any], name: str) -
     if array.dtype.kind not in _ACCEPTED_KINDS.get(dtype.kind, ""):
         raise InvalidInput(f"input {name!r}: data does not match datatype {datatype} (got {_kind_name(array)})")
     try:
-        converted = array.astype(dtype)
+        with np.errstate(over="ignore"):  # overflow is checked below and answered as the client's error
+            converted = array.astype(dtype)
     except (OverflowError, ValueError) as exc:
         raise InvalidInput(f"input {name!r}: value out of range for datatype {datatype}") from exc
     # Integer casts wrap silently: a round-trip mismatch is an out-of-range value.
     if dtype.kind in "iu" and not np.array_equal(converted, array):
+        raise InvalidInput(f"input {name!r}: value out of range for datatype {datatype}")
+    # Narrowing float casts overflow to infinity silently (1e39 as FP32); JSON has no infinities to begin with.
+    if dtype.kind == "f" and dtype.itemsize < array.dtype.itemsize and not np.isfinite(converted).all():
         raise InvalidInput(f"input {name!r}: value out of range for datatype {datatype}")
     return converted.reshape(-1)
 

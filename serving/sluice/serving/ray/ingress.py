@@ -13,7 +13,7 @@ from ray import serve
 from starlette.applications import Starlette
 
 from sluice.serving.app import build_app
-from sluice.serving.backends.base import Backend
+from sluice.serving.backends.base import VariantBackend
 from sluice.serving.backends.ray_handle import RayHandleBackend
 from sluice.serving.config import ServingConfig
 from sluice.serving.router import Router
@@ -29,7 +29,7 @@ class SluiceIngress:
         self._backends = {version: RayHandleBackend(h, initial.model_name, version) for version, h in models.items()}
         self.router = Router(initial, self._by_variant(initial))
 
-    def _by_variant(self, config: ServingConfig) -> dict[str, Backend]:
+    def _by_variant(self, config: ServingConfig) -> dict[str, VariantBackend]:
         missing = sorted({v.version for v in config.variants} - set(self._backends))
         if missing:
             raise ValueError(

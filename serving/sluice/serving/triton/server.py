@@ -1,7 +1,7 @@
 """Start and stop the real tritonserver that ships in the nvidia-pytriton wheel (the `triton-local` extra).
 
 That build has only the python backend, so models are served through the python flavour of
-`sluice.serving.triton.repository`. What it needs to run at all (measured, see FACTS.md):
+`sluice.serving.triton.repository`. What it needs to run at all (measured with nvidia-pytriton 0.7):
 
 * a backend directory holding ``python/{libtriton_python.so, triton_python_backend_utils.py,
   triton_python_backend_stub}`` — the stub matching the running interpreter's Python version;
@@ -20,7 +20,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -31,6 +30,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from sluice.serving.ports import free_port
 
 # Read by the generated model.py: the stub's embedded interpreter ignores PYTHONPATH.
 PYTHONPATH_VAR = "SLUICE_TRITON_PYTHONPATH"
@@ -75,13 +76,6 @@ class TritonInstall:
             if not path.exists():
                 raise TritonNotInstalledError(f"the nvidia-pytriton wheel is incomplete: {path} is missing")
         return install
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class TritonServer:

@@ -1,0 +1,103 @@
+"""Where a ModelDeployment's traffic goes, and the ONE translation of spec + routing into the data plane's config.
+
+Every platform (the operator's renderers, `sluice run`, `sluice serve`) serves exactly `serving_config(spec,
+routing)`, so a cluster and a laptop split traffic the same way for the same status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sluice.api.base import parse_duration
+from sluice.api.model_deployment import ModelDeploymentSpec
+from sluice.api.status import VersionRef
+from sluice.rollout.actions import Action, DeployVersion, PromoteCanary, ScaleDown, SetTraffic
+from sluice.serving.config import CANARY, STABLE, BatchingConfig, MirrorConfig, ServingConfig, VariantConfig
+
+
+@dataclass
+class Routing:
+    """The roles and split the data plane should serve."""
+
+    stable: VersionRef | None = None
+    canary: VersionRef | None = None
+    canary_weight: int = 0
+    mirror_percent: int = 0
+
+    def apply(self, action: Action) -> bool:
+        """Change the roles and split as `action` says; False when it changes nothing here (a ScaleDown of a
+        version no role points at, an action that is not about routing). Shared by every platform."""
+        if isinstance(action, DeployVersion):
+            if action.role == STABLE:
+                self.stable = action.model
+            else:
+                self.canary, self.canary_weight, self.mirror_percent = action.model, 0, 0
+        elif isinstance(action, SetTraffic):
+            self.canary_weight, self.mirror_percent = action.canary_weight, action.mirror_percent
+        elif isinstance(action, PromoteCanary):
+            self.stable, self.canary, self.canary_weight, self.mirror_percent = action.model, None, 0, 0
+        elif isinstance(action, ScaleDown) and self.canary is not None and self.canary.version == action.version:
+            self.canary, self.canary_weight, self.mirror_percent = None, 0, 0
+        else:
+            return False
+        return True
+
+
+def serving_config(spec: ModelDeploymentSpec, routing: Routing) -> ServingConfig:
+    """The data plane's config for `routing`; raises ValueError when nothing is deployed yet."""
+    if routing.stable is None:
+        raise ValueError("no stable version to serve yet")
+    variants = [_variant(STABLE, routing.stable, 100 - (routing.canary_weight if routing.canary else 0))]
+    mirror = None
+    if routing.canary is not None:
+        variants.append(_variant(CANARY, routing.canary, routing.canary_weight))
+        if routing.mirror_percent:
+            mirror = MirrorConfig(variant=CANARY, percent=routing.mirror_percent)
+    t, b = spec.traffic, spec.batching
+    return ServingConfig(
+        model_name=spec.model.name,
+        variants=tuple(variants),
+        mirror=mirror,
+        sticky_header=t.sticky_header,
+        override_header=t.override_header,
+        fallback_to_stable=t.fallback_to_stable,
+        request_timeout_s=parse_duration(t.request_timeout),
+        max_request_bytes=t.max_request_bytes,
+        batching=BatchingConfig(
+            enabled=b.enabled,
+            max_batch_size=b.max_batch_size,
+            max_wait_ms=b.max_wait_ms,
+            preferred_batch_sizes=tuple(b.preferred_batch_sizes),
+        ),
+        gpus_per_replica=float(spec.resources.gpu),
+    )
+
+
+def _variant(name: str, ref: VersionRef, weight: int) -> VariantConfig:
+    return VariantConfig(name=name, version=ref.version, uri=ref.uri, sha256=ref.sha256, weight=weight)
+
+
+def experiment_config(
+    spec: ModelDeploymentSpec,
+    arms: tuple[tuple[str, VersionRef, int], ...],
+    *,
+    header: str,
+    salt: str,
+    metric: str,
+    kind: str,
+) -> ServingConfig:
+    """The target's data plane serving an experiment's arms: one weighted variant per arm (name, model, weight),
+    units enrolled by `header` hashed with `salt`, requests without it sent to the first arm (the control) and not
+    enrolled, outcomes of `metric` taken and joined to the arm. Everything else (batching, timeouts) stays the
+    target's. Raises ValueError (from the config's own validation) on an inconsistent set of arms."""
+    base = serving_config(spec, Routing(stable=arms[0][1])).model_dump()
+    base.update(
+        variants=[_variant(name, ref, weight).model_dump() for name, ref, weight in arms],
+        mirror=None,
+        sticky_header=header,
+        sticky_salt=salt,
+        enrolment="unit",
+        control_variant=arms[0][0],
+        outcomes={"metrics": {metric: kind}},
+    )
+    return ServingConfig.model_validate(base)

@@ -1,3 +1,0 @@
-"""The plugin's tests run against the shared API emulator (tests/kube)."""
-
-from tests.kube.fixtures import kube_client, kube_emulator, kubeconfig  # noqa: F401
