@@ -152,7 +152,7 @@ def test_standby_takes_over_when_the_active_replica_is_killed(cluster: Cluster) 
         merge = {"Content-Type": "application/merge-patch+json"}
         assert cluster.http.patch(f"{path}/m", content=json.dumps(change), headers=merge).status_code == 200
         wait_for("the canary at 20%", lambda: cluster.status("m").get("canaryWeight") == 20, 60)
-        assert cluster.holder() == "op-a"
+        assert cluster.holder() == "op-a", _election_log(a, b)
         assert not writes_by(cluster.audit(), "op-b"), "the standby wrote while the active replica held the Lease"
 
         killed_at = len(cluster.audit())
@@ -192,6 +192,13 @@ def test_standby_takes_over_when_the_active_replica_is_killed(cluster: Cluster) 
     print(f"\nfailover after SIGKILL: Lease {failover.to_lease_s:.2f} s, first write {failover.to_first_write_s:.2f} s")
     assert failover.to_lease_s <= LEASE_S + 2 * RETRY_S + 1.0
     assert failover.to_first_write_s <= LEASE_S + RETRY_S + 15.0
+
+
+def _election_log(*replicas: OperatorProcess) -> str:
+    """The leader-election lines of each replica's log (why a Lease changed hands)."""
+    return "\n".join(
+        line for r in replicas for line in r.logs().splitlines() if "leader" in line or "Lease" in line or "---" in line
+    )
 
 
 def _only_step_repeats(reasons: list[str]) -> bool:
