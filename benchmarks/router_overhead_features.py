@@ -5,8 +5,9 @@
 Two routers that differ only in `ServingConfig.drift` (none, or one profile of 20 numeric features with 9 edges each
 plus the prediction's 9 edges) serve the same 20-feature ONNX LogisticRegression, measured side by side:
 
-* in-process: `DataPlane.infer` (JSON decode, routing, model, binning, encode) on one event loop with an in-loop
+* in-process: `ProtocolEndpoints.infer` (JSON decode, routing, model, binning, encode) on one event loop with an in-loop
   onnxruntime backend, at batch 1 and 32, in interleaved blocks (none, features, none, ...); p50/p99 per side;
+* beside them, a third router with outcomes on (each request records its request id and unit id in the store);
 * binning alone: `FeatureCounts.observe` per request at batch 1 and 32;
 * over HTTP: both routers as `sluice.serving.host_standalone` processes in front of one model server, open-loop
   load at `--rate`'s first rate, interleaved rounds; p50 per round (paired difference, median over rounds) and the
@@ -47,11 +48,13 @@ EDGES = [
 GOAL_MS = 0.1
 
 
-def _config(drift: bool, endpoint: str | None = None) -> dict[str, Any]:
+def _config(drift: bool, endpoint: str | None = None, outcomes: bool = False) -> dict[str, Any]:
     variant: dict[str, Any] = {"name": "stable", "version": "1", "uri": "file://m.onnx", "weight": 100}
     if endpoint:
         variant["endpoint"] = endpoint
     cfg: dict[str, Any] = {"model_name": MODEL, "variants": [variant]}
+    if outcomes:
+        cfg.update(sticky_header="x-user", sticky_salt="bench", outcomes={"metrics": {"converted": "conversion"}})
     if drift:
         cfg["drift"] = [
             {
@@ -112,18 +115,20 @@ def _stats(lat: list[float]) -> dict[str, float]:
 
 
 async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str, Any]]:
-    from sluice.serving.protocol.dataplane import DataPlane
-
     from sluice.serving.config import ServingConfig
+    from sluice.serving.protocol.endpoints import ProtocolEndpoints
     from sluice.serving.router import Router
     from sluice.serving.scores import score_outputs
     from sluice.serving.tensors import InferRequest, Tensor
 
     planes = {
-        name: DataPlane(Router(ServingConfig.model_validate(_config(drift)), {"stable": _OrtBackend(path)}))
-        for name, drift in (("none", False), ("features", True))
+        name: ProtocolEndpoints(
+            Router(ServingConfig.model_validate(_config(drift, outcomes=out)), {"stable": _OrtBackend(path)})
+        )
+        for name, drift, out in (("none", False, False), ("features", True, False), ("outcomes", False, True))
     }
-    headers = {"content-type": "application/json"}
+    # Every request carries a unit id: with outcomes on, each one records its request id and its unit id.
+    headers = {"content-type": "application/json", "x-user": "user-1"}
     rows: list[dict[str, Any]] = []
     for batch in (1, 32):
         raw = _body(batch)
@@ -132,7 +137,7 @@ async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str,
             for _ in range(200):
                 assert (await plane.infer(MODEL, None, raw, headers)).status == 200, name
         for rnd in range(rounds * 5):
-            order = list(planes) if rnd % 2 == 0 else list(reversed(planes))
+            order = list(planes) if rnd % 2 == 0 else list(reversed(planes))  # no side always first
             for name in order:
                 plane = planes[name]
                 for _ in range(per_block):
@@ -142,7 +147,7 @@ async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str,
         none, feat = _stats(lat["none"]), _stats(lat["features"])
         rows.append(
             {
-                "path": "in-process DataPlane.infer",
+                "path": "in-process ProtocolEndpoints.infer",
                 "batch": batch,
                 "requests_per_side": len(lat["none"]),
                 "p50_ms_none": none["p50_ms"],
@@ -150,6 +155,18 @@ async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str,
                 "added_p50_ms": feat["p50_ms"] - none["p50_ms"],
                 "added_p99_ms": feat["p99_ms"] - none["p99_ms"],
                 "added_mean_ms": feat["mean_ms"] - none["mean_ms"],
+            }
+        )
+        out = _stats(lat["outcomes"])
+        rows.append(
+            {
+                "path": "in-process ProtocolEndpoints.infer, outcomes recorded (request + unit id)",
+                "batch": batch,
+                "requests_per_side": len(lat["outcomes"]),
+                "p50_ms_none": none["p50_ms"],
+                "p50_ms_outcomes": out["p50_ms"],
+                "added_p50_ms_outcomes": out["p50_ms"] - none["p50_ms"],
+                "added_mean_ms_outcomes": out["mean_ms"] - none["mean_ms"],
             }
         )
         # Binning alone, on the same request and the model's real outputs.
@@ -164,7 +181,7 @@ async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str,
             counts.observe("1", "stable", inputs, scored)
         per_call = (time.perf_counter() - t0) / n * 1000
         rows.append({"path": "FeatureCounts.observe alone", "batch": batch, "mean_ms": per_call})
-        print(json.dumps(rows[-2:]), flush=True)
+        print(json.dumps(rows[-3:]), flush=True)
     return rows
 
 
@@ -273,7 +290,7 @@ def features_main(args: argparse.Namespace) -> int:
         summary = asyncio.run(_in_process(root / "m.onnx", args.rounds, per_block=400))
         summary.append(_http(root, args))
     for row in summary:
-        if row["path"].startswith("in-process"):
+        if row["path"] == "in-process ProtocolEndpoints.infer":
             row["goal_added_p50_ms"] = GOAL_MS
             row["goal_met"] = row["added_p50_ms"] <= GOAL_MS
         elif row["path"].startswith("HTTP"):

@@ -8,6 +8,8 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
@@ -229,3 +231,46 @@ def test_profiles_are_validated_as_a_whole() -> None:
     many = [{"input": "x", "column": c, "edges": [float(i) for i in range(100)]} for c in range(200)]
     with pytest.raises(ValidationError, match="exceed the limit"):
         config(drift=[{"policy": "p", "features": many}])
+
+
+_finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@example(edges=[[-1.0, 0.0, 2.5], [0.0], [-3.0, 3.0, 7.0, 100.0]], rows=4000, seed=5)  # searchsorted per feature
+@example(edges=[[0.0, 1.0]], rows=1, seed=6)  # one row: the broadcast compare
+@given(
+    edges=st.lists(st.lists(_finite, min_size=1, max_size=12, unique=True).map(sorted), min_size=1, max_size=4),
+    rows=st.integers(min_value=1, max_value=700),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_property_bins_equal_np_histogram_and_nan_is_missing(edges: list[list[float]], rows: int, seed: int) -> None:
+    """Random edges and data (values on the edges, +-inf and NaN included), both the broadcast and the
+    searchsorted path (by batch size): every feature's bins equal np.histogram's, NaN rows are missing."""
+    rng = np.random.default_rng(seed)
+    width = len(edges)
+    x = rng.normal(scale=1e3, size=(rows, width)).astype(np.float32)
+    for j, e in enumerate(edges):  # a quarter of the values exactly on an edge
+        on = rng.random(rows) < 0.25
+        x[on, j] = rng.choice(np.asarray(e, dtype=np.float32), size=int(on.sum()))
+    specials = np.array([np.nan, np.inf, -np.inf], dtype=np.float32)
+    mask = rng.random((rows, width)) < 0.05
+    x[mask] = rng.choice(specials, size=int(mask.sum()))
+    profile = DriftProfileConfig.model_validate(
+        {"policy": "p", "features": [{"input": "X", "column": j, "edges": e} for j, e in enumerate(edges)]}
+    )
+    fc = FeatureCounts([profile], lambda: MODEL)
+    half = rows // 2
+    for part in (x[:half], x[half:]):  # counts add up over requests
+        if len(part):
+            fc.observe("v1", "stable", [Tensor("X", part)], None)
+    whole = FeatureCounts([profile], lambda: MODEL)
+    whole.observe("v1", "stable", [Tensor("X", x)], None)
+    assert np.array_equal(whole.counts[("v1", "stable")][0], fc.counts[("v1", "stable")][0])
+    fam = _families(_render(fc))
+    missing = {dict(k)["feature"]: v for k, v in fam[mn.FEATURE_MISSING_TOTAL].items()}
+    for j, e in enumerate(edges):
+        col = x[:, j]
+        # float32 data against float64 edges, as the router compares them.
+        assert _bins(fam, f"X[{j}]", "stable") == _hist(col[~np.isnan(col)].astype(np.float64), e)
+        assert missing[f"X[{j}]"] == int(np.isnan(col).sum())

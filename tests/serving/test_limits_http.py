@@ -64,7 +64,7 @@ def router(model_bytes: bytes) -> Router:
         "leaky": UriLeakingBackend(model_bytes, "v4"),
     }
 
-    def factory(v: VariantConfig, _: ServingConfig) -> Backend:
+    def factory(v: VariantConfig, _: ServingConfig) -> VariantBackend:
         """file://good.onnx loads; anything else is a model that never becomes ready."""
         if v.uri.endswith("good.onnx"):
             return OnnxBackend(model_bytes, v.version)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from tests.serving.helpers import MODEL, OnnxBackend, config, row, serve, v2_body
+from tests.serving.helpers import ADMIN_HEADERS, MODEL, OnnxBackend, config, row, serve, v2_body
 
 from sluice.serving import metric_names as mn
 from sluice.serving.config import ServingConfig
@@ -225,7 +225,9 @@ async def test_a_weight_change_keeps_who_was_served(model_bytes: bytes) -> None:
             arm = r.headers["x-sluice-variant"]
             arms = [{**a, "weight": 100 if a["name"] != arm else 0} for a in ARMS]
             cfg = config(variants=arms, sticky_header="x-user", outcomes=OUTCOMES).model_dump_json()
-            put = await client.put("/admin/config", content=cfg, headers={"content-type": "application/json"})
+            put = await client.put(
+                "/admin/config", content=cfg, headers={"content-type": "application/json", **ADMIN_HEADERS}
+            )
             assert put.status_code == 200, put.text
             resp = await client.post(OUT, json={"id": "before", "metric": "converted", "value": 1})
             assert resp.json()["accepted"] == 1
@@ -325,3 +327,13 @@ def test_the_local_data_plane_of_sluice_serve_takes_outcomes_and_bins_features()
     assert sum(bins.values()) == 20
     below = sum(v for k, v in bins.items() if dict(k)["bin"] == "0")
     assert below == 10  # u - 10 < 0 for u in 0..9
+
+
+def test_salted_buckets_are_uniform_so_the_split_holds() -> None:
+    """10,000 units over 100 buckets: a chi-squared test of uniformity does not reject, and a 10/90 split holds."""
+    from scipy.stats import chisquare
+
+    counts = Counter(bucket(f"user-{u}", "exp-uid-1") for u in range(10_000))
+    assert chisquare([counts[b] for b in range(100)]).pvalue > 0.001
+    share = sum(counts[b] for b in range(10)) / 10_000
+    assert abs(share - 0.10) < 0.01
