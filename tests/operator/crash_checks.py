@@ -7,8 +7,10 @@ import json
 from collections import Counter
 from typing import Any
 
+import httpx
 import yaml
 from tests.support.emulator import AuditEntry, EmulatorThread
+from tests.support.operator_process import ray_service_sample
 
 Routing = tuple[tuple[str, int], ...]  # (version, weight) per variant, stable first
 EVENT_SOURCE = "sluice-operator"
@@ -81,3 +83,12 @@ def final_workloads(backend: str, name: str, stable: str) -> set[str]:
     if backend == "ray":
         return {stable}
     return {f"{kind}/{name}-{part}" for kind in ("Deployment", "Service") for part in ("router", stable)}
+
+
+def warm(emulator: EmulatorThread) -> None:
+    """Pay the first RayService write's compile of KubeRay's large schema (~10 s on 2 cores, in the emulator's one
+    event loop) before any operator runs: a private emulator would otherwise stall every request behind it, Lease
+    renewals included."""
+    url = f"{emulator.url}/apis/ray.io/v1/namespaces/default/rayservices?dryRun=All"
+    response = httpx.post(url, json=ray_service_sample(), timeout=120)
+    assert response.status_code == 201, response.text

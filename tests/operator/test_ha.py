@@ -21,7 +21,7 @@ import helm_python as helm
 import httpx
 import pytest
 import yaml
-from tests.operator.crash_checks import created_twice, operator_events, routing_states
+from tests.operator.crash_checks import created_twice, operator_events, routing_states, warm
 from tests.support import wait_for
 from tests.support.emulator import AuditEntry, EmulatorThread
 from tests.support.kube import start_emulator
@@ -34,11 +34,7 @@ from sluice.api.base import API_VERSION
 CHART = Path(__file__).resolve().parents[2] / "helm" / "sluice"
 LEASE_NS, LEASE = "sluice-system", "sluice"
 NS = "ha"
-LEASE_S, RENEW_S, RETRY_S = (
-    6.0,
-    4.0,
-    1.0,
-)  # the chart's defaults are 15 / 10 / 2; shorter here, with margin for a slow CI
+LEASE_S, RENEW_S, RETRY_S = 6.0, 4.0, 1.0  # the chart's defaults are 15 / 10 / 2 s
 WRITES = {"create", "update", "patch", "delete"}
 
 
@@ -86,6 +82,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("ha")
     try:
         kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig")
+        warm(emulator)
         with (
             SyntheticRouterMetrics() as metrics,
             httpx.Client(base_url=emulator.url, headers={"User-Agent": TEST_AGENT}, timeout=30) as http,

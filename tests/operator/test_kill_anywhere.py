@@ -37,6 +37,7 @@ from tests.operator.crash_checks import (
     is_subsequence,
     operator_events,
     routing_states,
+    warm,
     workloads,
 )
 from tests.support import wait_for
@@ -105,6 +106,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         tmp = tmp_path_factory.mktemp("kill-anywhere")
         kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig")
+        warm(emulator)
         with SyntheticRouterMetrics() as metrics:
             metrics.bad.add("bad")
             yield World(emulator, kubeconfig, metrics, tmp)
