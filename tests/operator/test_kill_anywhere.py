@@ -282,14 +282,22 @@ def test_kill_after_every_write(world: World, backend: str, quality: str) -> Non
         f"median {sorted(converge)[len(converge) // 2]:.2f} s, max {max(converge):.2f} s; "
         f"rerun for a port taken before the operator bound it: {retried or 'none'}"
     )
+    beyond: list[int] = []
     for k, run in zip(points, outcomes, strict=True):
         if isinstance(run, str):
             continue
         if run.killed_at is None:
-            failures.append(f"kill point {k} never reached (the run made {len(run.writes)} writes)")
-            continue
+            # The number of writes varies by one between kill-free runs: a child re-patched with what it already
+            # holds when the watch has not delivered the operator's own last write yet. A kill point past this run's
+            # last write leaves it uninterrupted; it is still checked as one, and every earlier position was killed.
+            if k <= len(run.writes):
+                failures.append(f"kill point {k} never fired although the run made {len(run.writes)} writes")
+                continue
+            beyond.append(k)
         try:
             check(run, ref, backend, quality)
         except AssertionError as exc:
             failures.append(f"kill point {k}: {exc}")
+    print(f"{backend}/{quality}: kill points past their run's last write (run uninterrupted): {beyond or 'none'}")
+    assert len(beyond) <= 2, f"kill points {beyond} past their run's writes: the runs differ from the reference"
     assert not failures, "\n".join(failures)
