@@ -61,7 +61,7 @@ def watch_latency_ms(url: str, samples: int = 100) -> float:
     def watch() -> None:
         params = {"watch": "true", "timeoutSeconds": "30", "labelSelector": "bench=watch"}
         with httpx.stream("GET", url + CMS, params=params, timeout=60) as response:
-            ready.set()
+            ready.set()  # headers arrived: the emulator subscribed the watch before it sent them
             for line in response.iter_lines():
                 if line:
                     event = json.loads(line)
@@ -71,8 +71,7 @@ def watch_latency_ms(url: str, samples: int = 100) -> float:
 
     thread = threading.Thread(target=watch)
     thread.start()
-    ready.wait(10)
-    time.sleep(0.2)
+    assert ready.wait(10), "the watch did not open"
     sent: dict[str, float] = {}
     with httpx.Client(base_url=url) as client:
         for index in range(samples):

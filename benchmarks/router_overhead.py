@@ -175,7 +175,7 @@ def alt_router(kind: str, port: int, config_path: str) -> None:
 
 
 def _rsgi_infer(app: Any) -> Any:
-    """An RSGI app answering infer (and liveness) straight from `DataPlane`, as `HttpServer` does."""
+    """An RSGI app answering infer (and liveness) straight from `ProtocolEndpoints`, as `HttpServer` does."""
     from sluice.serving.app import check_request_headers, header_map, infer_target
     from sluice.serving.errors import ServingError
     from sluice.serving.protocol.endpoints import dumps

@@ -161,13 +161,51 @@ def test_serve_on_ray_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
         log.close()
 
 
+def test_serve_onnx_answers_tritonclient_http_and_grpc_with_their_defaults(tmp_path: Path) -> None:
+    """`sluice serve --backend onnx`: the HTTP port and the gRPC port next to it (Triton's pair), both spoken to by
+    the official clients with their defaults (binary tensors over HTTP, raw contents over gRPC); SIGTERM exits 0."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tests.support import free_port, wait_for
+
+    path = _write(tmp_path, ONE)
+    port = free_port()
+    grpc_port = free_port()
+    log = (tmp_path / "serve.log").open("w+")
+    cmd = [sys.executable, "-m", "sluice.cli.main", "serve", "-f", str(path), "--backend", "onnx",
+           "--port", str(port), "--grpc-port", str(grpc_port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for("sluice serve to come up", lambda: "Ctrl-C" in (tmp_path / "serve.log").read_text() or proc.poll(), 60)
+        out = (tmp_path / "serve.log").read_text()
+        assert f"gRPC (KServe v2 GRPCInferenceService) at 127.0.0.1:{grpc_port}" in out, out
+        x = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+        answers = []
+        for client_mod, url in ((httpclient, f"127.0.0.1:{port}"), (grpcclient, f"127.0.0.1:{grpc_port}")):
+            with client_mod.InferenceServerClient(url) as client:
+                assert client.is_model_ready("fraud")
+                item = client_mod.InferInput("features", list(x.shape), "FP32")
+                item.set_data_from_numpy(x)
+                answers.append(client.infer("fraud", [item]).as_numpy("probabilities"))
+        np.testing.assert_array_equal(answers[0], answers[1])
+        assert answers[0].shape == (3, 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
 def test_serve_locks_the_admin_api_with_a_token_it_prints(tmp_path: Path) -> None:
     """`sluice serve` (onnx: the router in-process) writes a 0600 token file, prints its path, removes it at exit."""
     path = _write(tmp_path, ONE + CANARY)
     port = free_port()
     out_path = tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_ADMIN")}
-    args = ["serve", "-f", str(path), "--backend", "onnx", "--port", str(port)]
+    args = ["serve", "-f", str(path), "--backend", "onnx", "--port", str(port), "--no-grpc"]
     with out_path.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sluice.cli.main", *args],

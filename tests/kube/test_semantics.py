@@ -32,12 +32,6 @@ def custom(kube_client: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(kube_client)
 
 
-@pytest.fixture
-def http(kube_emulator: EmulatorThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=kube_emulator.url, timeout=30) as session:
-        yield session
-
-
 def create(custom: client.CustomObjectsApi, ns: str, body: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
     return result
@@ -49,39 +43,39 @@ def status_of(exc: ApiException) -> dict[str, Any]:
     return body
 
 
-def test_discovery_serves_kopf_backbone_builtins_and_crds(http: httpx.Client) -> None:
-    core = {r["name"]: r for r in http.get("/api/v1").json()["resources"]}
+def test_discovery_serves_kopf_backbone_builtins_and_crds(kube_http: httpx.Client) -> None:
+    core = {r["name"]: r for r in kube_http.get("/api/v1").json()["resources"]}
     for name in ("namespaces", "events", "configmaps", "services"):
         assert name in core
     assert core["namespaces"]["namespaced"] is False
-    groups = {g["name"] for g in http.get("/apis").json()["groups"]}
+    groups = {g["name"] for g in kube_http.get("/apis").json()["groups"]}
     assert {"apiextensions.k8s.io", "apps", "batch", "test.sluice.dev"} <= groups
-    widgets = {r["name"]: r for r in http.get("/apis/test.sluice.dev/v1").json()["resources"]}
+    widgets = {r["name"]: r for r in kube_http.get("/apis/test.sluice.dev/v1").json()["resources"]}
     assert widgets["widgets"]["kind"] == "Widget"
     assert "widgets/status" in widgets
-    assert http.get("/apis/nope.example.com/v1").status_code == 404
+    assert kube_http.get("/apis/nope.example.com/v1").status_code == 404
 
 
-def test_rayservice_crd_is_served(http: httpx.Client) -> None:
+def test_rayservice_crd_is_served(kube_http: httpx.Client) -> None:
     from tests.support.kube import RAY_CRD
 
     assert RAY_CRD.is_file(), f"KubeRay's RayService CRD is committed at {RAY_CRD}"
-    resources = {r["name"] for r in http.get("/apis/ray.io/v1").json()["resources"]}
+    resources = {r["name"] for r in kube_http.get("/apis/ray.io/v1").json()["resources"]}
     assert {"rayservices", "rayservices/status"} <= resources
 
 
-def test_sluice_crds_are_served(http: httpx.Client) -> None:
+def test_sluice_crds_are_served(kube_http: httpx.Client) -> None:
     from tests.support.kube import SLUICE_CRDS
 
     assert sorted(SLUICE_CRDS.glob("*.yaml")), f"no generated CRDs in {SLUICE_CRDS}"
-    groups = {g["name"] for g in http.get("/apis").json()["groups"]}
+    groups = {g["name"] for g in kube_http.get("/apis").json()["groups"]}
     assert "sluice.dev" in groups
-    kinds = {r["kind"] for r in http.get(f"/apis/sluice.dev/{_first_version(http)}").json()["resources"]}
+    kinds = {r["kind"] for r in kube_http.get(f"/apis/sluice.dev/{_first_version(kube_http)}").json()["resources"]}
     assert "ModelDeployment" in kinds
 
 
-def _first_version(http: httpx.Client) -> str:
-    group = next(g for g in http.get("/apis").json()["groups"] if g["name"] == "sluice.dev")
+def _first_version(kube_http: httpx.Client) -> str:
+    group = next(g for g in kube_http.get("/apis").json()["groups"] if g["name"] == "sluice.dev")
     version: str = group["preferredVersion"]["version"]
     return version
 
@@ -91,8 +85,8 @@ def test_namespaces_list(kube_client: client.ApiClient, ns: str) -> None:
     assert {"default", ns} <= names
 
 
-def test_create_bookkeeping_and_defaulting(http: httpx.Client, ns: str) -> None:
-    response = http.post(WIDGETS.format(ns=ns), json={"metadata": {"name": "a"}, "spec": {"model": "m"}})
+def test_create_bookkeeping_and_defaulting(kube_http: httpx.Client, ns: str) -> None:
+    response = kube_http.post(WIDGETS.format(ns=ns), json={"metadata": {"name": "a"}, "spec": {"model": "m"}})
     assert response.status_code == 201
     obj = response.json()
     meta = obj["metadata"]
@@ -208,42 +202,42 @@ def test_stale_resource_version_in_merge_patch_is_409(custom: client.CustomObjec
     assert err.value.status == 409
 
 
-def test_json_patch_test_failure_is_422(http: httpx.Client, ns: str) -> None:
-    http.post(WIDGETS.format(ns=ns), json=widget("jp"))
+def test_json_patch_test_failure_is_422(kube_http: httpx.Client, ns: str) -> None:
+    kube_http.post(WIDGETS.format(ns=ns), json=widget("jp"))
     url = WIDGETS.format(ns=ns) + "/jp"
     headers = {"Content-Type": "application/json-patch+json"}
     bad = [
         {"op": "test", "path": "/spec/model", "value": "other"},
         {"op": "replace", "path": "/spec/model", "value": "x"},
     ]
-    response = http.patch(url, content=json.dumps(bad), headers=headers)
+    response = kube_http.patch(url, content=json.dumps(bad), headers=headers)
     assert response.status_code == 422
     assert response.json()["kind"] == "Status"
-    assert http.get(url).json()["spec"]["model"] == "m"
+    assert kube_http.get(url).json()["spec"]["model"] == "m"
     good = [
         {"op": "test", "path": "/spec/model", "value": "m"},
         {"op": "add", "path": "/metadata/finalizers", "value": ["f"]},
     ]
-    assert http.patch(url, content=json.dumps(good), headers=headers).json()["metadata"]["finalizers"] == ["f"]
+    assert kube_http.patch(url, content=json.dumps(good), headers=headers).json()["metadata"]["finalizers"] == ["f"]
 
 
-def test_dry_run_does_not_mutate(http: httpx.Client, ns: str) -> None:
+def test_dry_run_does_not_mutate(kube_http: httpx.Client, ns: str) -> None:
     url = WIDGETS.format(ns=ns)
-    response = http.post(url, params={"dryRun": "All"}, json=widget("dry"))
+    response = kube_http.post(url, params={"dryRun": "All"}, json=widget("dry"))
     assert response.status_code == 201
     assert response.json()["metadata"]["name"] == "dry"
-    assert http.get(f"{url}/dry").status_code == 404
-    http.post(url, json=widget("dry"))
-    patched = http.patch(
+    assert kube_http.get(f"{url}/dry").status_code == 404
+    kube_http.post(url, json=widget("dry"))
+    patched = kube_http.patch(
         f"{url}/dry",
         params={"dryRun": "All"},
         json={"spec": {"model": "z"}},
         headers={"Content-Type": "application/merge-patch+json"},
     )
     assert patched.json()["spec"]["model"] == "z"
-    assert http.get(f"{url}/dry").json()["spec"]["model"] == "m"
-    assert http.delete(f"{url}/dry", params={"dryRun": "All"}).status_code == 200
-    assert http.get(f"{url}/dry").status_code == 200
+    assert kube_http.get(f"{url}/dry").json()["spec"]["model"] == "m"
+    assert kube_http.delete(f"{url}/dry", params={"dryRun": "All"}).status_code == 200
+    assert kube_http.get(f"{url}/dry").status_code == 200
 
 
 def test_schema_validation_names_the_field(custom: client.CustomObjectsApi, ns: str) -> None:
@@ -297,13 +291,17 @@ def test_label_and_field_selectors(kube_client: client.ApiClient, ns: str) -> No
     assert names(field_selector="metadata.name!=b") == {"a", "c"}
 
 
-def test_watch_honours_resource_version_and_timeout(http: httpx.Client, kube_emulator: EmulatorThread, ns: str) -> None:
+def test_watch_honours_resource_version_and_timeout(
+    kube_http: httpx.Client, kube_emulator: EmulatorThread, ns: str
+) -> None:
     url = WIDGETS.format(ns=ns)
-    first = http.post(url, json=widget("w1")).json()
+    first = kube_http.post(url, json=widget("w1")).json()
     since = first["metadata"]["resourceVersion"]
-    http.patch(f"{url}/w1", json={"spec": {"model": "n"}}, headers={"Content-Type": "application/merge-patch+json"})
-    http.post(url, json=widget("w2"))
-    http.delete(f"{url}/w1")
+    kube_http.patch(
+        f"{url}/w1", json={"spec": {"model": "n"}}, headers={"Content-Type": "application/merge-patch+json"}
+    )
+    kube_http.post(url, json=widget("w2"))
+    kube_http.delete(f"{url}/w1")
     events = watch_events(kube_emulator.url, url, resourceVersion=since, timeoutSeconds="1", allowWatchBookmarks="true")
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
         ("MODIFIED", "w1"),
@@ -386,45 +384,45 @@ def test_builtin_kinds_round_trip(kube_client: client.ApiClient, ns: str) -> Non
     assert event.reason == "R"
 
 
-def test_bad_requests_get_clear_errors(http: httpx.Client, ns: str) -> None:
+def test_bad_requests_get_clear_errors(kube_http: httpx.Client, ns: str) -> None:
     url = WIDGETS.format(ns=ns)
-    not_json = http.post(url, content=b"{nope", headers={"Content-Type": "application/json"})
+    not_json = kube_http.post(url, content=b"{nope", headers={"Content-Type": "application/json"})
     assert not_json.status_code == 400
     assert "not valid" in not_json.json()["message"]
-    wrong_kind = http.post(url, json={"kind": "Gadget", "metadata": {"name": "x"}, "spec": {"model": "m"}})
+    wrong_kind = kube_http.post(url, json={"kind": "Gadget", "metadata": {"name": "x"}, "spec": {"model": "m"}})
     assert wrong_kind.status_code == 400
     assert "Gadget" in wrong_kind.json()["message"]
-    bad_name = http.post(url, json=widget("Not_Valid"))
+    bad_name = kube_http.post(url, json=widget("Not_Valid"))
     assert bad_name.status_code == 422
     assert "metadata.name" in bad_name.json()["message"]
-    no_name = http.post(url, json={"spec": {"model": "m"}})
+    no_name = kube_http.post(url, json={"spec": {"model": "m"}})
     assert no_name.status_code == 422
-    assert http.get("/apis/test.sluice.dev/v1/namespaces/x/nothings").status_code == 404
+    assert kube_http.get("/apis/test.sluice.dev/v1/namespaces/x/nothings").status_code == 404
     assert (
-        http.get(
+        kube_http.get(
             "/api/v1/namespaces/default/configmaps", params={"watch": "true", "resourceVersion": "abc"}
         ).status_code
         == 400
     )
 
 
-def test_orphan_policy_keeps_dependents_and_namespace_delete_cascades(http: httpx.Client) -> None:
+def test_orphan_policy_keeps_dependents_and_namespace_delete_cascades(kube_http: httpx.Client) -> None:
     import time
 
     ns = unique("gc")
-    assert http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).status_code == 201
-    owner = http.post(WIDGETS.format(ns=ns), json=widget("owner")).json()
+    assert kube_http.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).status_code == 201
+    owner = kube_http.post(WIDGETS.format(ns=ns), json=widget("owner")).json()
     ref = {"apiVersion": "test.sluice.dev/v1", "kind": "Widget", "name": "owner", "uid": owner["metadata"]["uid"]}
     cms = f"/api/v1/namespaces/{ns}/configmaps"
-    http.post(cms, json={"metadata": {"name": "kept", "ownerReferences": [ref]}})
-    http.delete(f"{WIDGETS.format(ns=ns)}/owner", params={"propagationPolicy": "Orphan"})
+    kube_http.post(cms, json={"metadata": {"name": "kept", "ownerReferences": [ref]}})
+    kube_http.delete(f"{WIDGETS.format(ns=ns)}/owner", params={"propagationPolicy": "Orphan"})
     time.sleep(0.2)
-    assert http.get(f"{cms}/kept").status_code == 200
-    http.delete(f"/api/v1/namespaces/{ns}")
-    wait_for("the namespace's objects to go", lambda: http.get(f"{cms}/kept").status_code == 404, 5, 0.05)
+    assert kube_http.get(f"{cms}/kept").status_code == 200
+    kube_http.delete(f"/api/v1/namespaces/{ns}")
+    wait_for("the namespace's objects to go", lambda: kube_http.get(f"{cms}/kept").status_code == 404, 5, 0.05)
 
 
-def test_a_crd_created_through_the_api_is_served(http: httpx.Client) -> None:
+def test_a_crd_created_through_the_api_is_served(kube_http: httpx.Client) -> None:
     crd = {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -443,12 +441,12 @@ def test_a_crd_created_through_the_api_is_served(http: httpx.Client) -> None:
             ],
         },
     }
-    assert http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd).status_code == 201
+    assert kube_http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd).status_code == 201
     url = "/apis/dyn.sluice.dev/v1/namespaces/default/gizmos"
-    assert http.post(url, json={"metadata": {"name": "g"}, "spec": {}}).status_code == 201
-    assert http.get(url).json()["kind"] == "GizmoList"
-    http.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gizmos.dyn.sluice.dev")
-    assert http.get(url).status_code == 404
-    assert http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd).status_code == 201
-    assert http.get(url).json()["items"] == []  # the objects went with the CRD
-    http.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gizmos.dyn.sluice.dev")
+    assert kube_http.post(url, json={"metadata": {"name": "g"}, "spec": {}}).status_code == 201
+    assert kube_http.get(url).json()["kind"] == "GizmoList"
+    kube_http.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gizmos.dyn.sluice.dev")
+    assert kube_http.get(url).status_code == 404
+    assert kube_http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd).status_code == 201
+    assert kube_http.get(url).json()["items"] == []  # the objects went with the CRD
+    kube_http.delete("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/gizmos.dyn.sluice.dev")

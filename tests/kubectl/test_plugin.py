@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +73,13 @@ def plugin(kubeconfig: Path | None, *args: str, timeout: float = 60) -> subproce
 
 
 @pytest.fixture(scope="module")
-def http(kube_emulator: EmulatorThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=kube_emulator.url, timeout=30) as session:
-        yield session
-
-
-@pytest.fixture(scope="module")
-def fraud(http: httpx.Client) -> str:
+def fraud(kube_http: httpx.Client) -> str:
     """The canary example from manifests/examples, with a mid-rollout status written through /status."""
     body = yaml.safe_load(EXAMPLE.read_text())
-    created = http.post(MDS.format(ns="default"), json=body)
+    created = kube_http.post(MDS.format(ns="default"), json=body)
     assert created.status_code == 201, created.text
     name: str = body["metadata"]["name"]
-    written = http.patch(f"{MDS.format(ns='default')}/{name}/status", json={"status": STATUS}, headers=MERGE)
+    written = kube_http.patch(f"{MDS.format(ns='default')}/{name}/status", json={"status": STATUS}, headers=MERGE)
     assert written.status_code == 200, written.text  # the status conforms to the CRD's status schema
     return name
 
@@ -125,29 +118,29 @@ def test_kubectl_finds_the_plugin_on_path(kubeconfig: Path, fraud: str) -> None:
 
 @pytest.mark.parametrize("verb", ["promote", "abort", "retry", "undo"])
 def test_verbs_set_the_command_annotation_once_per_request(
-    kubeconfig: Path, http: httpx.Client, fraud: str, verb: str
+    kubeconfig: Path, kube_http: httpx.Client, fraud: str, verb: str
 ) -> None:
     url = f"{MDS.format(ns='default')}/{fraud}"
-    before = http.get(url).json()["metadata"]
+    before = kube_http.get(url).json()["metadata"]
     values = []
     for _ in range(2):
         result = plugin(kubeconfig, verb, fraud)
         assert result.returncode == 0, result.stderr
         assert f"{verb} requested" in result.stdout
-        values.append(http.get(url).json()["metadata"]["annotations"]["sluice.dev/command"])
+        values.append(kube_http.get(url).json()["metadata"]["annotations"]["sluice.dev/command"])
     pattern = rf"{verb}:\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ-[0-9a-f]{{6}}"
     assert all(re.fullmatch(pattern, value) for value in values), values
     assert values[0] != values[1]  # each request is new to the operator
-    after = http.get(url).json()["metadata"]
+    after = kube_http.get(url).json()["metadata"]
     assert after["generation"] == before["generation"]  # an annotation is no spec change
     assert f"pending {values[1]}" in plugin(kubeconfig, "status", fraud).stdout
 
 
-def test_namespace_and_context_options(kube_emulator: EmulatorThread, http: httpx.Client, tmp_path: Path) -> None:
-    assert http.post("/api/v1/namespaces", json={"metadata": {"name": "team-a"}}).status_code == 201
+def test_namespace_and_context_options(kube_emulator: EmulatorThread, kube_http: httpx.Client, tmp_path: Path) -> None:
+    assert kube_http.post("/api/v1/namespaces", json={"metadata": {"name": "team-a"}}).status_code == 201
     body = yaml.safe_load(EXAMPLE.read_text())
     body["metadata"] = {"name": "other"}
-    assert http.post(MDS.format(ns="team-a"), json=body).status_code == 201
+    assert kube_http.post(MDS.format(ns="team-a"), json=body).status_code == 201
     config = kube_emulator.write_kubeconfig(tmp_path / "config", namespace="team-a")
     assert "Phase:       Pending" in plugin(config, "status", "other").stdout  # the context's namespace
     assert plugin(None, "--kubeconfig", str(config), "-n", "team-a", "status", "other").returncode == 0
@@ -172,7 +165,7 @@ def test_errors_are_clear(kubeconfig: Path, tmp_path: Path) -> None:
 
 
 def test_watch_prints_each_change(
-    kubeconfig: Path, kube_emulator: EmulatorThread, http: httpx.Client, fraud: str
+    kubeconfig: Path, kube_emulator: EmulatorThread, kube_http: httpx.Client, fraud: str
 ) -> None:
     def watches() -> int:
         return int(kube_emulator.call(lambda: kube_emulator.emulator.watching("modeldeployments", "sluice.dev")))
@@ -187,7 +180,7 @@ def test_watch_prints_each_change(
         assert first.startswith("--- "), first
         wait_for("the plugin's watch to open", lambda: watches() > before, 10, 0.02)
         url = f"{MDS.format(ns='default')}/{fraud}/status"
-        patched = http.patch(url, json={"status": {"phase": "Promoting", "canaryWeight": 100}}, headers=MERGE)
+        patched = kube_http.patch(url, json={"status": {"phase": "Promoting", "canaryWeight": 100}}, headers=MERGE)
         assert patched.status_code == 200, patched.text
         rest, err = process.communicate(timeout=30)
         out = first + rest
@@ -201,4 +194,4 @@ def test_watch_prints_each_change(
     # The first picture is whatever the object showed when the watch began; the second must show the patch.
     assert "Phase:       Promoting" not in pictures[0], out
     assert "Phase:       Promoting" in pictures[1], out
-    http.patch(url, json={"status": STATUS}, headers=MERGE)
+    kube_http.patch(url, json={"status": STATUS}, headers=MERGE)

@@ -52,6 +52,10 @@ NOT_EXERCISED_HERE: dict[Grant, str] = {
     ("", "namespaces", "list"): "Kopf namespace scanning (see above)",
     ("", "namespaces", "watch"): "Kopf namespace scanning (see above)",
     ("apiextensions.k8s.io", "customresourcedefinitions", "get"): "Kopf lists and watches CRDs; get is unused",
+    # Experiments (tests/experiment/test_operator_experiment.py runs them): Kopf's finalizer, the status, the target.
+    ("sluice.dev", "experiments", "patch"): "Experiments: Kopf's finalizer (deletion takes the arms off the target)",
+    ("sluice.dev", "experiments/status", "patch"): "Experiments: their status",
+    ("sluice.dev", "modeldeployments", "get"): "Experiments: the controller reads its target ModelDeployment",
 }
 
 

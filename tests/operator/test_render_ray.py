@@ -252,6 +252,17 @@ def test_head_runs_no_models_and_pods_are_restricted() -> None:
             assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
+def test_ray_pods_mount_the_optional_admin_token_secret() -> None:
+    """The ingress (the router) reads its admin token from the same optional Secret as Triton's router."""
+    cluster = render(SPECS["gpu"], canary(10))["spec"]["rayClusterConfig"]
+    for t in [cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]]:
+        [volume] = [v for v in t["spec"]["volumes"] if "secret" in v]
+        assert volume["secret"] == {"secretName": "iris-router-admin", "optional": True}
+        [container] = t["spec"]["containers"]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert {"name": "SLUICE_ADMIN_TOKEN_FILE", "value": f"{mount['mountPath']}/token"} in container["env"]
+
+
 def test_gpu_workers_use_chart_defaults_unless_the_spec_names_its_own() -> None:
     worker = _worker(render(SPECS["gpu"], canary(10)))
     assert worker["containers"][0]["resources"]["limits"][GPU_RESOURCE] == "2"
@@ -441,3 +452,16 @@ def test_the_api_server_accepts_the_rayservice(kube_client: Any) -> None:
         assert code == 201
         assert body["spec"]["serveConfigV2"] == rs["spec"]["serveConfigV2"]
         assert body["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["groupName"] == "models"
+
+
+def test_gpu_workers_run_the_gpu_serving_image_and_the_head_the_cpu_one() -> None:
+    config = OperatorConfig(
+        router_image="reg.example/sluice-serving:1.0", router_gpu_image="reg.example/sluice:1.0-gpu"
+    )
+    for name, worker_image in (("gpu", "reg.example/sluice:1.0-gpu"), ("cpu", "reg.example/sluice-serving:1.0")):
+        cluster = render(SPECS[name], canary(10), config)["spec"]["rayClusterConfig"]
+        assert cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] == worker_image
+        # The head runs no models (num-cpus 0): the CPU image serves its ingress either way.
+        assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] == config.router_image
+    assert OperatorConfig.from_env({"SLUICE_ROUTER_GPU_IMAGE": "x/y:2-gpu"}).router_gpu_image == "x/y:2-gpu"
+    assert OperatorConfig.from_env({}).router_gpu_image.endswith("-gpu")

@@ -395,3 +395,19 @@ def test_the_api_server_accepts_every_child(kube_emulator: Any) -> None:
                 assert stored["metadata"]["labels"] == child["metadata"]["labels"]
                 if child["kind"] == "ConfigMap":
                     assert stored["data"] == child["data"]
+
+
+def test_router_serves_rest_and_grpc_on_its_service() -> None:
+    """The router pod runs host_standalone with --grpc-port; its Service exposes both ports by name."""
+    objects = TritonRenderer().children(OWNER, SPECS["cpu"], canary(10), CHART)
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "fraud-router"]
+    (service,) = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "fraud-router"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--grpc-port") + 1] == "8001"
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container_ports == {"http": 8000, "grpc": 8001}
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "http": (8000, "http"),
+        "grpc": (8001, "grpc"),
+    }

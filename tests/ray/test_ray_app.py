@@ -29,13 +29,20 @@ def _with_weights(config: ServingConfig, **weights: int) -> ServingConfig:
     return ServingConfig.model_validate(raw)
 
 
-async def _load(url: str, n: int, concurrency: int) -> list[httpx.Response]:
+async def _load(url: str, n: int, concurrency: int, flowing: asyncio.Event | None = None) -> list[httpx.Response]:
+    """`n` requests, `concurrency` at a time; `flowing` is set once the first 20 were answered."""
+    answered = 0
     async with httpx.AsyncClient(timeout=30) as client:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> httpx.Response:
+            nonlocal answered
             async with sem:
-                return await client.post(f"{url}/v2/models/fraud/infer", json=_body(1, seed=i))
+                response = await client.post(f"{url}/v2/models/fraud/infer", json=_body(1, seed=i))
+            answered += 1
+            if flowing is not None and answered >= 20:
+                flowing.set()
+            return response
 
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
@@ -114,8 +121,9 @@ def test_weight_change_reconfigures_in_place_without_failures(ray_plane: Any, ra
     assert before["weights"] == {"stable": 70, "canary": 30, "broken": 0}
 
     async def load_during_update() -> list[httpx.Response]:
-        task = asyncio.create_task(_load(ray_plane.url, 300, 8))
-        await asyncio.sleep(0.3)
+        flowing = asyncio.Event()
+        task = asyncio.create_task(_load(ray_plane.url, 300, 8, flowing))
+        await asyncio.wait_for(flowing.wait(), 60)  # the update lands in the middle of the load
         await asyncio.to_thread(ray_plane.update, _with_weights(config, stable=10, canary=90))
         return await task
 
@@ -154,3 +162,24 @@ def test_bad_app_args_are_refused_with_names(ray_config: ServingConfig) -> None:
     raw["variants"][1]["version"] = "v1"
     with pytest.raises(ValueError, match="share version 'v1'"):
         serve_application(ServingConfig.model_validate(raw))
+
+
+def test_tritonclient_defaults_binary_tensors_through_the_ray_ingress(ray_plane: Any) -> None:
+    """tritonclient.http with its defaults (binary request and answer) through Serve's proxy and the ingress."""
+    import tritonclient.http as httpclient
+
+    x = np.random.default_rng(9).normal(size=(4, 4)).astype(np.float32)
+    with httpclient.InferenceServerClient(ray_plane.url.removeprefix("http://"), network_timeout=30) as client:
+        item = httpclient.InferInput("features", list(x.shape), "FP32")
+        item.set_data_from_numpy(x)
+        result = client.infer("fraud", [item], model_version="v1")
+        response = result.get_response()
+        assert response["model_version"] == "v1"
+        assert all("binary_data_size" in o["parameters"] for o in response["outputs"])
+        probs = result.as_numpy("probabilities")
+        assert probs.shape == (4, 2)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        json_result = client.infer(
+            "fraud", [item], model_version="v1", outputs=[httpclient.InferRequestedOutput("probabilities", False)]
+        )
+        np.testing.assert_array_equal(json_result.as_numpy("probabilities"), probs)

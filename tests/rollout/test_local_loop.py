@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from tests.rollout.helpers import Clock, make_spec
+from tests.support import wait_for_async
 from tests.support.router_metrics import exported_router_metrics
 
 from sluice.api.status import Phase
@@ -113,7 +114,7 @@ async def test_run_stops_when_asked(router_metrics: tuple[RouterMetrics, str]) -
     stop = asyncio.Event()
     try:
         task = asyncio.create_task(loop.run(stop))
-        await asyncio.sleep(0.2)
+        await wait_for_async("the loop's first round", lambda: loop.status.phase is Phase.STABLE, 5, 0.01)
         stop.set()
         await asyncio.wait_for(task, timeout=5)
         assert loop.status.phase is Phase.STABLE

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from sluice.serving.errors import InvalidInput
 from sluice.serving.protocol.v2_codec import (
+    DecodedRequest,
+    OutputEncoding,
     decode_infer_request,
     decode_response,
+    encode_binary_response,
     encode_infer_response,
     encode_request,
+    output_encoding,
+    serialize_bytes,
+    split_body,
+    tensor_bytes,
 )
-from sluice.serving.tensors import InferResponse, ModelMetadata, Tensor, TensorSpec
+from sluice.serving.tensors import V2_TO_NUMPY, InferResponse, ModelMetadata, Tensor, TensorSpec
 from sluice.serving.validation import validate_request
 
 META = ModelMetadata("m", "v1", "onnx", (TensorSpec("X", "FP32", (-1, 4)),), (TensorSpec("label", "INT64", (-1,)),))
@@ -66,7 +75,10 @@ def test_bytes_inputs_round_trip() -> None:
         ({"inputs": [_req()["inputs"][0]] * 2}, "duplicate input names"),  # type: ignore[index]
         ({**_req(), "outputs": ["label"]}, "'outputs' must be an object"),
         ({**_req(), "id": 5}, "'id' must be a string"),
-        (_req(parameters={"binary_data_size": 32}), "binary tensor data extension is not supported"),
+        (_req(parameters={"binary_data_size": 32}), "has no Inference-Header-Content-Length header"),
+        ({**_req(), "outputs": [{"name": "label", "parameters": {"class_count": 2}}]}, "classification extension"),
+        ({**_req(), "outputs": [{"name": "label", "parameters": {"binary_data": 1}}]}, "must be true or false"),
+        ({**_req(), "parameters": {"binary_data_output": "yes"}}, "'binary_data_output' must be true or false"),
     ],
 )
 def test_malformed_requests_name_the_problem(body: object, needle: str) -> None:
@@ -125,3 +137,101 @@ def test_response_encoding_selects_outputs_in_requested_order() -> None:
     assert decoded.outputs[0].datatype == "INT64"
     with pytest.raises(InvalidInput, match=r"\['nope'\] do not exist"):
         encode_infer_response(resp, ("nope",))
+
+
+# ---- binary tensor data extension ----
+
+
+def _binary(inputs: list[tuple[str, np.ndarray, str]], **extra: object) -> tuple[bytes, str]:
+    """A binary-extension body as tritonclient builds it: JSON header, then each tensor's bytes in input order."""
+    header = []
+    chunks = []
+    for name, array, datatype in inputs:
+        data = serialize_bytes(array) if datatype == "BYTES" else array.astype(array.dtype.newbyteorder("<")).tobytes()
+        header.append(
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(data)},
+            }
+        )
+        chunks.append(data)
+    head = json.dumps({"inputs": header, **extra}).encode()
+    return head + b"".join(chunks), str(len(head))
+
+
+def _decode(raw: bytes, length: str | None) -> object:
+    head, binary = split_body(raw, length)
+    return decode_infer_request(json.loads(head), None, binary)
+
+
+@pytest.mark.parametrize("datatype", ["BOOL", "UINT8", "INT16", "INT32", "INT64", "UINT64", "FP16", "FP32", "FP64"])
+def test_binary_inputs_decode_to_the_same_array_for_every_numeric_datatype(datatype: str) -> None:
+    dtype = V2_TO_NUMPY[datatype]
+    array = (np.arange(12).reshape(3, 4) % (2 if datatype == "BOOL" else 100)).astype(dtype)
+    raw, length = _binary([("X", array, datatype), ("s", np.array([b"ab", b""], dtype=object), "BYTES")])
+    req = _decode(raw, length)
+    assert req.inputs[0].data.dtype == dtype
+    np.testing.assert_array_equal(req.inputs[0].data, array)
+    assert req.inputs[1].data.tolist() == [b"ab", b""]
+    assert not isinstance(req, DecodedRequest)  # binary bodies are never forwarded as they are
+
+
+def test_binary_and_json_inputs_mix_and_transport_parameters_stay_out_of_the_request() -> None:
+    raw, length = _binary([("X", np.ones((1, 4), np.float32), "FP32")], parameters={"binary_data_output": True, "p": 1})
+    head, binary = split_body(raw, length)
+    body = json.loads(head)
+    body["inputs"].append({"name": "Y", "shape": [1], "datatype": "INT64", "data": [5]})
+    req = decode_infer_request(body, None, binary)
+    assert req.parameters == {"p": 1}
+    assert req.inputs[1].data.tolist() == [5]
+    assert output_encoding(body).default is True
+
+
+@pytest.mark.parametrize(
+    ("mutate", "length", "needle"),
+    [
+        (lambda raw: raw, "abc", "must be a byte count"),
+        (lambda raw: raw, "99999", "but the body has only"),
+        (lambda raw: raw[:-4], None, "runs past the end of the body"),
+        (lambda raw: raw + b"xx", None, "2 binary bytes that no input's binary_data_size accounts for"),
+    ],
+)
+def test_malformed_binary_bodies_name_the_problem(mutate: object, length: str | None, needle: str) -> None:
+    raw, real_length = _binary([("X", np.ones((2, 4), np.float32), "FP32")])
+    with pytest.raises(InvalidInput) as err:
+        _decode(mutate(raw), length or real_length)  # type: ignore[operator]
+    assert needle in err.value.message
+
+
+def test_binary_size_must_match_the_shape_and_bytes_elements_their_lengths() -> None:
+    raw, length = _binary([("X", np.ones((2, 4), np.float32), "FP32")])
+    head, _ = split_body(raw, length)
+    body = json.loads(head)
+    body["inputs"][0]["shape"] = [3, 4]
+    with pytest.raises(InvalidInput, match=r"needs 48 bytes, got 32"):
+        decode_infer_request(body, None, split_body(raw, length)[1])
+    words = b"\x05\x00\x00\x00ab"  # claims 5 bytes, has 2
+    head = json.dumps(
+        {"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(words)}}]}
+    ).encode()
+    with pytest.raises(InvalidInput, match="element 0 claims 5 bytes"):
+        _decode(head + words, str(len(head)))
+    bad = json.loads(head)
+    bad["inputs"][0]["shape"] = [2]
+    bad["inputs"][0]["parameters"]["binary_data_size"] = 6
+    head2 = json.dumps(bad).encode()
+    with pytest.raises(InvalidInput, match="ends after 1 of 2 elements"):
+        _decode(head2 + b"\x02\x00\x00\x00ab", str(len(head2)))
+
+
+def test_binary_response_moves_the_chosen_outputs_after_the_json_header() -> None:
+    probs = np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)
+    resp = InferResponse("m", "v1", (Tensor("label", np.array([1, 0])), Tensor("probabilities", probs)))
+    body = encode_infer_response(resp)
+    payload, length = encode_binary_response(body, OutputEncoding(True, {"label": False}), resp.outputs)
+    header = json.loads(payload[:length])
+    assert header["outputs"][0]["data"] == [1, 0]
+    assert header["outputs"][1]["parameters"]["binary_data_size"] == 16
+    assert payload[length:] == tensor_bytes(resp.outputs[1]) == probs.tobytes()

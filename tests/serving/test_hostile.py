@@ -150,6 +150,11 @@ def test_idle_flood_hits_the_cap_with_a_clear_answer_then_drains(base: str) -> N
     assert all(read_answer(s, 0.5) == b"" for s in socks[:200])
     for s in socks:
         s.close()
+    # The server's own 503s are counted like every other 5xx (empty variant/version: no model was chosen).
+    metrics = httpx.get(f"{base}/metrics", timeout=5).text
+    [line] = [x for x in metrics.splitlines() if x.startswith("sluice_requests_total{") and 'code="503"' in x]
+    assert 'variant=""' in line
+    assert float(line.rsplit(" ", 1)[1]) >= 55
 
 
 def test_huge_url_and_headers_are_refused_while_parsing(base: str) -> None:
@@ -218,14 +223,16 @@ def test_pipelining_flood_does_not_starve_others_and_unread_answers_stop_reading
     def pump() -> None:
         nonlocal sent
         try:
-            while sent < 20_000 and not done.is_set():
-                flood.sendall(one * 50)
-                sent += 50
+            while sent < 100_000 and not done.is_set():
+                flood.sendall(one * 500)
+                sent += 500
         except OSError:
             pass  # the server stopped reading: send blocks until the timeout
 
+    rss = _rss()
     sender = threading.Thread(target=pump)
     sender.start()
+    time.sleep(1.0)  # the flood is in before the good client asks
     try:
         latencies = []
         for _ in range(15):
@@ -234,11 +241,14 @@ def test_pipelining_flood_does_not_starve_others_and_unread_answers_stop_reading
             latencies.append(seconds)
         assert max(latencies) < PROBE_BOUND_S * 2, latencies
         assert sorted(latencies)[len(latencies) // 2] < PROBE_BOUND_S
+        # Queued requests and unsent answers are bounded: no per-request growth (~10 KB each without backpressure).
+        grown = _rss() - rss
+        assert grown < 32 * 1024 * 1024, f"RSS grew {grown / 1e6:.0f} MB under {sent} pipelined requests"
     finally:
         done.set()
         sender.join(5)
     # Answers the client never reads stop the server reading its requests: far fewer than sent were taken.
-    assert sent < 20_000
+    assert sent < 100_000  # ~30 MB: more than the kernel buffers hold, so the server must have stopped reading
     flood.close()
 
 
@@ -257,18 +267,28 @@ def test_giant_row_counts_are_413_before_any_tensor_is_built(base: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         for round_ in range(3):  # round 1 warms up; rounds 2-3 are traced: what they leave alive is a leak
             if round_ == 1:
-                tracemalloc.start()
+                tracemalloc.start(8)
             futures = [pool.submit(one) for _ in range(4)]
             assert_served(base, 1)
             results = [f.result() for f in futures]
             assert [code for code, _ in results] == [413] * 4
-            assert max(seconds for _, seconds in results) < 3.0
-        gc.collect()
-        kept, _ = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+            # A bound on the answer, not a benchmark: a 413 costs a parse of the header, never a tensor.
+            assert max(seconds for _, seconds in results) < 8.0
+
+        def kept() -> int:
+            """Bytes still held that were allocated in Sluice's serving code (other threads of this test process,
+            left by earlier tests, allocate too; they are no leak of this server)."""
+            gc.collect()
+            ours = tracemalloc.Filter(True, "*/sluice/serving/*", all_frames=True)
+            snapshot = tracemalloc.take_snapshot().filter_traces([ours])
+            return sum(stat.size for stat in snapshot.statistics("filename"))
+
+        try:  # the server drops a closed connection's buffers a moment after the client saw its answer
+            wait_for("the Python heap to shed the traced rounds", lambda: kept() < LEAK_MARGIN, 3.0, 0.1)
+        finally:
+            tracemalloc.stop()
     # RSS is no measure here: glibc keeps the 8 MB list blocks of each parse in its arenas (it grows a few MB a
     # round and plateaus), while the Python heap shows what really stays.
-    assert kept < LEAK_MARGIN, f"{kept / 1e6:.1f} MB still allocated after two rounds"
 
 
 def test_high_dimensional_shapes_and_deep_nesting_are_400(base: str) -> None:
@@ -296,3 +316,29 @@ def test_abrupt_disconnects_leave_nothing_behind(base: str) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
         s.close()
     assert_served(base)
+
+
+def test_an_h2c_upgrade_offer_is_answered_over_http11_then_closed(base: str) -> None:
+    """`curl --http2` offers h2c: the request runs and gets its answer (never a 400), then the connection closes."""
+    offer = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+    for raw in (
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + offer + b"\r\n",
+        b"POST "
+        + URL.encode()
+        + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n" % len(GOOD_BODY)
+        + offer
+        + b"\r\n"
+        + GOOD_BODY,
+    ):
+        s = connect(base)
+        s.sendall(raw)
+        answer = read_answer(s)
+        s.close()
+        assert status_of(answer) == 200, answer[:300]
+        assert b"connection: close" in answer
+    assert b'"outputs"' in answer  # the POST's body was read after the offer
+    s = connect(base)
+    s.sendall(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    assert status_of(read_answer(s)) == 400
+    s.close()

@@ -14,10 +14,11 @@ import httpx
 import numpy as np
 import pytest
 from tests.serving.helpers import OnnxBackend, row, serve, v2_body
+from tests.support import wait_for
 
 from sluice.serving.app import build_app
 from sluice.serving.config import ServingConfig
-from sluice.serving.httpserver import HttpServer
+from sluice.serving.httpserver import HttpServer, ServerLimits
 from sluice.serving.router import Router
 from sluice.serving.tensors import InferRequest, InferResponse, Tensor
 
@@ -214,7 +215,7 @@ def test_shutdown_lets_the_request_in_flight_finish_and_runs_lifespan_shutdown(m
         assert started.wait(10)
         with connect(f"http://127.0.0.1:{server.port}") as sock:
             sock.sendall(infer_request(json.dumps(v2_body(row(1))).encode()))
-            time.sleep(0.1)  # the request is now inside the backend's 0.5 s delay
+            wait_for("the request inside the backend's 0.5 s delay", lambda: backend.calls == 1, 5, 0.005)
             loop.call_soon_threadsafe(stop.set)
             status, headers, _ = read_response(sock, bytearray())
             assert status == 200  # answered, not dropped
@@ -256,3 +257,23 @@ def test_nan_outputs_come_back_as_null_and_nan_inputs_are_a_400(model_bytes: byt
         )
         assert bad.status_code == 400
         assert bad.json()["error"].startswith("body is not valid JSON")
+
+
+def test_server_limits_from_the_environment() -> None:
+    limits = ServerLimits.from_env({"SLUICE_HTTP_MAX_URL_BYTES": "4096", "SLUICE_HTTP_HEADER_TIMEOUT_S": "2.5"})
+    assert (limits.max_url_bytes, limits.header_timeout_s) == (4096, 2.5)
+    assert limits.keep_alive_timeout_s == ServerLimits().keep_alive_timeout_s
+    with pytest.raises(ValueError, match=r"\$SLUICE_HTTP_MAX_HEADERS: '1e3x' is not a number"):
+        ServerLimits.from_env({"SLUICE_HTTP_MAX_HEADERS": "1e3x"})
+    with pytest.raises(ValueError, match=r"\$SLUICE_HTTP_BODY_TIMEOUT_S must be positive"):
+        ServerLimits.from_env({"SLUICE_HTTP_BODY_TIMEOUT_S": "0"})
+
+
+def test_connection_cap_stays_below_the_file_descriptor_limit() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        pytest.skip("no file-descriptor limit in this process to stay below")
+    assert ServerLimits(max_connections=10**9).connection_cap() == max(1, soft - 64)
+    assert ServerLimits(max_connections=50).connection_cap() == min(50, max(1, soft - 64))

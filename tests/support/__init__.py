@@ -8,6 +8,7 @@ routers' /metrics (`router_metrics`). tests/conftest.py registers their fixtures
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["answers", "free_port", "listening", "wait_for"]
+__all__ = ["answers", "free_port", "listening", "wait_for", "wait_for_async"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,6 +35,18 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 20.0, inter
         if last:
             return last
         time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last: {last!r}")
+
+
+async def wait_for_async(what: str, check: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05) -> Any:
+    """`wait_for` inside an event loop: the loop keeps running (tasks under test progress) between checks."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        await asyncio.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last: {last!r}")
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tests.support.emulator import EmulatorThread, SluiceKubeEmulator, load_crd_files
 
@@ -46,6 +47,13 @@ def kube_emulator() -> Iterator[EmulatorThread]:
 @pytest.fixture(scope="session")
 def kubeconfig(kube_emulator: EmulatorThread, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return kube_emulator.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
+
+
+@pytest.fixture(scope="session")
+def kube_http(kube_emulator: EmulatorThread) -> Iterator[httpx.Client]:
+    """A plain HTTP client for the emulator (what `curl` to an API server would do)."""
+    with httpx.Client(base_url=kube_emulator.url, timeout=30) as session:
+        yield session
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.serving.triton.repository import labels_from_config, parse_config, sha256_of
+from sluice.serving.triton.repository import labels_from_config, parse_pbtxt, sha256_of
 
 
 def _prepare(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,7 +55,7 @@ def test_prepare_file_and_http_versions(
         "--preferred-batch-size", "8",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    config = parse_config((dest / "iris" / "config.pbtxt").read_text())
+    config = parse_pbtxt((dest / "iris" / "config.pbtxt").read_text())
     assert config.platform == "onnxruntime_onnx"
     assert list(config.dynamic_batching.preferred_batch_size) == [8]
     assert labels_from_config(dict(config.parameters)) == {1: "v1", 2: "v2"}

@@ -16,7 +16,7 @@ from sluice.serving.triton.repository import (
     RepositorySpec,
     build_config,
     labels_from_config,
-    parse_config,
+    parse_pbtxt,
     read_onnx_signature,
     render_config,
     sha256_of,
@@ -83,9 +83,9 @@ def test_misspelt_field_is_refused_with_its_position() -> None:
     good = render_config(build_config(spec))
     bad = good.replace("max_queue_delay_microseconds", "max_delay")
     assert bad != good
-    parse_config(good)
+    parse_pbtxt(good)
     with pytest.raises(RepositoryError, match=r"invalid Triton config.pbtxt: \d+:\d+ .*max_delay"):
-        parse_config(bad)
+        parse_pbtxt(bad)
 
 
 def test_latest_policy_and_no_batching(onnx_models: dict[str, Path]) -> None:
@@ -93,7 +93,7 @@ def test_latest_policy_and_no_batching(onnx_models: dict[str, Path]) -> None:
         model_name="m", versions=(ModelVersion("a", "file:a"),), latest=2, max_batch_size=0, flavour=Flavour.PYTHON
     )
     inputs, outputs = read_onnx_signature(onnx_models["v1"], batching=False)
-    config = parse_config(render_config(build_config(spec, inputs, outputs)))
+    config = parse_pbtxt(render_config(build_config(spec, inputs, outputs)))
     assert config.version_policy.latest.num_versions == 2
     assert not config.HasField("dynamic_batching")
     assert [list(t.dims) for t in config.input] == [[-1, 4]]  # batch dimension is part of dims without batching

@@ -31,6 +31,7 @@ def router_url(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -
             {"name": "canary", "version": "v2", "uri": "file:v2.onnx", "weight": 0, "endpoint": triton.grpc_url},
         ],
         "request_timeout_s": 10,
+        "override_enabled": True,  # the override test below sends x-sluice-variant without the admin token
     }
     path = tmp_path_factory.mktemp("router") / "serving.json"
     path.write_text(json.dumps(config))

@@ -46,6 +46,20 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: ["sluice.dev"]
   resources: ["modeldeployments/status"]
   verbs: ["patch"]
+# Experiments: Kopf lists, watches and patches them (finalizer: deletion takes the arms off the target); the
+# experiment's state lives in its status. Its controller reads the target ModelDeployment (get) and patches it: the
+# arms annotation the ModelDeployment's controller renders, and spec.model when promoting the winner.
+- apiGroups: ["sluice.dev"]
+  resources: ["experiments"]
+  verbs: ["list", "watch", "patch"]
+# An experiment's verdict, per-arm statistics and phase: a merge patch of its status subresource.
+- apiGroups: ["sluice.dev"]
+  resources: ["experiments/status"]
+  verbs: ["patch"]
+# The Experiment controller reads its target ModelDeployment (exists? mid-rollout?) before handing it the arms.
+- apiGroups: ["sluice.dev"]
+  resources: ["modeldeployments"]
+  verbs: ["get"]
 # backend ray: one KubeRay RayService per ModelDeployment; weights change in place in serveConfigV2. Watched (list,
 # watch) so that readiness reads the live children from memory, as are the Deployments below.
 - apiGroups: ["ray.io"]
@@ -78,6 +92,13 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["list"]
+{{- if .Values.monitoring.modelServiceMonitors.enabled }}
+# monitoring.modelServiceMonitors: a ServiceMonitor for each ModelDeployment's router and model servers, applied and
+# pruned like the other children (backend ray also gets a Service over the Ray head: the services rule above).
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end }}
 # GPU placement: the model pods of each version are read to report InsufficientGPU (Unschedulable for nvidia.com/gpu).
 - apiGroups: [""]
   resources: ["pods"]

@@ -1,4 +1,5 @@
-"""`kubectl-sluice`: the kubectl plugin (`kubectl sluice status|promote|abort|retry|undo NAME`).
+"""`kubectl-sluice`: the kubectl plugin (`kubectl sluice status|promote|abort|retry|undo NAME`, and
+`kubectl sluice experiment status|stop NAME`).
 
 `status` renders a ModelDeployment's status (operator/sluice/api/status.py) as compact tables. The verbs only set
 the annotation `sluice.dev/command: "<verb>:<nonce>"` with a merge patch: the operator compares it with
@@ -23,6 +24,11 @@ VERBS: dict[str, str] = {
     "abort": "stop the rollout: all traffic back to the stable version (phase Aborted)",
     "retry": "start the last aborted or rolled-back rollout again",
     "undo": "roll back to the previously promoted version",
+}
+EXPERIMENT_PLURAL = "experiments"
+EXPERIMENT_ACTIONS: dict[str, str] = {
+    "status": "show phase, verdict, the per-arm table (weight, samples, value, lift with interval, p, P(best))",
+    "stop": "end the experiment now with no verdict: Stopped, traffic back to the target's stable version",
 }
 # Phases in which promote/abort have nothing to act on (the operator ignores the command then).
 _IDLE_PHASES = {"Stable", "Succeeded", "RolledBack", "Aborted", "Failed"}
@@ -58,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(verb, help=help_text, description=help_text)
         command.add_argument("name", help="ModelDeployment name")
         _connection_options(command)
+    experiment = sub.add_parser("experiment", help="show or stop an Experiment")
+    _connection_options(experiment)
+    actions = experiment.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, help_text in EXPERIMENT_ACTIONS.items():
+        command = actions.add_parser(action, help=help_text, description=help_text)
+        command.add_argument("name", help="Experiment name")
+        _connection_options(command)
     return parser
 
 
@@ -67,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 class Cluster:
     """The ModelDeployment calls the plugin makes, over the official client."""
 
-    def __init__(self, kubeconfig: str | None, context: str | None, namespace: str | None) -> None:
+    def __init__(
+        self, kubeconfig: str | None, context: str | None, namespace: str | None, plural: str = PLURAL
+    ) -> None:
         from kubernetes import client
         from kubernetes import config as _config
         from kubernetes.config.config_exception import ConfigException
@@ -85,6 +100,7 @@ class Cluster:
         except (ConfigException, OSError) as exc:
             raise PluginError(f"cannot load the kubeconfig: {exc}") from exc
         self.namespace: str = namespace or "default"
+        self.plural = plural
         self.api = client.CustomObjectsApi(api_client)
         self._client = api_client
 
@@ -96,12 +112,12 @@ class Cluster:
         from urllib3.exceptions import HTTPError
 
         try:
-            return fn(GROUP, VERSION, self.namespace, PLURAL, *args, **kwargs)
+            return fn(GROUP, VERSION, self.namespace, self.plural, *args, **kwargs)
         except ApiException as exc:
             if exc.status == 404:
                 raise PluginError(
-                    f'modeldeployment "{name}" not found in namespace "{self.namespace}"'
-                    + ("" if "modeldeployments" in str(exc.body) else " (are the Sluice CRDs installed?)")
+                    f'{self.plural[:-1]} "{name}" not found in namespace "{self.namespace}"'
+                    + ("" if self.plural in str(exc.body) else " (are the Sluice CRDs installed?)")
                 ) from exc
             raise PluginError(f"the API server refused the request ({exc.status} {exc.reason}): {exc.body}") from exc
         except HTTPError as exc:
@@ -132,7 +148,7 @@ class Cluster:
                 GROUP,
                 VERSION,
                 self.namespace,
-                PLURAL,
+                self.plural,
                 field_selector=f"metadata.name={name}",
                 resource_version=version,
                 timeout_seconds=left,
@@ -141,7 +157,7 @@ class Cluster:
                 current: Obj = event["object"]
                 version = current.get("metadata", {}).get("resourceVersion", version)
                 if event["type"] == "DELETED":
-                    raise PluginError(f'modeldeployment "{name}" was deleted')
+                    raise PluginError(f'{self.plural[:-1]} "{name}" was deleted')
                 yield current
 
 
@@ -245,6 +261,77 @@ def render_status(obj: Obj) -> str:
 # -- commands ------------------------------------------------------------------------------------------------
 
 
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def render_experiment(obj: Obj) -> str:
+    """One Experiment: phase, leader and verdict, then a row per arm and the conditions."""
+    meta, spec, st = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
+    lines = [
+        f"Experiment:  {meta.get('name', '?')}  (namespace {meta.get('namespace', '?')})",
+        f"Target:      {(spec.get('target') or {}).get('name', '?')}   method {spec.get('method', 'sequential')}, "
+        f"alpha {spec.get('alpha', 0.05)}, allocation {spec.get('allocation', 'fixed')}",
+        f"Phase:       {st.get('phase', 'Pending')}"
+        + (
+            f"   leader {st['leader']} {st.get('lift') or ''} ({st.get('confidence') or '-'})"
+            if st.get("leader")
+            else ""
+        ),
+    ]
+    if st.get("requiredSamples"):
+        lines.append(f"Horizon:     {st['requiredSamples']} outcomes per arm")
+    if st.get("verdict"):
+        lines.append(f"Verdict:     {st['verdict']}")
+    if st.get("message"):
+        lines.append(f"Message:     {st['message']}")
+    rows = []
+    for v in st.get("variants") or []:
+        interval = "-"
+        if v.get("liftLow") is not None and v.get("liftHigh") is not None:
+            interval = f"[{_percent(v['liftLow'])}, {_percent(v['liftHigh'])}]"
+        rows.append(
+            [
+                v.get("name"),
+                f"{v.get('weight', 0)}%",
+                v.get("samples", 0),
+                v.get("value"),
+                _percent(v.get("lift")),
+                interval,
+                v.get("pValue"),
+                v.get("probabilityBest"),
+                f"stopped: {v.get('stoppedReason')}" if v.get("stopped") else "running",
+            ]
+        )
+    if rows:
+        lines += ["", *table(["ARM", "WEIGHT", "SAMPLES", "VALUE", "LIFT", "INTERVAL", "P", "P(BEST)", "STATE"], rows)]
+    conditions = st.get("conditions") or []
+    if conditions:
+        lines += ["", *table(["CONDITION", "STATUS", "REASON", "MESSAGE"], [
+            [c.get("type"), c.get("status"), c.get("reason"), c.get("message")] for c in conditions
+        ])]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _experiment(args: argparse.Namespace, out: TextIO) -> int:
+    cluster = Cluster(
+        getattr(args, "kubeconfig", None),
+        getattr(args, "context", None),
+        getattr(args, "namespace", None),
+        plural=EXPERIMENT_PLURAL,
+    )
+    try:
+        if args.action == "status":
+            print(render_experiment(cluster.get(args.name)), file=out)
+            return 0
+        value = command_value("stop")
+        cluster.annotate(args.name, COMMAND_ANNOTATION, value)
+        print(f"experiment.{GROUP}/{args.name} stop requested ({COMMAND_ANNOTATION}={value})", file=out)
+        return 0
+    finally:
+        cluster.close()
+
+
 def command_value(verb: str, now: datetime.datetime | None = None) -> str:
     """`<verb>:<RFC 3339 UTC time>-<random>`: unique per request, readable, ordered by time."""
     when = (now or datetime.datetime.now(tz=datetime.UTC)).astimezone(datetime.UTC)
@@ -288,6 +375,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if args.verb is None:
         parser.print_help(out)
         return 2
+    if args.verb == "experiment":
+        try:
+            return _experiment(args, out)
+        except PluginError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         cluster = Cluster(
             getattr(args, "kubeconfig", None), getattr(args, "context", None), getattr(args, "namespace", None)

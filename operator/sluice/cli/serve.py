@@ -1,4 +1,4 @@
-"""`sluice serve -f FILE [--backend ray|triton|onnx] [--port N]`: serve a ModelDeployment's versions on this machine.
+"""`sluice serve -f FILE [--backend ray|triton|onnx] [--port N] [--grpc-port N|--no-grpc]`: serve a ModelDeployment.
 
 One document: its model is stable at 100 %. Several documents of the same ModelDeployment, in order: the last is
 the canary at its first canary-step weight (shadow/blueGreen: weight 0, mirrored at their mirror percent) and the
@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="honour the override header (x-sluice-variant) from any client; by default only with the admin token",
     )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="KServe v2 gRPC port (onnx and triton backends; default: HTTP port + 1, a free one with --port 0)",
+    )
+    parser.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
 
 
 def serving_config(deployments: list[ModelDeployment]) -> ServingConfig:
@@ -115,6 +122,16 @@ def _example_inputs(url: str, model: str) -> list[dict[str, Any]]:
     return inputs
 
 
+def grpc_port_for(args: argparse.Namespace, backend: str) -> int | None:
+    """The gRPC port to serve on: none with --no-grpc or on Ray (Serve's proxy is HTTP here), else the flag's,
+    else the HTTP port + 1 (Triton's 8000/8001 pair), or a free one when the HTTP port is picked freely."""
+    if args.no_grpc or backend == "ray":
+        return None
+    if args.grpc_port is not None:
+        return int(args.grpc_port)
+    return int(args.port) + 1 if args.port else 0
+
+
 class _Stop(BaseException):
     """Raised in the main thread by SIGTERM/SIGINT so startup and the wait loop unwind through `finally`."""
 
@@ -147,8 +164,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"starting {config.model_name} on {backend}: {[(v.version, v.weight) for v in config.variants]}")
         sys.stdout.flush()
-        plane = start_data_plane(config, backend, path.resolve().parent, host=args.host, port=args.port)
+        grpc_port = grpc_port_for(args, backend)
+        plane = start_data_plane(
+            config, backend, path.resolve().parent, host=args.host, port=args.port, grpc_port=grpc_port
+        )
         print(f"serving {config.model_name} at {plane.url}  (metrics: {plane.metrics_url})")
+        served_grpc = getattr(plane, "grpc_port", None)
+        if served_grpc is not None:
+            print(f"gRPC (KServe v2 GRPCInferenceService) at {args.host}:{served_grpc}")
         token_file = getattr(plane, "admin_token_file", None)  # routers in this process; Ray's ingress has none
         if token_file is not None:
             print(f"admin API token (Authorization: Bearer <token>) is in {token_file}")

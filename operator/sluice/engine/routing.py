@@ -6,6 +6,7 @@ routing)`, so a cluster and a laptop split traffic the same way for the same sta
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sluice.api.base import parse_duration
@@ -77,27 +78,74 @@ def _variant(name: str, ref: VersionRef, weight: int) -> VariantConfig:
     return VariantConfig(name=name, version=ref.version, uri=ref.uri, sha256=ref.sha256, weight=weight)
 
 
-def experiment_config(
-    spec: ModelDeploymentSpec,
-    arms: tuple[tuple[str, VersionRef, int], ...],
-    *,
-    header: str,
-    salt: str,
-    metric: str,
-    kind: str,
-) -> ServingConfig:
-    """The target's data plane serving an experiment's arms: one weighted variant per arm (name, model, weight),
-    units enrolled by `header` hashed with `salt`, requests without it sent to the first arm (the control) and not
-    enrolled, outcomes of `metric` taken and joined to the arm. Everything else (batching, timeouts) stays the
-    target's. Raises ValueError (from the config's own validation) on an inconsistent set of arms."""
-    base = serving_config(spec, Routing(stable=arms[0][1])).model_dump()
+ARMS_ANNOTATION = "sluice.dev/experiment-arms"  # on the target ModelDeployment, written by the Experiment controller
+
+
+@dataclass(frozen=True)
+class ExperimentArms:
+    """An experiment's arms as handed to the target's data plane: (name, model, weight) per arm, the first being the
+    control; units enrolled by `header` hashed with `salt`; outcomes of `metric` (`kind`) taken by the router."""
+
+    experiment: str
+    arms: tuple[tuple[str, VersionRef, int], ...]
+    header: str
+    salt: str
+    metric: str
+    kind: str
+
+    def to_json(self) -> str:
+        body = {
+            "experiment": self.experiment,
+            "arms": [
+                {"name": n, **ref.model_dump(mode="json", exclude_none=True), "weight": w} for n, ref, w in self.arms
+            ],
+            "header": self.header,
+            "salt": self.salt,
+            "metric": self.metric,
+            "kind": self.kind,
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentArms:
+        """Parse the annotation; ValueError names what is wrong (a hand-edited annotation must not crash anyone)."""
+        try:
+            body = json.loads(text)
+            arms = tuple(
+                (
+                    a["name"],
+                    VersionRef(version=a["version"], uri=a.get("uri"), sha256=a.get("sha256")),
+                    int(a["weight"]),
+                )
+                for a in body["arms"]
+            )
+            return cls(body["experiment"], arms, body["header"], body["salt"], body["metric"], body["kind"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"annotation {ARMS_ANNOTATION} is not valid: {exc}") from None
+
+    def with_weights(self, weights: dict[str, int]) -> ExperimentArms:
+        arms = tuple((n, ref, weights.get(n, w)) for n, ref, w in self.arms)
+        return ExperimentArms(self.experiment, arms, self.header, self.salt, self.metric, self.kind)
+
+
+def experiment_config(spec: ModelDeploymentSpec, arms: ExperimentArms) -> ServingConfig:
+    """The target's data plane serving an experiment's arms: one weighted variant per arm, units enrolled by the
+    header hashed with the salt, requests without it sent to the first arm (the control) and not enrolled, outcomes
+    of the metric taken and joined to the arm. Everything else (batching, timeouts) stays the target's. Raises
+    ValueError (the config's own validation) on an inconsistent set of arms."""
+    base = serving_config(spec, Routing(stable=arms.arms[0][1])).model_dump()
     base.update(
-        variants=[_variant(name, ref, weight).model_dump() for name, ref, weight in arms],
+        variants=[_variant(name, ref, weight).model_dump() for name, ref, weight in arms.arms],
         mirror=None,
-        sticky_header=header,
-        sticky_salt=salt,
+        sticky_header=arms.header,
+        sticky_salt=arms.salt,
         enrolment="unit",
-        control_variant=arms[0][0],
-        outcomes={"metrics": {metric: kind}},
+        control_variant=arms.arms[0][0],
+        outcomes={"metrics": {arms.metric: arms.kind}},
     )
     return ServingConfig.model_validate(base)
+
+
+def desired_config(spec: ModelDeploymentSpec, routing: Routing, arms: ExperimentArms | None) -> ServingConfig:
+    """What the target's data plane serves: the experiment's arms while one runs, else the rollout's routing."""
+    return experiment_config(spec, arms) if arms is not None else serving_config(spec, routing)

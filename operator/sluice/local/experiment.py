@@ -22,7 +22,7 @@ from sluice.api.experiment import Experiment, ExperimentPhase, ExperimentStatus,
 from sluice.api.model_deployment import ModelDeployment
 from sluice.api.status import VersionRef
 from sluice.engine.experiment import ExperimentLoop, TargetView
-from sluice.engine.routing import Routing, experiment_config, serving_config
+from sluice.engine.routing import ExperimentArms, Routing, experiment_config, serving_config
 from sluice.experiment.actions import Action, DeployArms, EmitEvent, EndArms, PromoteVariant, SetWeights
 from sluice.experiment.core import TERMINAL
 from sluice.experiment.observations import ExperimentCommand
@@ -80,14 +80,15 @@ class LocalExperimentPlatform:
 
     def _arms_config(self) -> ServingConfig:
         metric = self.experiment.spec.primary_metric
-        return experiment_config(
-            self.target_doc.spec,
+        arms = ExperimentArms(
+            self.experiment.metadata.name,
             tuple((name, ref, weight) for name, (ref, weight) in self._arms.items()),
-            header=self._header,
-            salt=self._salt,
-            metric=metric.name,
-            kind=metric.kind.value,
+            self._header,
+            self._salt,
+            metric.name,
+            metric.kind.value,
         )
+        return experiment_config(self.target_doc.spec, arms)
 
     async def carry_out(self, action: Action) -> None:
         config: ServingConfig | None = None

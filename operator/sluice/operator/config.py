@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_ROUTER_IMAGE = "ghcr.io/sluice-dev/sluice-serving:0.1.0"
+DEFAULT_ROUTER_GPU_IMAGE = "ghcr.io/sluice-dev/sluice-serving:0.1.0-gpu"  # serving/Dockerfile built with EXTRAS=gpu,...
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
+# The ServiceMonitor CRD's own pattern for `interval`.
+_DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class LeaseSettings:
 @dataclass(frozen=True)
 class OperatorConfig:
     router_image: str = DEFAULT_ROUTER_IMAGE  # Sluice router and Ray Serve app (serving/Dockerfile)
+    router_gpu_image: str = DEFAULT_ROUTER_GPU_IMAGE  # the same with onnxruntime-gpu: model pods asking for GPUs
     triton_image: str = DEFAULT_TRITON_IMAGE  # default for backend triton when spec.tritonImage is empty
     gpu_node_selector: Mapping[str, str] = field(default_factory=dict)  # for pods asking for GPUs
     gpu_tolerations: tuple[Mapping[str, Any], ...] = ()  # for pods asking for GPUs
@@ -40,6 +45,11 @@ class OperatorConfig:
     log_level: str = "INFO"
     metrics_port: int = 8080
     health_port: int = 8081
+    # ServiceMonitors for each ModelDeployment's router and model servers (prometheus-operator), with these labels
+    # so a Prometheus' serviceMonitorSelector picks them up, scraped every `monitor_interval`.
+    service_monitors: bool = False
+    monitor_interval: str = "15s"
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
     namespace: str | None = None  # the operator's own (POD_NAMESPACE)
     pod_name: str | None = None  # POD_NAME, the leader-election identity
     leader_election: LeaseSettings | None = None  # None: this replica acts alone (replicaCount 1)
@@ -53,11 +63,23 @@ class OperatorConfig:
         tolerations = _json(env, "SLUICE_GPU_TOLERATIONS", [])
         if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
             raise ValueError("SLUICE_GPU_TOLERATIONS must be a JSON list of toleration objects")
+        monitor_labels = _json(env, "SLUICE_MONITOR_LABELS", {})
+        if not isinstance(monitor_labels, dict) or not all(isinstance(v, str) for v in monitor_labels.values()):
+            raise ValueError('SLUICE_MONITOR_LABELS must be a JSON object of strings, e.g. {"release": "prometheus"}')
+        monitors = env.get("SLUICE_SERVICE_MONITORS", "false").strip().lower()
+        if monitors not in {"true", "false"}:
+            raise ValueError(f"SLUICE_SERVICE_MONITORS must be true or false, not {monitors!r}")
+        interval = env.get("SLUICE_MONITOR_INTERVAL", "").strip() or "15s"
+        if not _DURATION.match(interval):
+            raise ValueError(
+                f"SLUICE_MONITOR_INTERVAL must be a Prometheus duration such as 15s or 1m, not {interval!r}"
+            )
         level = env.get("SLUICE_LOG_LEVEL", "INFO").upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"SLUICE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
         return cls(
             router_image=env.get("SLUICE_ROUTER_IMAGE") or DEFAULT_ROUTER_IMAGE,
+            router_gpu_image=env.get("SLUICE_ROUTER_GPU_IMAGE") or DEFAULT_ROUTER_GPU_IMAGE,
             triton_image=env.get("SLUICE_TRITON_IMAGE") or DEFAULT_TRITON_IMAGE,
             gpu_node_selector=selector,
             gpu_tolerations=tuple(tolerations),
@@ -65,6 +87,9 @@ class OperatorConfig:
             log_level=level,
             metrics_port=_port(env, "SLUICE_METRICS_PORT", 8080),
             health_port=_port(env, "SLUICE_HEALTH_PORT", 8081),
+            service_monitors=monitors == "true",
+            monitor_interval=interval,
+            monitor_labels=monitor_labels,
             namespace=env.get("POD_NAMESPACE") or None,
             pod_name=env.get("POD_NAME") or None,
             leader_election=_lease(env),

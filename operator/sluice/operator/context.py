@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from sluice.api.model_deployment import Backend
+from sluice.api.status import Phase
 from sluice.operator.config import OperatorConfig
 from sluice.operator.kube import KubeClient
 
@@ -37,14 +39,42 @@ class Metrics:
         self.api_errors = Counter(
             "sluice_operator_api_errors", "Kubernetes API calls that failed.", registry=self.registry
         )
+        # Per ModelDeployment (bounded by their number): what the chart's dashboard and PrometheusRule read.
+        self.phase_info = Gauge(
+            "sluice_operator_model_deployment_phase",
+            "1 for the rollout phase each ModelDeployment is in now.",
+            ["namespace", "name", "phase"],
+            registry=self.registry,
+        )
+        self.rollbacks = Counter(
+            "sluice_operator_rollbacks",
+            "Rollouts that ended RolledBack, per ModelDeployment (seen by this operator process).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
         self._phase_of: dict[str, str] = {}
 
     def phase(self, key: str, phase: str | None) -> None:
-        """Record `key`'s phase (None: it is gone) and refresh the per-phase counts."""
+        """Record `key`'s ("namespace/name") phase (None: it is gone) and refresh the per-phase series.
+
+        A change into RolledBack counts one rollback; a phase first seen after a restart counts nothing.
+        """
+        namespace, _, name = key.partition("/")
+        previous = self._phase_of.get(key)
+        if previous == phase:
+            return
+        if previous is not None:
+            self.phase_info.remove(namespace, name, previous)
         if phase is None:
             self._phase_of.pop(key, None)
+            with contextlib.suppress(KeyError):
+                self.rollbacks.remove(namespace, name)
         else:
             self._phase_of[key] = phase
+            self.phase_info.labels(namespace=namespace, name=name, phase=phase).set(1)
+            rollbacks = self.rollbacks.labels(namespace=namespace, name=name)  # the series exists from the start
+            if phase == Phase.ROLLED_BACK.value and previous is not None:
+                rollbacks.inc()
         counts: dict[str, int] = {}
         for value in self._phase_of.values():
             counts[value] = counts.get(value, 0) + 1

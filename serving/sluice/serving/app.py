@@ -53,9 +53,8 @@ def header_map(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 def check_request_headers(headers: Mapping[str, str]) -> None:
-    """Refuse what the JSON-only v2 endpoints cannot read (415); shared with `httpserver`'s infer path."""
-    if "inference-header-content-length" in headers:
-        raise UnsupportedMediaType("the binary tensor data extension is not supported; send JSON (binary_data=False)")
+    """Refuse bodies the v2 endpoints cannot read (415); shared with `httpserver`'s infer path. JSON, or the binary
+    extension's JSON header + tensors (`Inference-Header-Content-Length`, sent as octet-stream by tritonclient)."""
     ctype = headers.get("content-type")
     if ctype is None:
         return  # tritonclient sends none; the body must still parse as JSON
@@ -86,6 +85,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _reply(reply: Reply) -> Response:
+    if reply.payload is not None:
+        return Response(reply.payload, status_code=reply.status, headers=reply.headers, media_type=reply.content_type)
     return _Json(reply.body, status_code=reply.status, headers=reply.headers)
 
 
@@ -153,8 +154,13 @@ _JSON_HEADER = (b"content-type", b"application/json")
 
 
 async def _send_json(send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-    content = dumps(body)
-    raw = [(b"content-length", str(len(content)).encode()), _JSON_HEADER]
+    await _send(send, status, dumps(body), _JSON_HEADER, headers)
+
+
+async def _send(
+    send: Send, status: int, content: bytes, ctype: tuple[bytes, bytes], headers: Mapping[str, str] | None
+) -> None:
+    raw = [(b"content-length", str(len(content)).encode()), ctype]
     if headers:
         raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     start: Message = {"type": "http.response.start", "status": status, "headers": raw}
@@ -196,7 +202,8 @@ class SluiceApp(Starlette):
             log.exception("unhandled error on %s", scope["path"])
             await _send_json(send, 500, {"error": "internal error"})
             return
-        await _send_json(send, reply.status, reply.body, reply.headers)
+        ctype = _JSON_HEADER if reply.payload is None else (b"content-type", reply.content_type.encode())
+        await _send(send, reply.status, reply.content(), ctype, reply.headers)
 
 
 def build_app(router: Router, *, close_router_on_shutdown: bool = False, admin: AdminAuth | None = None) -> SluiceApp:

@@ -1,7 +1,7 @@
 """The router as its own process (in front of tritonserver or any v2 server): `HttpServer` serving `build_app`.
 
     python -m sluice.serving.host_standalone --config serving.json --port 8080 [--variant-backend triton]
-        [--host 0.0.0.0]
+        [--host 0.0.0.0] [--grpc-port 8081]
         [--watch-configmap NS/NAME [--kube-api URL]]
 
 The config file is a `ServingConfig` as JSON or YAML. ``--variant-backend`` says how the router reaches each
@@ -11,7 +11,9 @@ which says what serves the versions (ray, triton, onnx). A new kind plugs in thr
 (bearer token from $SLUICE_ADMIN_TOKEN_FILE or $SLUICE_ADMIN_TOKEN; without either a random one is written to a
 0600 file whose path is logged at start), or from a ConfigMap with ``--watch-configmap`` (the operator's
 way, see `sluice.serving.configsource`; the API is the pod's own unless ``--kube-api`` names one, with the bearer
-token from $SLUICE_KUBE_TOKEN when set). SIGTERM or SIGINT stops accepting, lets in-flight requests finish
+token from $SLUICE_KUBE_TOKEN when set). HTTP limits and timeouts come from $SLUICE_HTTP_* (`ServerLimits`,
+docs/serving/security.md). ``--grpc-port`` also serves the KServe v2 gRPC API (off unless given; see
+`sluice.serving.grpcserver`). SIGTERM or SIGINT stops accepting, lets in-flight requests finish
 (bounded by the request timeout), exits 0. The event loop is uvloop's when installed.
 """
 
@@ -27,7 +29,7 @@ import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -38,6 +40,9 @@ from sluice.serving.config import ServingConfig
 from sluice.serving.configsource import ConfigMapSource, KubeApi, parse_target
 from sluice.serving.httpserver import HttpServer, ServerLimits
 from sluice.serving.router import Router
+
+if TYPE_CHECKING:
+    from sluice.serving.grpcserver import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(VARIANT_BACKENDS),
         help="how the router reaches each version's model (default: http, any v2 REST server at variant.endpoint)",
     )
+    parser.add_argument("--grpc-port", type=int, help="also serve the KServe v2 gRPC API on this port (default: off)")
     parser.add_argument(
         "--watch-configmap", metavar="NS/NAME", help="follow this ConfigMap's config.json and apply each new config"
     )
@@ -118,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             server = HttpServer.for_router(router, args.host, args.port, admin=auth, limits=limits)
-            runner.run(serve(server, source))
+            grpc = None
+            if args.grpc_port is not None:
+                from sluice.serving.grpcserver import GrpcServer
+
+                grpc = GrpcServer(server.app.plane, args.host, args.grpc_port)
+            runner.run(serve(server, source, grpc))
     except OSError as exc:  # the port is taken, the address is not ours
         print(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -127,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def serve(server: HttpServer, source: ConfigMapSource | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, with the ConfigMap source (if any) in the same loop as the router."""
+async def serve(server: HttpServer, source: ConfigMapSource | None = None, grpc: GrpcServer | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, with the ConfigMap source and gRPC server (if any) in the router's loop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,9 +148,14 @@ async def serve(server: HttpServer, source: ConfigMapSource | None = None) -> No
     try:
         await server.start()
         log.info("Sluice router listening on http://%s:%d", server.host, server.port)
+        if grpc is not None:
+            await grpc.start()
+            log.info("Sluice router serving gRPC on %s:%d", grpc.host, grpc.port)
         await stop.wait()
         log.info("stopping: draining requests in flight")
     finally:
+        if grpc is not None:
+            await grpc.shutdown()
         await server.shutdown()
         if task is not None:
             task.cancel()

@@ -511,9 +511,9 @@ class HttpServer:
             reply = await self.app.plane.infer(name, version, request.body, headers, request.started)
         except ServingError as exc:
             return exc.status_code, [(b"content-type", b"application/json")], _dumps(exc.to_json())
-        out = [(b"content-type", b"application/json")]
+        out = [(b"content-type", reply.content_type.encode())]
         out += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
-        return reply.status, out, _dumps(reply.body)
+        return reply.status, out, reply.content()
 
     async def _asgi(
         self, request: _Request, path: str, raw_path: bytes, query: bytes, conn: _Connection

@@ -6,6 +6,7 @@ Every backend that runs ONNX in Python (the in-process backend, the Ray Serve mo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -123,7 +124,8 @@ def _fetch_http(uri: str, options: RuntimeOptions) -> bytes:
 
 
 def _fetch_object_store(uri: str, scheme: str, options: RuntimeOptions) -> bytes:
-    """s3:// through boto3 (extra `s3`); gs:// through gcsfs when installed. Both optional by design."""
+    """s3:// through boto3 (extra `s3`), gs:// through google-cloud-storage (extra `gcs`): optional for a laptop,
+    both in the serving image. Credentials are each library's defaults (IRSA / workload identity / env)."""
     parsed = urlparse(uri)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
     if scheme == "s3":
@@ -139,17 +141,31 @@ def _fetch_object_store(uri: str, scheme: str, options: RuntimeOptions) -> bytes
         except Exception as exc:
             raise ModelLoadError(f"model URI {uri}: S3 download failed: {type(exc).__name__}: {exc}") from exc
     else:
-        try:
-            import gcsfs  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            raise ModelLoadError(f"model URI {uri}: gs:// needs gcsfs; install it: pip install gcsfs") from exc
-        try:
-            with gcsfs.GCSFileSystem().open(f"{bucket}/{key}", "rb") as f:
-                data = f.read(options.max_bytes + 1)
-        except Exception as exc:
-            raise ModelLoadError(f"model URI {uri}: GCS download failed: {type(exc).__name__}: {exc}") from exc
+        data = _fetch_gcs(uri, bucket, key, options)
     if len(data) > options.max_bytes:
         raise ModelLoadError(f"model URI {uri}: more than the {options.max_bytes}-byte cap")
+    return data
+
+
+def _fetch_gcs(uri: str, bucket: str, key: str, options: RuntimeOptions) -> bytes:
+    """gs://BUCKET/KEY with google-cloud-storage (Application Default Credentials; STORAGE_EMULATOR_HOST honoured)."""
+    try:
+        from google.cloud import storage
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"model URI {uri}: gs:// needs google-cloud-storage; install the extra: pip install 'sluice[gcs]'"
+        ) from exc
+    try:
+        blob = storage.Client().bucket(bucket).get_blob(key)
+        if blob is None:
+            raise ModelLoadError(f"model URI {uri}: no such object in bucket {bucket!r}")
+        if blob.size is not None and blob.size > options.max_bytes:
+            raise ModelLoadError(f"model URI {uri}: {blob.size} bytes, over the {options.max_bytes}-byte cap")
+        data: bytes = blob.download_as_bytes()
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"model URI {uri}: GCS download failed: {type(exc).__name__}: {exc}") from exc
     return data
 
 
@@ -167,8 +183,22 @@ def choose_providers(prefer_gpu: bool) -> list[str]:
 
     available = ort.get_available_providers()
     if prefer_gpu and CUDA in available:
+        _preload_cuda(ort)
         return [CUDA, CPU]
     return [CPU]
+
+
+@functools.cache
+def _preload_cuda(ort: Any) -> None:
+    """Load the CUDA and cuDNN libraries that pip installed (the `cuda` extra, what the GPU image carries) before the
+    first CUDA session: onnxruntime-gpu finds them only this way unless they are on the library path already."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload(cuda=True, cudnn=True, msvc=False)
+    except Exception as exc:  # libraries of a CUDA base image or the host: the session reports what it could use
+        log.debug("onnxruntime.preload_dlls failed: %s", exc)
 
 
 def _spec(arg: Any) -> TensorSpec:

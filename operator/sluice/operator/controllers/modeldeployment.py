@@ -23,6 +23,7 @@ from sluice.api.loading import field_errors
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus
 from sluice.engine.modeldeployment import RolloutLoop
+from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms
 from sluice.operator.context import OperatorContext
 from sluice.operator.kube import Obj
 from sluice.operator.platform import (
@@ -38,6 +39,9 @@ from sluice.providers.base import MetricProvider
 from sluice.providers.factory import create_provider
 
 log = logging.getLogger(__name__)
+
+# False while an Experiment's arms hold a spec change back: a rollout would change what the control measures.
+ROLLOUT_ALLOWED = "RolloutAllowed"
 
 
 class Stopped(Protocol):
@@ -84,7 +88,7 @@ class ModelDeploymentDaemon:
         try:
             while not stopped:
                 wake.clear()
-                body = _plain(live)
+                body = plain(live)
                 if body["metadata"].get("deletionTimestamp"):
                     return  # the children go with it (ownerReferences)
                 delay = poll
@@ -138,8 +142,18 @@ class ModelDeploymentDaemon:
         generation = self.body_generation = body["metadata"].get("generation")
         if not self.writer.last and body.get("status"):
             self.writer.last = body["status"]
+        held_by = _experiment(body)
+        if self.loop is not None and generation != self.generation and held_by is not None:
+            raise BadInput(
+                ROLLOUT_ALLOWED,
+                "ExperimentRunning",
+                f"spec change held: Experiment {held_by} runs on this ModelDeployment; the new spec is carried out "
+                "when it ends",
+            )
         if self.loop is None or generation != self.generation:
             self._new_spec(body, generation)
+            if self.platform is not None and ROLLOUT_ALLOWED in self.platform.operator_conditions:
+                self.platform.operator_conditions[ROLLOUT_ALLOWED] = (True, "NoExperiment", "no experiment holds it")
         assert self.loop is not None
         assert self.platform is not None
         self.platform.body = body
@@ -226,15 +240,27 @@ class ModelDeploymentDaemon:
         await self.writer.write(status)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A plain-dict deep copy of Kopf's live body (a tick must not see it change half-way)."""
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
-def _watched(body: Mapping[str, Any]) -> tuple[Any, Any]:
+def _watched(body: Mapping[str, Any]) -> tuple[Any, Any, Any]:
     meta = body.get("metadata", {})
-    return meta.get("generation"), (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)
+    annotations = meta.get("annotations") or {}
+    return meta.get("generation"), annotations.get(COMMAND_ANNOTATION), annotations.get(ARMS_ANNOTATION)
+
+
+def _experiment(body: Mapping[str, Any]) -> str | None:
+    """The Experiment whose arms this ModelDeployment serves, if any (from its arms annotation)."""
+    text = ((body.get("metadata") or {}).get("annotations") or {}).get(ARMS_ANNOTATION)
+    if not text:
+        return None
+    try:
+        return ExperimentArms.from_json(text).experiment
+    except ValueError:
+        return "(unreadable annotation)"

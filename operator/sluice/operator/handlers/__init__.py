@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sluice.operator.handlers import children, modeldeployment, startup
+from sluice.operator.handlers import children, experiment, modeldeployment, startup
 
-__all__ = ["children", "modeldeployment", "startup"]
+__all__ = ["children", "experiment", "modeldeployment", "startup"]

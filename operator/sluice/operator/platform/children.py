@@ -25,6 +25,8 @@ CHILD_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ConfigMap"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 )
+# Children the model serves without (monitoring): skipped, with a warning, where the cluster lacks their API.
+OPTIONAL_KINDS = frozenset({"ServiceMonitor"})
 # Children kept current by Kopf watches (handlers/children.py): read from memory, never GET.
 WATCHED_KINDS = frozenset({"RayService", "Deployment"})
 
@@ -39,17 +41,24 @@ class Children:
         self.selector = f"{DEPLOYMENT_LABEL}={label_value(owner.name)}"
         self.prune_needed = True  # delete children no longer desired (at start and after a change)
         self._applied: dict[Key, tuple[Obj, Obj]] = {}  # child -> (our fields last applied, the API's answer)
+        # Optional kinds this cluster does not serve: not tried again until the operator restarts.
+        self._unserved: set[str] = set()
 
     async def apply(self, wanted: list[Obj], backend: str) -> None:
         """Make every child in `wanted` carry our fields, then prune if needed; BadInput when a kind is not served."""
         for child in wanted:
             key: Key = (child["kind"], child["metadata"]["name"])
             mine = our_fields(child)
-            if self._current(key, mine) is not None:
+            if self._current(key, mine) is not None or child["kind"] in self._unserved:
                 continue
             try:
                 got = await self._write(key, child, mine)
             except ApiError as exc:
+                if exc.type_missing and child["kind"] in OPTIONAL_KINDS:
+                    # Monitoring is an add-on: without prometheus-operator's CRDs the model still serves.
+                    log.warning("%s %s not written: %s is not served here", child["kind"], key[1], child["apiVersion"])
+                    self._unserved.add(child["kind"])
+                    continue
                 if exc.type_missing:
                     raise BadInput(
                         BACKEND_AVAILABLE,

@@ -10,6 +10,7 @@ rollout events are rare and each one carries its own values.
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -21,13 +22,16 @@ MAX_MESSAGE = 1024  # the API server refuses longer event messages
 EventType = Literal["Normal", "Warning"]
 
 
-def event_name(owner: Owner, key: str) -> str:
-    """`<object>.<16 hex>` as the Kubernetes event recorder names them, the hex a digest of uid and `key`."""
+def event_name(owner: Owner, key: str | None) -> str:
+    """`<object>.<16 hex>` as the Kubernetes event recorder names them: a digest of uid and `key`, or (no key: an
+    Event that may be posted again after a restart) the clock."""
+    if key is None:
+        return f"{owner.name}.{time.time_ns():x}"
     digest = hashlib.sha256(f"{owner.uid}\0{key}".encode()).hexdigest()[:16]
     return f"{owner.name}.{digest}"
 
 
-def event_object(owner: Owner, type_: EventType, reason: str, message: str, *, key: str) -> Obj:
+def event_object(owner: Owner, type_: EventType, reason: str, message: str, *, key: str | None) -> Obj:
     now = datetime.now(UTC)
     return {
         "apiVersion": "v1",
@@ -54,8 +58,12 @@ def event_object(owner: Owner, type_: EventType, reason: str, message: str, *, k
     }
 
 
-async def emit(client: KubeClient, owner: Owner, type_: EventType, reason: str, message: str, *, key: str) -> bool:
-    """Post one Event about `owner` for the transition `key`; False when it was posted before (409)."""
+async def emit(
+    client: KubeClient, owner: Owner, type_: EventType, reason: str, message: str, *, key: str | None = None
+) -> bool:
+    """Post one Event about `owner` for the transition `key`; False when it was posted before (409).
+
+    Without a key the name comes from the clock (the Experiment controller's Events: not crash-consistent yet)."""
     try:
         await client.create(event_object(owner, type_, reason, message, key=key))
     except ApiError as exc:

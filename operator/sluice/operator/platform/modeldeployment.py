@@ -15,13 +15,14 @@ children's own or a later one, and only ever moves them forward.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from sluice.api.base import COMMAND_ANNOTATION
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus, VersionRef
 from sluice.engine.platform import Readiness
-from sluice.engine.routing import Routing
+from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms, Routing
 from sluice.operator.config import OperatorConfig
 from sluice.operator.kube import KubeClient, Obj
 from sluice.operator.platform import checks, events
@@ -39,6 +40,8 @@ from sluice.operator.render import Desired, Owner, renderer_for
 from sluice.rollout.actions import Action, DeployVersion, EmitEvent, ScaleDown
 from sluice.rollout.observations import Command
 from sluice.serving.config import STABLE
+
+log = logging.getLogger(__name__)
 
 
 def desired_from(status: ModelDeploymentStatus) -> tuple[Routing, list[VersionRef]]:
@@ -94,8 +97,27 @@ class KubePlatform:
         self.spec, self.renderer, self.generation = spec, renderer_for(spec.backend), generation
         self.kids.prune_needed = True
 
+    def experiment_arms(self) -> ExperimentArms | None:
+        """The arms an Experiment handed to this ModelDeployment (its annotation), while no rollout is in progress.
+
+        An unreadable annotation is ignored (logged): the rollout's routing keeps serving.
+        """
+        text = ((self.body.get("metadata") or {}).get("annotations") or {}).get(ARMS_ANNOTATION)
+        if not text or self.routing.stable is None or self.routing.canary is not None:
+            return None
+        try:
+            return ExperimentArms.from_json(text)
+        except ValueError as exc:
+            log.warning("%s/%s: %s", self.owner.namespace, self.owner.name, exc)
+            return None
+
     def desired(self) -> Desired:
-        return Desired(routing=Routing(**vars(self.routing)), running=tuple(self.running))
+        arms = self.experiment_arms()
+        running = list(self.running)
+        for _, ref, _ in arms.arms if arms is not None else ():
+            if all(r.version != ref.version for r in running):
+                running.append(ref)  # every arm's version keeps a workload while the experiment runs
+        return Desired(routing=Routing(**vars(self.routing)), running=tuple(running), arms=arms)
 
     def children(self) -> list[Obj]:
         """The rendered children, re-rendered only when the spec or the desired state changed (YAML is costly)."""

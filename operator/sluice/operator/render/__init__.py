@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from sluice.api.base import API_VERSION
 from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.engine.routing import Routing
+from sluice.engine.routing import ExperimentArms, Routing
 from sluice.operator.config import OperatorConfig
 
 Object = dict[str, Any]  # a Kubernetes object as JSON
@@ -39,6 +39,7 @@ class Desired:
 
     routing: Routing
     running: tuple[VersionRef, ...]
+    arms: ExperimentArms | None = None  # an Experiment's arms, served instead of the routing while it runs
 
 
 @dataclass(frozen=True)

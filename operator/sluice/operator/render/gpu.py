@@ -37,6 +37,11 @@ def placement(
     return {"requests": requests, "limits": limits}, node_selector, tolerations
 
 
+def serving_image(resources: Resources, config: OperatorConfig) -> str:
+    """The Sluice serving image for a model replica: the GPU build (onnxruntime-gpu) where it asks for GPUs."""
+    return config.router_gpu_image if resources.gpu > 0 else config.router_image
+
+
 def insufficient_gpu(pods: Sequence[dict[str, Any]]) -> str | None:
     """The scheduler's message for the first pod waiting because no node has the GPUs it asks for, else None.
 

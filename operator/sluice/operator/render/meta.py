@@ -21,6 +21,7 @@ NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 DEPLOYMENT_LABEL = "sluice.dev/model-deployment"
+COMPONENT_LABEL = "app.kubernetes.io/component"  # router, tritonserver, serve-metrics: what a Service fronts
 VERSION_LABEL = "sluice.dev/model-version"
 APP_NAME = "sluice-model"
 MANAGER = "sluice-operator"

@@ -19,11 +19,13 @@ import yaml
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.engine.routing import serving_config
+from sluice.engine.routing import desired_config
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
-from sluice.operator.render.gpu import insufficient_gpu, placement
+from sluice.operator.render.admin import mount_admin_token
+from sluice.operator.render.gpu import insufficient_gpu, placement, serving_image
 from sluice.operator.render.meta import DEPLOYMENT_LABEL, child_meta, label_value, labels, ray_service_name
+from sluice.operator.render.monitoring import ray_monitors
 from sluice.serving.config import ServingConfig, VariantConfig
 from sluice.serving.ray.spec import INGRESS_NAME, deployment_name, serve_application
 
@@ -62,6 +64,7 @@ class RayRenderer:
     def children(
         self, owner: Owner, spec: ModelDeploymentSpec, desired: Desired, config: OperatorConfig
     ) -> list[Object]:
+        head = {DEPLOYMENT_LABEL: label_value(owner.name), RAY_NODE_TYPE_LABEL: "head"}
         return [
             {
                 "apiVersion": API_VERSION,
@@ -71,7 +74,8 @@ class RayRenderer:
                     "serveConfigV2": serve_config_yaml(spec, desired),
                     "rayClusterConfig": cluster_config(owner, spec, config),
                 },
-            }
+            },
+            *ray_monitors(owner, config, head, SERVE_PORT),
         ]
 
     def ready(
@@ -107,7 +111,7 @@ class RayRenderer:
 
 def serve_config_yaml(spec: ModelDeploymentSpec, desired: Desired) -> str:
     """serveConfigV2: a YAML string (KubeRay's field type), keys sorted so equal inputs give equal text."""
-    config = with_kept_versions(serving_config(spec, desired.routing), desired.running)
+    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms), desired.running)
     args: dict[str, Any] = {}
     if spec.scaling.autoscaling is None:
         args["model_replicas"] = spec.scaling.replicas
@@ -139,7 +143,7 @@ def cluster_config(owner: Owner, spec: ModelDeploymentSpec, config: OperatorConf
         replicas = minimum
     worker_pod: dict[str, Any] = {
         **_pod_security(),
-        "containers": [_container("ray-worker", config.router_image, resources, ports=[])],
+        "containers": [_container("ray-worker", serving_image(spec.resources, config), resources, ports=[])],
     }
     if node_selector:
         worker_pod["nodeSelector"] = node_selector
@@ -174,6 +178,10 @@ def cluster_config(owner: Owner, spec: ModelDeploymentSpec, config: OperatorConf
             }
         ],
     }
+    # The ingress replica (the router) may be placed on the head or a worker: both read the same token.
+    head_pod = out["headGroupSpec"]["template"]["spec"]
+    mount_admin_token(owner, head_pod, head_pod["containers"][0])
+    mount_admin_token(owner, worker_pod, worker_pod["containers"][0])
     if a is not None:
         out["enableInTreeAutoscaling"] = True
     return out

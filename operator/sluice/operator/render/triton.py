@@ -21,11 +21,13 @@ from typing import Any
 
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import VersionRef
-from sluice.engine.routing import serving_config
+from sluice.engine.routing import desired_config
 from sluice.operator.config import OperatorConfig
 from sluice.operator.render import Desired, Key, Object, Owner, Ready
+from sluice.operator.render.admin import mount_admin_token
 from sluice.operator.render.gpu import insufficient_gpu, placement
 from sluice.operator.render.meta import (
+    COMPONENT_LABEL,
     DEPLOYMENT_LABEL,
     VERSION_LABEL,
     child_meta,
@@ -35,23 +37,19 @@ from sluice.operator.render.meta import (
     selector,
     version_workload_name,
 )
+from sluice.operator.render.monitoring import triton_monitors
 from sluice.operator.render.ray import with_kept_versions
 from sluice.serving.config import ServingConfig
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 ROUTER_PORT = 8000
+ROUTER_GRPC_PORT = 8001  # the router's KServe v2 gRPC API (Triton's HTTP/gRPC pair)
 # sluice.serving.triton.repository.Flavour.ONNXRUNTIME (platform onnxruntime_onnx, what a real Triton image serves);
 # spelt out because that module imports tritonclient, which the operator may not (tests check the two agree).
 FLAVOUR = "onnxruntime"
 MODEL_REPOSITORY = "/models"
 CONFIG_DIR = "/etc/sluice"
-# The admin API's bearer token: the Secret `<router>-admin` (key `token`) when the platform team creates it; without
-# it the router writes a random token into its own pod (reachable only by `kubectl exec`), so the admin API is
-# never open. The mount is optional so a router starts before (or without) the Secret.
-ADMIN_DIR = "/var/run/sluice/admin"
-ADMIN_TOKEN_FILE_ENV = "SLUICE_ADMIN_TOKEN_FILE"
 CONFIG_KEY = "config.json"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 TRITON_COMPONENT, ROUTER_COMPONENT = "tritonserver", "router"
 RUN_AS = 10001  # the sluice user of serving/Dockerfile (router and init container)
 TRITON_RUN_AS = 1000  # triton-server, the non-root user of NVIDIA's tritonserver images
@@ -82,7 +80,7 @@ class TritonRenderer:
             out += [version_deployment(owner, spec, ref, config), version_service(owner, ref.version)]
         if router:
             out += [router_deployment(owner, config), router_service(owner)]
-        return out
+        return out + triton_monitors(owner, config, ROUTER_COMPONENT, TRITON_COMPONENT)
 
     def ready(
         self,
@@ -241,7 +239,7 @@ def grpc_endpoint(owner: Owner, version: str) -> str:
 
 def router_serving_config(owner: Owner, spec: ModelDeploymentSpec, desired: Desired) -> ServingConfig:
     """The router's config: roles and weights from `desired`, each variant pointing at its version's Service."""
-    config = with_kept_versions(serving_config(spec, desired.routing), desired.running)
+    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms), desired.running)
     variants = tuple(v.model_copy(update={"endpoint": grpc_endpoint(owner, v.version)}) for v in config.variants)
     return ServingConfig.model_validate({**config.model_dump(), "variants": [v.model_dump() for v in variants]})
 
@@ -304,15 +302,13 @@ def router_args(owner: Owner) -> list[str]:
         "0.0.0.0",
         "--port",
         str(ROUTER_PORT),
+        "--grpc-port",
+        str(ROUTER_GRPC_PORT),
         "--config",
         f"{CONFIG_DIR}/{CONFIG_KEY}",
         "--watch-configmap",
         f"{owner.namespace}/{router_name(owner)}",
     ]
-
-
-def admin_secret_name(owner: Owner) -> str:
-    return f"{router_name(owner)}-admin"
 
 
 def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
@@ -326,7 +322,10 @@ def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
                 **_container("router", config.router_image, ROUTER_RESOURCES),
                 "command": ["python", "-m", "sluice.serving.host_standalone"],
                 "args": router_args(owner),
-                "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+                "ports": [
+                    {"name": "http", "containerPort": ROUTER_PORT},
+                    {"name": "grpc", "containerPort": ROUTER_GRPC_PORT},
+                ],
                 # Live, not /v2/health/ready: the latter fails while any variant with traffic is down, and a
                 # failing canary must not take the router (and stable's traffic) out of its Service.
                 "readinessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 5},
@@ -335,18 +334,12 @@ def router_deployment(owner: Owner, config: OperatorConfig) -> Object:
                     "initialDelaySeconds": 5,
                     "periodSeconds": 10,
                 },
-                "env": [{"name": ADMIN_TOKEN_FILE_ENV, "value": f"{ADMIN_DIR}/token"}],
-                "volumeMounts": [
-                    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                    {"name": "admin-token", "mountPath": ADMIN_DIR, "readOnly": True},
-                ],
+                "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
             }
         ],
-        "volumes": [
-            {"name": "config", "configMap": {"name": name}},
-            {"name": "admin-token", "secret": {"secretName": admin_secret_name(owner), "optional": True}},
-        ],
+        "volumes": [{"name": "config", "configMap": {"name": name}}],
     }
+    mount_admin_token(owner, pod, pod["containers"][0])
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -367,7 +360,10 @@ def router_service(owner: Owner) -> Object:
         "spec": {
             "type": "ClusterIP",
             "selector": router_selector(owner),
-            "ports": [{"name": "http", "port": ROUTER_PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": ROUTER_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": ROUTER_GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
         },
     }
 

@@ -54,8 +54,11 @@ def start_data_plane(
     *,
     ready_timeout_s: float = 120.0,
     ray_args: dict[str, Any] | None = None,
+    grpc_port: int | None = None,
 ) -> RunningPlane:
-    """Start serving `config`; returns once every variant answers ready (or raises LaunchError and cleans up)."""
+    """Start serving `config`; returns once every variant answers ready (or raises LaunchError and cleans up).
+
+    `grpc_port` (onnx and triton; 0 picks a free one) also serves the v2 gRPC API there: see `plane.grpc_port`."""
     if backend == "ray":
         from sluice.serving.launch.ray_plane import start_ray_plane
 
@@ -65,9 +68,9 @@ def start_data_plane(
     if backend == "onnx":
         from sluice.serving.launch.onnx_plane import start_onnx_plane
 
-        return start_onnx_plane(config, base_dir, host, port, ready_timeout_s)
+        return start_onnx_plane(config, base_dir, host, port, ready_timeout_s, grpc_port=grpc_port)
     if backend == "triton":
         from sluice.serving.launch.triton_plane import start_triton_plane
 
-        return start_triton_plane(config, base_dir, host, port, ready_timeout_s)
+        return start_triton_plane(config, base_dir, host, port, ready_timeout_s, grpc_port=grpc_port)
     raise LaunchError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -19,13 +19,21 @@ log = logging.getLogger(__name__)
 
 
 class RouterThread:
-    """`HttpServer` serving `build_app(router)` on a background thread with its own event loop."""
+    """`HttpServer` serving `build_app(router)` (and a `GrpcServer` when given a gRPC port) on a background thread
+    with its own event loop."""
 
-    def __init__(self, router: Any, host: str, port: int, admin: AdminAuth | None = None) -> None:
+    def __init__(
+        self, router: Any, host: str, port: int, admin: AdminAuth | None = None, grpc_port: int | None = None
+    ) -> None:
         from sluice.serving.httpserver import HttpServer
 
         self.router = router
         self.server = HttpServer.for_router(router, host, port, admin=admin)
+        self.grpc: Any = None
+        if grpc_port is not None:
+            from sluice.serving.grpcserver import GrpcServer
+
+            self.grpc = GrpcServer(self.server.app.plane, host, grpc_port)
         self.host = host
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -45,10 +53,14 @@ class RouterThread:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         await self.server.start()
-        self._started.set()
         try:
+            if self.grpc is not None:
+                await self.grpc.start()
+            self._started.set()
             await self._stop.wait()
         finally:
+            if self.grpc is not None:
+                await self.grpc.shutdown()
             await self.server.shutdown()
 
     def start(self, timeout_s: float) -> int:
@@ -81,6 +93,7 @@ class RouterPlane:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     # ServingConfig -> ServingConfig run before the router sees an update (Triton: endpoints, reloads)
     prepare: Callable[[ServingConfig], ServingConfig] | None = None
+    grpc_port: int | None = None  # the v2 gRPC API's port when served
     admin_token_file: Path | None = None  # where the admin API's bearer token is (see sluice.serving.admin)
     stopped: bool = False
 
@@ -117,6 +130,7 @@ def serve_router(
     *,
     ready_timeout_s: float,
     cleanups: list[Callable[[], None]],
+    grpc_port: int | None = None,
 ) -> RouterPlane:
     """A `Router` over `factory`'s backends, served here; returns once the model answers ready."""
     from sluice.serving import admin
@@ -126,7 +140,7 @@ def serve_router(
     auth = admin.for_process("serve")  # the configured token, else a generated one in a 0600 file
     cleanups = [lambda: admin.remove_token_file(auth), *cleanups]
     try:
-        server = RouterThread(router, host, port, auth)
+        server = RouterThread(router, host, port, auth, grpc_port)
     except ValueError as exc:  # a bad $SLUICE_HTTP_* limit: undo what was started (tritonserver, the token file)
         for cleanup in reversed(cleanups):
             cleanup()
@@ -134,6 +148,7 @@ def serve_router(
     plane = RouterPlane(server, host, 0, cleanups, admin_token_file=auth.token_file)
     try:
         plane.port = server.start(ready_timeout_s)
+        plane.grpc_port = server.grpc.port if server.grpc is not None else None
         wait_ready(plane.url, config, ready_timeout_s)
     except BaseException:
         plane.stop()

@@ -11,7 +11,7 @@ from sluice.serving.launch.router_thread import RouterPlane, serve_router
 
 
 def start_triton_plane(
-    config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float
+    config: ServingConfig, base_dir: Path, host: str, port: int, ready_timeout_s: float, *, grpc_port: int | None = None
 ) -> RouterPlane:
     try:
         from sluice.serving.backends import make_variant_backend
@@ -45,6 +45,8 @@ def start_triton_plane(
     def factory(v: VariantConfig, c: ServingConfig) -> Any:
         return make_variant_backend("triton", v, c)
 
-    plane = serve_router(served, factory, host, port, ready_timeout_s=ready_timeout_s, cleanups=[triton.stop])
+    plane = serve_router(
+        served, factory, host, port, ready_timeout_s=ready_timeout_s, cleanups=[triton.stop], grpc_port=grpc_port
+    )
     plane.prepare = prepare
     return plane

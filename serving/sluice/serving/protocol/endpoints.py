@@ -10,17 +10,34 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 
-from sluice.serving.errors import InvalidInput, ModelNotFound, PayloadTooLarge, ServingError, clip
+from sluice.serving.errors import (
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServingError,
+    UnsupportedMediaType,
+    clip,
+)
 from sluice.serving.outcomes import parse_outcomes
 from sluice.serving.protocol.limits import check_request_size
-from sluice.serving.protocol.v2_codec import decode_infer_request, encode_infer_response
+from sluice.serving.protocol.v2_codec import (
+    BINARY_TYPE,
+    HEADER_LENGTH,
+    JSON_OUTPUTS,
+    OutputEncoding,
+    decode_infer_request,
+    encode_binary_response,
+    encode_infer_response,
+    output_encoding,
+    split_body,
+)
 from sluice.serving.router import Routed, Router
 from sluice.serving.tensors import V2_TO_NUMPY, InferRequest, ModelMetadata, Tensor
 
@@ -36,17 +53,31 @@ REQUEST_ID_HEADER = "x-sluice-request-id"
 _ID_PREFIX = os.urandom(6).hex()  # per process: ids of different replicas and restarts never collide
 _ID_COUNTER = itertools.count(1)
 UNROUTED = ""  # variant/version label of requests rejected before a variant was chosen
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """An answer for the transport: status, JSON body and extra headers."""
+    """An answer for the transport: status, JSON body and extra headers.
+
+    `payload` set: the body is these bytes (a binary-extension answer: JSON header then tensors, with
+    `Inference-Header-Content-Length` in `headers`), sent as `content_type`, and `body` is only its JSON header.
+    """
 
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    payload: bytes | None = None
+
+    @property
+    def content_type(self) -> str:
+        return BINARY_TYPE if self.payload is not None else "application/json"
+
+    def content(self) -> bytes:
+        """The bytes of the body as sent."""
+        return self.payload if self.payload is not None else dumps(self.body)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -78,6 +109,13 @@ def metadata_body(meta: ModelMetadata, name: str, versions: list[str]) -> dict[s
     }
 
 
+def _error_reply(exc: ServingError) -> Reply:
+    reply = Reply(exc.status_code, exc.to_json())
+    if exc.variant is not None and exc.version is not None:
+        reply.headers.update({VARIANT_HEADER: exc.variant, VERSION_HEADER: exc.version})
+    return reply
+
+
 class ProtocolEndpoints:
     """Endpoint semantics over one Router (one model per router)."""
 
@@ -106,17 +144,20 @@ class ProtocolEndpoints:
         return {"ready": await self.router.ready()}
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
 
     async def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         self._check_model(name)
         _, meta = await self.router.metadata(version)
-        versions = [version] if version else sorted({v.version for v in self.router.config.variants})
-        return metadata_body(meta, name, versions)
+        return metadata_body(meta, name, self.versions(version))
 
     async def model_ready(self, name: str, version: str | None = None) -> dict[str, Any]:
         self._check_model(name)
         return {"name": name, "ready": await self.router.ready(version)}
+
+    def versions(self, version: str | None = None) -> list[str]:
+        """The versions a metadata answer lists: the one asked for, else every served one."""
+        return [version] if version else sorted({v.version for v in self.router.config.variants})
 
     async def infer(
         self, name: str, version: str | None, raw: bytes, headers: Mapping[str, str], started: float | None = None
@@ -128,6 +169,52 @@ class ProtocolEndpoints:
         """Plain JSON for humans: {"instances": [[...], ...]} -> {"predictions": [...]}."""
         return await self._serve(name, None, raw, headers, started, plain=True)
 
+    async def handle(
+        self,
+        name: str,
+        version: str | None,
+        headers: Mapping[str, str],
+        started: float | None,
+        *,
+        decode: Callable[[], Awaitable[InferRequest]],
+        encode: Callable[[Routed, InferRequest, str | None], T],
+        fail: Callable[[ServingError], T],
+    ) -> T:
+        """The one infer path of every transport (REST, gRPC): decode, route (sticky key and override from
+        `headers`, lower-cased names), record the arm for outcomes, encode (with the request id to report outcomes
+        against, when outcomes are on); a ServingError becomes `fail(exc)`, a bug `fail` of a 500. Counts the
+        request whatever happens, against the variant that served or failed it, with its HTTP status."""
+        t0 = started if started is not None else time.perf_counter()
+        cfg = self.router.config
+        variant, model_version = UNROUTED, UNROUTED
+        status = 200
+        try:
+            self._check_model(name)
+            request = await decode()
+            sticky = headers.get(cfg.sticky_header.lower()) if cfg.sticky_header else None
+            routed = await self.router.infer(
+                request, sticky_key=sticky, override=self._override(headers), version=version
+            )
+            variant, model_version = routed.variant, routed.version
+            request_id = None
+            if self.router.outcomes.enabled:
+                request_id = request.id or f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+                if routed.enrolled:
+                    self.router.outcomes.record(request_id, sticky, variant, model_version)
+            result = encode(routed, request, request_id)
+        except ServingError as exc:
+            status = exc.status_code
+            if exc.variant is not None and exc.version is not None:
+                variant, model_version = exc.variant, exc.version
+            result = fail(exc)
+        except Exception:
+            # A bug, not the client's fault: still answered and counted (every 5xx shows in the metrics).
+            log.exception("unhandled error serving %s", clip(name))
+            status = 500
+            result = fail(ServingError("internal error"))
+        self.router.metrics.request(model_version, variant, status, time.perf_counter() - t0)
+        return result
+
     async def _serve(
         self,
         name: str,
@@ -138,37 +225,29 @@ class ProtocolEndpoints:
         *,
         plain: bool,
     ) -> Reply:
-        t0 = started if started is not None else time.perf_counter()
-        cfg = self.router.config
-        variant, model_version = UNROUTED, UNROUTED
-        try:
-            self._check_model(name)
-            body = parse_json(raw)
-            if not plain:
-                check_request_size(body, cfg.max_request_rows, cfg.max_request_elements)
-            request = await self._plain_request(body) if plain else decode_infer_request(body, raw)
-            sticky = headers.get(cfg.sticky_header.lower()) if cfg.sticky_header else None
-            routed = await self.router.infer(
-                request, sticky_key=sticky, override=self._override(headers), version=version
-            )
-            variant, model_version = routed.variant, routed.version
-            reply = self._plain_reply(routed) if plain else self._v2_reply(routed, request)
-            if self.router.outcomes.enabled:
-                rid = request.id or f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
-                if routed.enrolled:
-                    self.router.outcomes.record(rid, sticky, variant, model_version)
-                reply.headers[REQUEST_ID_HEADER] = rid
-        except ServingError as exc:
-            reply = Reply(exc.status_code, exc.to_json())
-            if exc.variant is not None and exc.version is not None:
-                variant, model_version = exc.variant, exc.version
-                reply.headers.update({VARIANT_HEADER: variant, VERSION_HEADER: model_version})
-        except Exception:
-            # A bug, not the client's fault: still answered and counted (every 5xx shows in the metrics).
-            log.exception("unhandled error serving %s", clip(name))
-            reply = Reply(500, {"error": "internal error"})
-        self.router.metrics.request(model_version, variant, reply.status, time.perf_counter() - t0)
-        return reply
+        encoding = JSON_OUTPUTS
+
+        async def decode() -> InferRequest:
+            nonlocal encoding
+            if plain:
+                if HEADER_LENGTH in headers:
+                    raise UnsupportedMediaType("the binary tensor data extension is for /v2/models/NAME/infer")
+                return await self._plain_request(parse_json(raw))
+            header, binary = split_body(raw, headers.get(HEADER_LENGTH))
+            body = parse_json(header)
+            cfg = self.router.config
+            check_request_size(body, cfg.max_request_rows, cfg.max_request_elements)
+            request = decode_infer_request(body, raw if binary is None else None, binary)
+            encoding = output_encoding(body)
+            return request
+
+        def encode(routed: Routed, request: InferRequest, request_id: str | None) -> Reply:
+            reply = self._plain_reply(routed) if plain else self._v2_reply(routed, request, encoding)
+            if request_id is not None:
+                reply.headers[REQUEST_ID_HEADER] = request_id
+            return reply
+
+        return await self.handle(name, version, headers, started, decode=decode, encode=encode, fail=_error_reply)
 
     def outcomes(self, name: str, raw: bytes) -> Reply:
         """Join reported outcomes to the arms that served them: 202 with counts (unknown ids are not an error of
@@ -185,12 +264,17 @@ class ProtocolEndpoints:
     def _headers(routed: Routed) -> dict[str, str]:
         return {VARIANT_HEADER: routed.variant, VERSION_HEADER: routed.version}
 
-    def _v2_reply(self, routed: Routed, request: InferRequest) -> Reply:
+    def _v2_reply(self, routed: Routed, request: InferRequest, encoding: OutputEncoding) -> Reply:
         body = encode_infer_response(routed.response, request.outputs)
         body["model_version"] = routed.version
         if request.id is not None:
             body["id"] = request.id
-        return Reply(200, body, self._headers(routed))
+        headers = self._headers(routed)
+        if not encoding.any:
+            return Reply(200, body, headers)
+        payload, header_length = encode_binary_response(body, encoding, routed.response.outputs)
+        headers[HEADER_LENGTH] = str(header_length)
+        return Reply(200, body, headers, payload)
 
     async def _plain_request(self, body: Any) -> InferRequest:
         """Instances become the model's single input, cast to its datatype."""

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from sluice.serving.config import ServingConfig
-from sluice.serving.triton.prepare import FetchError, fetch
+from sluice.serving.triton.prepare import FetchError, fetch_into
 from sluice.serving.triton.repository import (
     MODEL_FILE,
     Flavour,
@@ -121,7 +121,7 @@ class ManagedTriton:
             number = self.numbers[version.label]
             target = self.repository / config.model_name / str(number) / MODEL_FILE
             if not target.exists():
-                fetch(version.uri, target, sha256=version.sha256, base_dir=self.base_dir)
+                fetch_into(version.uri, target, sha256=version.sha256, base_dir=self.base_dir)
             files[version.label] = target
             versions.append(ModelVersion(version.label, version.uri, version.sha256, number))
         write_model(dataclasses.replace(base, versions=tuple(versions)), self.repository, files)

@@ -33,7 +33,7 @@ class FetchError(RuntimeError):
     """A model file could not be fetched or did not match its checksum."""
 
 
-def fetch(uri: str, dest: Path, *, sha256: str | None = None, base_dir: Path | None = None) -> Path:
+def fetch_into(uri: str, dest: Path, *, sha256: str | None = None, base_dir: Path | None = None) -> Path:
     """Fetch ``uri`` with the shared model runtime's loader, verify ``sha256``, write ``dest`` atomically."""
     from sluice.serving.runtime import ModelLoadError, verify_sha256
     from sluice.serving.runtime import fetch as fetch_bytes
@@ -61,7 +61,7 @@ def prepare(spec: RepositorySpec, repository: Path) -> Path:
     files: dict[str, Path] = {}
     for version in spec.versions:
         target = repository / spec.model_name / str(numbers[version.label]) / MODEL_FILE
-        files[version.label] = fetch(version.uri, target, sha256=version.sha256)
+        files[version.label] = fetch_into(version.uri, target, sha256=version.sha256)
     return write_model(spec, repository, files)
 
 

@@ -15,7 +15,7 @@ reads the config (the Triton backend, through the server's model-config API) map
 `labels_from_config`, so the mapping lives next to the model and cannot drift from it.
 
 Configs are built as the ``ModelConfig`` protobuf message that tritonclient ships and printed with protobuf's text
-format, so every file written here parses with ``text_format.Parse`` (see `parse_config`).
+format, so every file written here parses with ``text_format.Parse`` (see `parse_pbtxt`).
 """
 
 from __future__ import annotations
@@ -259,11 +259,11 @@ def render_config(config: Any) -> str:
     from google.protobuf import text_format
 
     text: str = text_format.MessageToString(config)
-    parse_config(text)
+    parse_pbtxt(text)
     return text
 
 
-def parse_config(text: str) -> Any:
+def parse_pbtxt(text: str) -> Any:
     """Parse ``config.pbtxt`` text into Triton's ``ModelConfig``; a clear `RepositoryError` names the bad line."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as pb
