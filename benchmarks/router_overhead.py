@@ -177,8 +177,8 @@ def alt_router(kind: str, port: int, config_path: str) -> None:
 def _rsgi_infer(app: Any) -> Any:
     """An RSGI app answering infer (and liveness) straight from `ProtocolEndpoints`, as `HttpServer` does."""
     from sluice.serving.app import check_request_headers, header_map, infer_target
+    from sluice.serving.endpoints import dumps
     from sluice.serving.errors import ServingError
-    from sluice.serving.protocol.endpoints import dumps
 
     plane = app.plane
 

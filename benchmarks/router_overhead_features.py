@@ -116,7 +116,7 @@ def _stats(lat: list[float]) -> dict[str, float]:
 
 async def _in_process(path: Path, rounds: int, per_block: int) -> list[dict[str, Any]]:
     from sluice.serving.config import ServingConfig
-    from sluice.serving.protocol.endpoints import ProtocolEndpoints
+    from sluice.serving.endpoints import ProtocolEndpoints
     from sluice.serving.router import Router
     from sluice.serving.scores import score_outputs
     from sluice.serving.tensors import InferRequest, Tensor

@@ -26,13 +26,20 @@ TOP_LEVEL = ("manifests/", "helm/", "crds/", "benchmarks/", "scripts/", "operato
 
 
 def _commands(page: Path) -> list[str]:
-    """Command lines of the page's ```bash blocks: continuations joined, comments dropped."""
+    """Commands of the page's ```bash blocks: continuations and quotes spanning lines joined, comments dropped."""
     out: list[str] = []
     for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+        pending = ""
         for raw in block.replace("\\\n", " ").splitlines():
-            line = raw.split(" #", 1)[0].strip()
-            if line and not line.startswith("#"):
-                out.append(line)
+            pending = f"{pending}\n{raw}" if pending else raw
+            try:
+                words = shlex.split(pending, comments=True)
+            except ValueError:  # a quote still open: the command goes on on the next line
+                continue
+            if words:
+                out.append(shlex.join(words))
+            pending = ""
+        assert not pending, f"{page}: unterminated quote in a bash block: {pending!r}"
     return out
 
 

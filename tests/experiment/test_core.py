@@ -7,7 +7,7 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 from tests.experiment.helpers import T0, conversions, look, make_spec, started
 
-from sluice.api.experiment import ExperimentPhase, ExperimentStatus
+from sluice.api.experiment import ExperimentPhase, ExperimentSpec, ExperimentStatus
 from sluice.experiment.actions import DeployArms, EmitEvent, EndArms, PromoteVariant, SetWeights
 from sluice.experiment.core import largest_remainder, step, thompson_weights
 from sluice.experiment.observations import ArmObservation, ExperimentCommand, Observations
@@ -210,6 +210,39 @@ def test_stop_command() -> None:
     assert EndArms() in actions
 
 
+def test_conclude_ends_with_the_leader_and_carries_out_the_end_policy() -> None:
+    spec = make_spec(endPolicy="promoteWinner", minimumSamples=10**6)  # far from a statistical verdict
+    status = started(spec)
+    obs = conversions(control=(200, 20), treatment=(200, 30))
+    status, actions = look(spec, status, Observations(uid="uid-1", arms=obs.arms, command=ExperimentCommand.CONCLUDE))
+    assert status.phase is ExperimentPhase.CONCLUDED
+    assert status.winner == "treatment"
+    assert status.verdict is not None
+    assert status.verdict.startswith("concluded by hand before a statistical verdict")
+    assert "leader treatment" in status.verdict
+    assert any(isinstance(a, PromoteVariant) and a.name == "treatment" for a in actions)
+    assert EndArms() in actions
+    assert next(c for c in status.conditions if c.type == "Concluded").reason == "ConcludedByHand"
+    # once terminal, the command (still on the object) changes nothing
+    assert look(spec, status, Observations(command=ExperimentCommand.CONCLUDE), minutes=2) == (status, [])
+
+
+def test_conclude_without_outcomes_has_no_winner_and_keeps_control() -> None:
+    spec = make_spec(endPolicy="promoteWinner")
+    status, actions = look(spec, started(spec), Observations(command=ExperimentCommand.CONCLUDE))
+    assert (status.phase, status.winner) == (ExperimentPhase.CONCLUDED, None)
+    assert status.verdict == "concluded by hand: no leader yet (no outcomes), no statistical verdict"
+    assert not any(isinstance(a, PromoteVariant) for a in actions)
+    assert [v.weight for v in status.variants] == [100, 0]
+
+
+def test_command_annotation_values() -> None:
+    assert ExperimentCommand.parse("conclude:1700000000") is ExperimentCommand.CONCLUDE
+    assert ExperimentCommand.parse("stop") is ExperimentCommand.STOP
+    assert ExperimentCommand.parse("promote:1") is None
+    assert ExperimentCommand.parse("") is None
+
+
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [
@@ -244,3 +277,77 @@ def test_weight_helpers() -> None:
     assert largest_remainder({"a": 1, "b": 1, "c": 1}) == {"a": 34, "b": 33, "c": 33}
     assert largest_remainder({"a": 0, "b": 0}) == {"a": 50, "b": 50}
     assert thompson_weights({"a": 1.0, "b": 0.0, "c": 0.0}, 5) == {"a": 90, "b": 5, "c": 5}
+
+
+def test_arm_health_fails_at_once_when_told_else_after_the_deadline() -> None:
+    from sluice.engine.experiment import ArmHealth
+
+    health = ArmHealth(deadline_s=10.0)
+    assert health.judge("a", False, "loading", False, now=0.0) is None
+    assert health.judge("a", False, "loading", False, now=9.0) is None
+    late = health.judge("a", False, "loading", False, now=10.0)
+    assert late is not None
+    assert "loading" in late
+    assert "10s" in late
+    assert health.judge("a", True, "", False, now=11.0) is None
+    assert health.judge("a", False, "again", False, now=12.0) is None  # the clock starts over once it was ready
+    assert health.judge("b", False, "DEPLOY_FAILED: bad model", True, now=0.0) == "DEPLOY_FAILED: bad model"
+
+
+def _with_variants(spec: ExperimentSpec, **changes: dict[str, object]) -> ExperimentSpec:
+    body = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for v in body["variants"]:
+        v.update(changes.get(v["name"], {}))
+    return ExperimentSpec.model_validate(body)
+
+
+def test_weights_of_a_running_experiment_change_at_the_next_look() -> None:
+    spec = make_spec(arms=3, minimumSamples=10**6)
+    status = started(spec)
+    status, actions = look(spec, status, conversions(control=(10, 1), treatment=(10, 1), third=(10, 1)))
+    assert not any(isinstance(a, SetWeights) for a in actions)  # unchanged spec: nothing to do
+    edited = _with_variants(spec, control={"weight": 60}, treatment={"weight": 20}, third={"weight": 20})
+    status, actions = look(edited, status, conversions(control=(10, 1), treatment=(10, 1), third=(10, 1)), minutes=2)
+    assert SetWeights((("control", 60), ("treatment", 20), ("third", 20))) in actions
+    assert [v.weight for v in status.variants] == [60, 20, 20]
+    # a stopped arm keeps 0: the edited weights are shared among the running arms
+    obs = Observations(uid="uid-1", arms={"treatment": ArmObservation(failed="cannot load")})
+    status, _ = look(edited, status, obs, minutes=3)
+    assert [v.weight for v in status.variants] == [75, 0, 25]
+    again = _with_variants(edited, control={"weight": 10}, treatment={"weight": 80}, third={"weight": 10})
+    status, actions = look(again, status, conversions(control=(10, 1), third=(10, 1)), minutes=4)
+    assert [v.weight for v in status.variants] == [50, 0, 50]  # the stopped arm's 80 goes to nobody
+
+
+def test_a_changed_variant_set_is_refused_and_the_experiment_holds() -> None:
+    spec = make_spec(minimumSamples=100)
+    status = started(spec)
+    assert [(v.name, v.version) for v in status.variants] == [("control", "v1"), ("treatment", "v2")]
+    swapped = _with_variants(spec, treatment={"model": {"name": "iris", "uri": "file:models/x.onnx", "version": "v9"}})
+    decisive = conversions(control=(5000, 500), treatment=(5000, 900))
+    status, actions = look(swapped, status, decisive)
+    assert status.phase is ExperimentPhase.RUNNING  # no verdict, no weights, no promotion of an untested model
+    assert [a.reason for a in actions if isinstance(a, EmitEvent)] == ["VariantsChangeRefused"]
+    assert not any(isinstance(a, SetWeights | PromoteVariant) for a in actions)
+    accepted = next(c for c in status.conditions if c.type == "SpecAccepted")
+    assert (accepted.status, accepted.reason) == ("False", "VariantsChanged")
+    assert "control v1, treatment v2" in accepted.message
+    status, actions = look(swapped, status, decisive, minutes=2)
+    assert actions == []  # the Event once, not every look
+    renamed = make_spec(variants=[*spec.model_dump(by_alias=True)["variants"][:1], {
+        "name": "other", "weight": 50, "model": {"name": "iris", "uri": "file:m.onnx", "version": "v2"}}])  # fmt: skip
+    status, _ = look(renamed, status, decisive, minutes=3)
+    assert status.phase is ExperimentPhase.RUNNING
+    status, actions = look(spec, status, decisive, minutes=4)  # put back: the look decides again
+    assert next(c for c in status.conditions if c.type == "SpecAccepted").status == "True"
+    assert (status.phase, status.winner) == (ExperimentPhase.CONCLUDED, "treatment")
+
+
+def test_stop_still_ends_a_held_experiment() -> None:
+    spec = make_spec()
+    status = started(spec)
+    swapped = _with_variants(spec, treatment={"model": {"name": "iris", "uri": "file:m.onnx", "version": "v9"}})
+    status, actions = look(swapped, status, Observations(command=ExperimentCommand.STOP))
+    assert status.phase is ExperimentPhase.STOPPED
+    assert EndArms() in actions
+    assert [v.weight for v in status.variants] == [100, 0]

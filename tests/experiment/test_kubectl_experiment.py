@@ -1,4 +1,4 @@
-"""`kubectl sluice experiment status|stop` as the real console script against the API emulator."""
+"""`kubectl sluice experiment status|conclude|stop` as the real console script against the API emulator."""
 
 from __future__ import annotations
 
@@ -63,6 +63,11 @@ def test_experiment_status_and_stop(kube_emulator: EmulatorThread, kubeconfig: P
         assert result.returncode == 0, result.stderr
         annotations = http.get(f"{EXPS}/kubectl-ab").json()["metadata"]["annotations"]
         assert annotations["sluice.dev/command"].startswith("stop:")
+        result = plugin(kubeconfig, "experiment", "conclude", "kubectl-ab")
+        assert result.returncode == 0, result.stderr
+        assert "conclude requested" in result.stdout
+        annotations = http.get(f"{EXPS}/kubectl-ab").json()["metadata"]["annotations"]
+        assert annotations["sluice.dev/command"].startswith("conclude:")
         missing = plugin(kubeconfig, "experiment", "status", "nope")
         assert missing.returncode == 1
         assert 'experiment "nope" not found' in missing.stderr

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from tests.support import wait_for
 from tests.support.emulator import EmulatorThread
-from tests.support.operator_process import EXAMPLES, Cluster, example, running_operator
+from tests.support.operator_process import EXAMPLES, MERGE, Cluster, example, running_operator
 from tests.support.simulator import simulating
 
 from sluice.api.experiment import MetricKind
@@ -111,7 +111,7 @@ def test_arms_are_served_decided_by_outcomes_and_the_winner_promoted(
         assert status["phase"] == "Concluded", status
         assert status["winner"] == "treatment"
         assert status["variants"][1]["samples"] >= 100
-        assert load.traffic.failed == 0
+        assert load.traffic.tally.failed == 0, load.traffic.tally.summary()
         # promoteWinner: the target's spec.model is the winner's, the arms are gone, the target rolls it out
         wait_for("the arms to go", lambda: ARMS_ANNOTATION not in ((cluster.md("fraud") or {})["metadata"].get(
             "annotations") or {}), 20)  # fmt: skip
@@ -181,5 +181,82 @@ def test_an_experiment_waits_for_its_target_then_starts(
         assert experiment_status(cluster, "fraud-ab")["phase"] == "Pending"
         cluster.apply_md(example("01-canary-good.yaml")[0])
         wait_for("the arms once the target is stable", lambda: set(served(sim)) == {"control", "treatment"}, 40)
+        assert experiment_status(cluster, "fraud-ab")["phase"] == "Running"
+        assert "Traceback" not in operator.log
+
+
+def test_an_arm_whose_model_cannot_load_is_stopped_naming_its_variant_and_the_others_run_on(
+    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+) -> None:
+    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    broken = "file:models/fraud-v2-bad.onnx"  # Serve reports its deployment DEPLOY_FAILED (the simulated KubeRay)
+    doc = experiment_doc(endPolicy="manual", minimumSamples=10**6)
+    doc["spec"]["variants"] = [
+        {**doc["spec"]["variants"][0], "weight": 40},
+        {"name": "treatment", "weight": 30, "model": {"name": "fraud", "uri": broken, "version": "v2"}},
+        {
+            "name": "third",
+            "weight": 30,
+            "model": {"name": "fraud", "uri": "file:models/fraud-v2.onnx", "version": "v3"},
+        },
+    ]
+    with (
+        running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
+        simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
+    ):
+        sim.unloadable.add(broken)
+        cluster.apply_md(example("01-canary-good.yaml")[0])
+        wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable")
+        create_experiment(cluster, doc)
+        wait_for("the broken arm stopped", lambda: served(sim).get("treatment") == 0, 40)
+        weights = served(sim)
+        assert weights["control"] + weights["third"] == 100, weights
+        assert weights["third"] > 0, weights
+        status = experiment_status(cluster, "fraud-ab")
+        assert status["phase"] == "Running", status
+        health = next(c for c in status["conditions"] if c["type"] == "ArmsHealthy")
+        assert health["status"] == "False"
+        assert health["reason"] == "ArmStopped"
+        assert "spec.variants[1] (treatment)" in health["message"]
+        assert "cannot load model" in health["message"]
+        stopped = {v["name"]: v.get("stopped", False) for v in status["variants"]}
+        assert stopped == {"control": False, "treatment": True, "third": False}
+        assert "ArmStopped" in [e["reason"] for e in cluster.items(f"/api/v1/namespaces/{cluster.ns}/events")]
+        assert "Traceback" not in operator.log
+
+
+def test_weights_change_live_and_a_new_variant_set_is_refused(
+    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+) -> None:
+    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    doc = experiment_doc(endPolicy="manual", minimumSamples=10**6)
+    path = f"{EXP_PATH.format(ns=cluster.ns)}/fraud-ab"
+
+    def patch_variants(change: Any) -> None:
+        variants = copy.deepcopy(doc["spec"]["variants"])
+        change(variants)
+        r = cluster.http.patch(path, json={"spec": {"variants": variants}}, headers=MERGE)
+        assert r.status_code == 200, r.text
+
+    with (
+        running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
+        simulating(kube_emulator.url, cluster.ns, plane=plane) as sim,
+    ):
+        cluster.apply_md(example("01-canary-good.yaml")[0])
+        wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable")
+        create_experiment(cluster, doc)
+        wait_for("the arms", lambda: served(sim) == {"control": 50, "treatment": 50}, 30)
+        patch_variants(lambda vs: (vs[0].update(weight=80), vs[1].update(weight=20)))
+        wait_for("the new weights in the router", lambda: served(sim) == {"control": 80, "treatment": 20}, 30)
+        patch_variants(
+            lambda vs: (vs[0].update(weight=80), vs[1].update(weight=20), vs[1]["model"].update(version="v3"))
+        )
+
+        def refused() -> bool:
+            conditions = experiment_status(cluster, "fraud-ab").get("conditions", [])
+            return any(c["type"] == "SpecAccepted" and c["status"] == "False" for c in conditions)
+
+        wait_for("the refusal", refused, 30)
+        assert served(sim) == {"control": 80, "treatment": 20}  # the running arms are untouched
         assert experiment_status(cluster, "fraud-ab")["phase"] == "Running"
         assert "Traceback" not in operator.log

@@ -274,6 +274,10 @@ INVALID = {
         _with(EXP, "spec.guardrails", [{"name": "g", "type": "promql", "max": 1.0}]),
         "spec.guardrails[0].query",
     ),
+    "primary-query-without-placeholders": (
+        _with(EXP, "spec.primaryMetric", {"name": "converted", "query": "sum(signups_total)"}),
+        "spec.primaryMetric.query",
+    ),
     "query-on-builtin-guardrail": (
         _with(EXP, "spec.guardrails", [{"name": "g", "type": "error-rate", "max": 0.1, "query": "up"}]),
         "spec.guardrails[0].query",
@@ -315,6 +319,10 @@ INVALID = {
     ),
     "ks-on-categorical": (
         _with(DP, "spec.features.0", {"name": "colour", "type": "categorical", "method": "ks"}),
+        "spec.features[0].method",
+    ),
+    "wasserstein-on-categorical": (
+        _with(DP, "spec.features.0", {"name": "colour", "type": "categorical", "method": "wasserstein"}),
         "spec.features[0].method",
     ),
     "no-features": (_with(DP, "spec.features", []), "spec.features"),

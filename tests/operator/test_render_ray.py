@@ -374,6 +374,22 @@ def test_unhealthy_and_missing_status_are_not_ready() -> None:
     assert not failed.ready
 
 
+def test_only_a_deploy_failed_deployment_counts_as_failed() -> None:
+    """An Experiment stops an arm at once on DEPLOY_FAILED; UPDATING and UNHEALTHY may still recover."""
+    message = "replica failed to start: cannot load model"
+    deps = {**HEALTHY, deployment_name("v2.0"): deployment_status("DEPLOY_FAILED", message)}
+    result = ready("v2.0", {"activeServiceStatus": service_status("DEPLOYING", deps)})
+    assert not result.ready
+    assert result.failed
+    assert message in result.reason
+    assert not ready("v1", {"activeServiceStatus": service_status("DEPLOYING", deps)}).failed
+    for state in ("UPDATING", "UNHEALTHY"):
+        deps = {**HEALTHY, deployment_name("v2.0"): deployment_status(state)}
+        result = ready("v2.0", {"activeServiceStatus": service_status("DEPLOYING", deps)})
+        assert not result.ready
+        assert not result.failed
+
+
 def test_pending_cluster_is_not_ready_until_kuberay_moves_traffic() -> None:
     status = {"pendingServiceStatus": service_status("RUNNING", HEALTHY)}
     pending = ready("v1", status)

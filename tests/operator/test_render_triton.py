@@ -351,6 +351,23 @@ def test_ready_needs_the_version_and_the_router_rolled_out() -> None:
     assert "router" in result.reason
 
 
+def test_a_deployment_past_its_progress_deadline_counts_as_failed() -> None:
+    """The Deployment controller's own verdict (Progressing=False, ProgressDeadlineExceeded) stops an arm at once."""
+    spec = SPECS["gpu"]
+    children = render(spec, canary(10))
+    dep, router = deployment(children, "fraud-v1"), deployment(children, "fraud-router")
+    stuck = _status(dep, ready=0)
+    good = {("Deployment", "fraud-v1"): stuck, ("Deployment", "fraud-router"): _status(router)}
+    assert not TritonRenderer().ready(OWNER, spec, "v1", good, []).failed  # not ready yet, not failed
+    stuck["status"]["conditions"] = [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"}
+    ]
+    result = TritonRenderer().ready(OWNER, spec, "v1", good, [])
+    assert not result.ready
+    assert result.failed
+    assert "no ready replica" in result.reason
+
+
 def test_ready_reports_insufficient_gpu_from_the_versions_own_pods() -> None:
     spec = SPECS["gpu"]
     children = render(spec, canary(10))

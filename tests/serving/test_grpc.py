@@ -16,9 +16,9 @@ from tests.serving.helpers import MODEL, FailingBackend, OnnxBackend, config, se
 from tritonclient.utils import InferenceServerException
 
 from sluice.serving.config import ServingConfig
+from sluice.serving.endpoints import ProtocolEndpoints
 from sluice.serving.errors import BackendUnavailable
 from sluice.serving.grpcserver import GrpcServer
-from sluice.serving.protocol.endpoints import ProtocolEndpoints
 from sluice.serving.router import Router
 from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 

@@ -95,6 +95,7 @@ BUILTINS: list[ResourceType] = [
     _rt("v1", "namespaces", "Namespace", namespaced=False, status=True, short=["ns"]),
     _rt("v1", "events", "Event", short=["ev"]),
     _rt("v1", "configmaps", "ConfigMap", short=["cm"]),
+    _rt("v1", "secrets", "Secret"),
     _rt("v1", "services", "Service", status=True, short=["svc"]),
     _rt("v1", "pods", "Pod", status=True, short=["po"]),
     _rt("apps/v1", "deployments", "Deployment", status=True, short=["deploy"]),

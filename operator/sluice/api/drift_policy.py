@@ -17,7 +17,12 @@ class DriftMethod(StrEnum):
     PSI = "psi"  # population stability index on binned values
     KS = "ks"  # two-sample Kolmogorov-Smirnov statistic (numeric)
     JS = "js"  # Jensen-Shannon distance on binned values
-    CHI2 = "chi2"  # chi-squared test on category counts (categorical)
+    CHI2 = "chi2"  # chi-squared test of homogeneity on bin counts; score Cramér's V, with a p-value
+    WASSERSTEIN = "wasserstein"  # earth mover's distance on the binned values over the reference std (numeric)
+
+
+P_VALUE_METHODS = frozenset({DriftMethod.KS, DriftMethod.CHI2})
+NUMERIC_ONLY_METHODS = frozenset({DriftMethod.KS, DriftMethod.WASSERSTEIN})
 
 
 class ReferenceProfile(ApiModel):
@@ -56,10 +61,13 @@ class Feature(ApiModel):
 
     rules = (
         Rule(
-            cel="self.type != 'categorical' || !has(self.method) || self.method != 'ks'",
-            message="ks compares numeric samples; a categorical feature needs psi, js or chi2",
+            cel="self.type != 'categorical' || !has(self.method) || (self.method != 'ks' && "
+            "self.method != 'wasserstein')",
+            message="ks and wasserstein compare numeric values; a categorical feature needs psi, js or chi2",
             field=".method",
-            violation=lambda f: ".method" if f.type == "categorical" and f.method == DriftMethod.KS else None,
+            violation=lambda f: (
+                ".method" if f.type == "categorical" and f.method in (DriftMethod.KS, DriftMethod.WASSERSTEIN) else None
+            ),
         ),
     )
 
@@ -125,6 +133,20 @@ class DriftPolicySpec(ApiModel):
     thresholds: Thresholds = Field(default_factory=Thresholds, description="Warning and critical scores.")
     window: Duration = Field(default="1h", description="How much recent traffic each evaluation looks at.")
     min_samples: int = Field(default=500, ge=1, description="Fewer samples in the window report NoData.")
+    alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Significance for p-value methods (ks, chi2), Holm-corrected over the features: a feature "
+        "is Warning or Drifted only when its score passes the threshold and its adjusted p-value is below alpha.",
+    )
+    drift_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="The policy is Drifted when at least this share of the evaluated features drifted "
+        "(and at least one did); 0 means any one drifted feature.",
+    )
     interval: Duration = Field(default="5m", description="Time between evaluations.")
     action: Action = Field(default_factory=Action, description="What to do on critical drift.")
 
@@ -142,6 +164,9 @@ class FeatureScore(ApiModel):
     name: str = Field(description="Feature name.")
     method: DriftMethod = Field(description="Statistic used.")
     score: float | None = Field(default=None, description="The statistic's value.")
+    p_value: float | None = Field(default=None, description="p-value of ks and chi2, before correction.")
+    adjusted_p_value: float | None = Field(default=None, description="Holm-adjusted p-value over the features.")
+    samples: int = Field(default=0, ge=0, description="Rows of this feature in the window.")
     state: DriftState = Field(description="Ok, Warning, Drifted or NoData.")
 
 
@@ -153,6 +178,15 @@ class DriftPolicyStatus(ApiModel):
     score: float | None = Field(default=None, description="Highest feature score at the last evaluation.")
     last_evaluated: datetime | None = Field(default=None, description="When drift was last computed.")
     last_action: datetime | None = Field(default=None, description="When the action last ran.")
+    last_action_type: str | None = Field(default=None, description="The action last carried out.")
+    last_job: str | None = Field(default=None, description="Name of the last retrain Job created.")
+    message: str = Field(default="", description="The last evaluation in one sentence.")
+    samples: int = Field(default=0, ge=0, description="Rows in the last evaluated window.")
+    window_start: datetime | None = Field(default=None, description="Start of the last evaluated window.")
+    drifted_features: int = Field(default=0, ge=0, description="Features Drifted at the last evaluation.")
+    drifted_share: float | None = Field(
+        default=None, description="Drifted features over evaluated (not NoData) features at the last evaluation."
+    )
     features: list[FeatureScore] = Field(default_factory=list, description="Per-feature scores.")
     conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-convention conditions.")
 

@@ -55,8 +55,24 @@ class OutcomeMetric(ApiModel):
     )
     query: str | None = Field(
         default=None,
-        description="PromQL returning the per-variant value instead of reported outcomes.",
+        description=(
+            "PromQL for outcomes recorded elsewhere, read instead of the router's outcome counters (provider "
+            "prometheus): evaluated per variant and statistic with $variant replaced by the variant's name and "
+            "$stat by count, sum and squares (sum of squared values; mean metrics only); each must return one "
+            "number, cumulative since the experiment started."
+        ),
         max_length=4096,
+    )
+
+    rules = (
+        Rule(
+            cel="!has(self.query) || (self.query.contains('$variant') && self.query.contains('$stat'))",
+            message="query needs $variant and $stat (count, sum, squares) so each arm's outcomes can be read",
+            field=".query",
+            violation=lambda m: (
+                ".query" if m.query is not None and ("$variant" not in m.query or "$stat" not in m.query) else None
+            ),
+        ),
     )
 
 
@@ -173,6 +189,9 @@ class VariantStats(ApiModel):
     """What was observed for one arm."""
 
     name: str = Field(description="Variant name.")
+    version: str | None = Field(
+        default=None, description="Model version this arm serves (spec.variants[i].model.version when it started)."
+    )
     weight: int = Field(default=0, ge=0, le=100, description="Percent of enrolled units this arm gets now.")
     samples: int = Field(default=0, ge=0, description="Outcomes observed (units with a reported primary metric).")
     value: float | None = Field(default=None, description="Conversion rate or mean of the primary metric.")

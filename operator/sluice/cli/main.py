@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("sluice.cli.serve", "serve a ModelDeployment's versions on this machine (no cluster)"),
     "run": ("sluice.cli.run", "serve a ModelDeployment locally and carry out its rollout"),
     "operator": ("sluice.cli.operator", "run the Kubernetes operator"),
+    "profile": ("sluice.cli.profile", "build a reference profile (bin edges, counts, KS sample) from training data"),
+    "drift": ("sluice.cli.drift", "compare a batch of data with a reference profile and say which features drifted"),
 }
 
 

@@ -12,6 +12,12 @@ plane instead: `--load RPS` sends enrolled requests and `--outcomes control=0.10
 arm's outcome (conversion rate, or MEAN:SD for a mean metric). Exit codes: 0 Concluded (a verdict, with or
 without a winner), 1 Stopped (no verdict: maximum duration, guardrails, stopped), 3 Failed or --timeout,
 2 invalid input.
+
+With a DriftPolicy in the files (and its target ModelDeployment), the policy runs against the target's local data
+plane: `--load RPS` sends synthetic rows, `--shift-after 30s` adds `--shift` to every input from then on, and the
+real drift core reports Ok / Warning / Drifted and carries out the action (rollback serves the target's previous
+document; retrain runs `--retrain-command`). It ends when the policy is Drifted and has acted, or at --timeout.
+Exit codes: 0 no drift, 1 drift, 3 the policy could not evaluate (a condition names the field), 2 invalid input.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from sluice.api.base import get_condition, parse_duration
+from sluice.api.drift_policy import DriftPolicy, DriftState
 from sluice.api.experiment import Experiment, ExperimentPhase
 from sluice.api.loading import load_file
 from sluice.api.model_deployment import ModelDeployment
 from sluice.api.status import Phase
 from sluice.cli.serve import load_deployments
 from sluice.engine.routing import Routing, serving_config
+from sluice.local.driftpolicy import drift_config, load_reference, run_drift
 from sluice.local.experiment import parse_outcomes, run_experiment
 from sluice.local.modeldeployment import run_rollout
 from sluice.rollout.core import version_ref
@@ -54,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ARM=RATE,...",
         help="Experiment: simulated outcome per arm, a conversion rate (control=0.10) or MEAN:SD (control=5:1.5)",
     )
+    parser.add_argument(
+        "--shift-after", metavar="DURATION", help="DriftPolicy: shift the synthetic inputs after this long (e.g. 30s)"
+    )
+    parser.add_argument("--shift", type=float, default=1.0, help="DriftPolicy: added to every input (default 1.0)")
+    parser.add_argument(
+        "--retrain-command", metavar="CMD", help="DriftPolicy: a local command standing in for the retrain Job"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    policies = [o for o in objects if isinstance(o, DriftPolicy)]
+    if policies:
+        deployments = [o for o in objects if isinstance(o, ModelDeployment)]
+        return run_drift_command(args, policies, deployments)
     experiments = [o for o in objects if isinstance(o, Experiment)]
     if experiments:
         deployments = [o for o in objects if isinstance(o, ModelDeployment)]
@@ -160,8 +180,70 @@ def run_experiment_command(args: argparse.Namespace, experiments: list[Experimen
         print(json.dumps(status.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2))
     else:
         if traffic is not None:
-            print(f"traffic: {traffic.sent} requests ({traffic.failed} failed), {traffic.reported} outcomes reported")
+            print(f"traffic: {traffic.tally.summary()}, {traffic.reported} outcomes reported")
         if platform.promoted is not None:
             print(f"promoted {platform.promoted.version}: it now serves {target.spec.model.name} on this plane")
         print(f"result: {status.phase.value} — winner {status.winner or 'none'} — {status.verdict or status.message}")
     return _EXPERIMENT_EXIT.get(status.phase, EXIT_OTHER)
+
+
+def run_drift_command(args: argparse.Namespace, policies: list[DriftPolicy], docs: list[ModelDeployment]) -> int:
+    """`sluice run` on files with a DriftPolicy and its target ModelDeployment."""
+    if len(policies) != 1:
+        print(f"error: one DriftPolicy per run, got {len(policies)}", file=sys.stderr)
+        return EXIT_INVALID
+    policy = policies[0]
+    wanted = policy.spec.target.name
+    revisions = [d for d in docs if d.metadata.name == wanted]
+    if not revisions:
+        print(f"error: spec.target.name: no ModelDeployment {wanted!r} in the files", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        shift_after = parse_duration(args.shift_after) if args.shift_after else None
+    except ValueError as exc:
+        print(f"error: --shift-after: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    base_dir = args.filename[0].resolve().parent
+    profile, problem = load_reference(policy, base_dir)
+    target = revisions[-1]
+    backend: Literal["ray", "triton", "onnx"] = args.backend or target.spec.backend.value
+    try:
+        plane = start_data_plane(drift_config(target, policy, profile), backend, base_dir, port=args.port)
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_OTHER
+    quiet = args.output == "json"
+    try:
+        if not quiet:
+            print(f"serving {target.spec.model.name} on {plane.url} ({backend}); metrics at {plane.metrics_url}")
+        status, platform, traffic = asyncio.run(
+            run_drift(
+                revisions,
+                policy,
+                profile,
+                problem,
+                plane,
+                load_rps=args.load,
+                shift_after_s=shift_after,
+                shift=args.shift,
+                timeout_s=args.timeout,
+                retrain_command=args.retrain_command,
+                quiet=quiet,
+            )
+        )
+    finally:
+        plane.stop()
+    if quiet:
+        print(json.dumps(status.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2))
+    else:
+        if traffic is not None:
+            print(f"traffic: {traffic.tally.summary()}")
+        for version in platform.rollbacks:
+            print(f"rolled back: {wanted} now serves {version}")
+        for name, code in platform.jobs:
+            print(f"retrain: {name}" + ("" if code is None else f" (local command exited {code})"))
+        print(f"result: {status.state.value} — {status.message}")
+    evaluated = get_condition(status.conditions, "Evaluated")
+    if evaluated is not None and evaluated.status.value == "False":
+        return EXIT_OTHER
+    return EXIT_ROLLED_BACK if status.state == DriftState.DRIFTED else EXIT_PROMOTED

@@ -13,7 +13,15 @@ from sluice.api.base import parse_duration
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import VersionRef
 from sluice.rollout.actions import Action, DeployVersion, PromoteCanary, ScaleDown, SetTraffic
-from sluice.serving.config import CANARY, STABLE, BatchingConfig, MirrorConfig, ServingConfig, VariantConfig
+from sluice.serving.config import (
+    CANARY,
+    STABLE,
+    BatchingConfig,
+    DriftProfileConfig,
+    MirrorConfig,
+    ServingConfig,
+    VariantConfig,
+)
 
 
 @dataclass
@@ -44,8 +52,11 @@ class Routing:
         return True
 
 
-def serving_config(spec: ModelDeploymentSpec, routing: Routing) -> ServingConfig:
-    """The data plane's config for `routing`; raises ValueError when nothing is deployed yet."""
+def serving_config(
+    spec: ModelDeploymentSpec, routing: Routing, drift: tuple[DriftProfileConfig, ...] = ()
+) -> ServingConfig:
+    """The data plane's config for `routing` (and the bins of the DriftPolicies watching it); raises ValueError when
+    nothing is deployed yet."""
     if routing.stable is None:
         raise ValueError("no stable version to serve yet")
     variants = [_variant(STABLE, routing.stable, 100 - (routing.canary_weight if routing.canary else 0))]
@@ -71,6 +82,7 @@ def serving_config(spec: ModelDeploymentSpec, routing: Routing) -> ServingConfig
             preferred_batch_sizes=tuple(b.preferred_batch_sizes),
         ),
         gpus_per_replica=float(spec.resources.gpu),
+        drift=drift,
     )
 
 
@@ -146,6 +158,15 @@ def experiment_config(spec: ModelDeploymentSpec, arms: ExperimentArms) -> Servin
     return ServingConfig.model_validate(base)
 
 
-def desired_config(spec: ModelDeploymentSpec, routing: Routing, arms: ExperimentArms | None) -> ServingConfig:
-    """What the target's data plane serves: the experiment's arms while one runs, else the rollout's routing."""
-    return experiment_config(spec, arms) if arms is not None else serving_config(spec, routing)
+def desired_config(
+    spec: ModelDeploymentSpec,
+    routing: Routing,
+    arms: ExperimentArms | None,
+    drift: tuple[DriftProfileConfig, ...] = (),
+) -> ServingConfig:
+    """What the target's data plane serves: the experiment's arms while one runs, else the rollout's routing; the
+    bins of the DriftPolicies watching it either way."""
+    if arms is None:
+        return serving_config(spec, routing, drift)
+    config = experiment_config(spec, arms)
+    return ServingConfig.model_validate({**config.model_dump(), "drift": [d.model_dump() for d in drift]})

@@ -36,6 +36,8 @@ TARGET_READY = "TargetReady"  # False while the target is missing or mid-rollout
 ARMS_HEALTHY = "ArmsHealthy"  # False while an arm is stopped (the message names spec.variants[i] and why)
 RUNNING = "Running"  # True while the experiment is collecting samples
 CONCLUDED = "Concluded"  # True once a terminal phase was reached; reason says which
+SPEC_ACCEPTED = "SpecAccepted"  # False while spec.variants differs from the running arms (the experiment holds)
+OUTCOMES_READ = "OutcomesRead"  # False while the outcomes cannot be read (shown only once it was ever False)
 
 
 def step(
@@ -90,8 +92,11 @@ class _Step:
         if s.phase in TERMINAL:
             return  # a terminal phase never changes; the status is left as it is
         s.observed_generation = self.obs.generation
-        if not s.variants:
-            s.variants = [VariantStats(name=v.name, weight=v.weight) for v in self.spec.variants]
+        if not s.variants or s.phase is ExperimentPhase.PENDING:  # nothing observed yet: the spec's arms as they are
+            s.variants = [
+                VariantStats(name=v.name, version=v.model.version, weight=v.weight) for v in self.spec.variants
+            ]
+        self.control = s.variants[0].name
         if s.phase is ExperimentPhase.PENDING:
             self._pending()
         else:
@@ -170,9 +175,12 @@ class _Step:
                 None,
             )
             return
+        if self._variants_changed():
+            return
         self._check_arms()
         if s.phase in TERMINAL:
             return
+        self._outcomes_condition()
         active = self._active()
         samples = {name: obs.arms[name].outcomes for name in active if name in obs.arms}
         running = {v.name: v.always_valid_p for v in s.variants if v.always_valid_p is not None}
@@ -183,11 +191,62 @@ class _Step:
                 ExperimentPhase.CONCLUDED, "VerdictReached", analysis.decision.verdict, analysis.decision.winner
             )
             return
+        if obs.command is ExperimentCommand.CONCLUDE:
+            self._finish(ExperimentPhase.CONCLUDED, "ConcludedByHand", self._by_hand(analysis), analysis.leader)
+            return
         if self.spec.allocation is Allocation.THOMPSON:
             shares = {n: analysis.arms[n].probability_best or 0.0 for n in active}
             weights = thompson_weights(shares, self.spec.allocation_floor)
             self._set_weights({v.name: weights.get(v.name, 0) for v in s.variants})
+        else:  # fixed: the spec's weights, live (an edit applies at this look), shared among the running arms
+            weights = largest_remainder({v.name: float(v.weight) for v in self.spec.variants if v.name in active})
+            self._set_weights({v.name: weights.get(v.name, 0) for v in s.variants})
         s.message = self._progress_text(analysis)
+
+    def _variants_changed(self) -> bool:
+        """spec.variants must name the running arms (names, order, model versions); weights may change. Another
+        set is refused: the experiment holds (no statistics, weights or verdict) with SpecAccepted=False until
+        spec.variants is put back; `stop` and maximumDuration still end it. Counters are per arm name and
+        cumulative, so neither swapping an arm's model nor restarting under the same names would measure honestly.
+        """
+        running = [(v.name, v.version) for v in self.s.variants]
+        wanted = [(v.name, v.model.version) for v in self.spec.variants]
+        same = len(running) == len(wanted) and all(
+            r[0] == w[0] and r[1] in (None, w[1]) for r, w in zip(running, wanted, strict=True)
+        )
+        accepted = next((c for c in self.s.conditions if c.type == SPEC_ACCEPTED), None)
+        if same:
+            if accepted is not None and accepted.status == "False":
+                self._condition(SPEC_ACCEPTED, True, "VariantsUnchanged", "spec.variants names the running arms again")
+            return False
+        arms = ", ".join(f"{n} {v or '?'}" for n, v in running)
+        message = (
+            f"spec.variants changed while the experiment runs (running arms: {arms}); refused: the experiment holds "
+            "until spec.variants is put back. Only weights may change; stop it and create a new Experiment to test "
+            "other variants"
+        )
+        if accepted is None or accepted.status != "False":
+            self._event(True, "VariantsChangeRefused", message)
+        self._condition(SPEC_ACCEPTED, False, "VariantsChanged", message)
+        self.s.message = message
+        return True
+
+    def _outcomes_condition(self) -> None:
+        """A reading problem (e.g. primaryMetric.query on a provider that cannot run PromQL) is a condition; it is
+        set back to True when the outcomes read again, and never shown for an experiment that never had one."""
+        problem = self.obs.outcomes_problem
+        if problem is not None:
+            self._condition(OUTCOMES_READ, False, "OutcomesUnreadable", problem)
+        elif any(c.type == OUTCOMES_READ for c in self.s.conditions):
+            self._condition(OUTCOMES_READ, True, "OutcomesRead", "the outcomes are read again")
+
+    def _by_hand(self, analysis: Analysis) -> str:
+        """The verdict of `conclude`: who led at this look and by how much, marked as no statistical verdict."""
+        if analysis.leader is None:
+            return "concluded by hand: no leader yet (no outcomes), no statistical verdict"
+        lift = f", lift {self.s.lift}" if self.s.lift else ""
+        confidence = f", confidence {self.s.confidence}" if self.s.confidence else ""
+        return f"concluded by hand before a statistical verdict: leader {analysis.leader}{lift}{confidence}"
 
     def _progress_text(self, analysis: Analysis) -> str:
         counts = ", ".join(f"{r.name} {r.samples}" for r in analysis.arms.values())

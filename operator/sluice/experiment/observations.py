@@ -12,6 +12,15 @@ NO_OUTCOMES = Sample(0.0, 0.0, 0.0)
 
 class ExperimentCommand(StrEnum):
     STOP = "stop"  # end now with no verdict: Stopped, traffic back to the target's stable version
+    # End now as Concluded with the leader of this look as the winner (none before any outcome) and carry out the
+    # end policy; the verdict says it was concluded by hand before (or without) a statistical verdict.
+    CONCLUDE = "conclude"
+
+    @classmethod
+    def parse(cls, text: str) -> ExperimentCommand | None:
+        """`stop:NONCE` / `conclude:NONCE` (the annotation kubectl sluice writes); None for anything else."""
+        verb = text.strip().partition(":")[0]
+        return cls(verb) if verb in {c.value for c in cls} else None
 
 
 @dataclass(frozen=True)
@@ -39,3 +48,4 @@ class Observations:
     target_rollout: str | None = None  # the target's rollout in progress, in words; None when it is stable
     arms: dict[str, ArmObservation] = field(default_factory=dict)  # by variant name; missing = nothing yet
     command: ExperimentCommand | None = None
+    outcomes_problem: str | None = None  # the outcomes could not be read (a query error, a provider refusal)

@@ -18,22 +18,24 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
+from sluice.api.base import parse_duration
 from sluice.api.experiment import Experiment, ExperimentPhase, ExperimentStatus, MetricKind
 from sluice.api.model_deployment import ModelDeployment
 from sluice.api.status import VersionRef
-from sluice.engine.experiment import ExperimentLoop, TargetView
+from sluice.engine.experiment import ArmHealth, ExperimentLoop, TargetView
 from sluice.engine.routing import ExperimentArms, Routing, experiment_config, serving_config
 from sluice.experiment.actions import Action, DeployArms, EmitEvent, EndArms, PromoteVariant, SetWeights
 from sluice.experiment.core import TERMINAL
 from sluice.experiment.observations import ExperimentCommand
 from sluice.local.modeldeployment import DataPlaneHandle, RunningPlane
+from sluice.local.traffic import Tally, first_input, infer_body
 from sluice.providers.factory import create_provider
 from sluice.rollout.core import version_ref
 from sluice.serving.config import ServingConfig
 
 log = logging.getLogger(__name__)
 
-# The router's response headers (sluice.serving.protocol.endpoints; the operator side may not import it).
+# The router's response headers (sluice.serving.endpoints; the operator side may not import it).
 VARIANT_HEADER = "x-sluice-variant"
 REQUEST_ID_HEADER = "x-sluice-request-id"
 
@@ -68,15 +70,34 @@ class LocalExperimentPlatform:
     events: list[EmitEvent] = field(default_factory=list)
     command: ExperimentCommand | None = None
     promoted: VersionRef | None = None
+    url: str = ""  # the plane's base URL: each arm's readiness is asked there once the arms are deployed
     _arms: dict[str, tuple[VersionRef, int]] = field(default_factory=dict)
     _header: str = ""
     _salt: str = ""
 
     def __post_init__(self) -> None:
         self.stable = self.stable or version_ref(self.target_doc.spec.model)
+        self.health = ArmHealth(parse_duration(self.target_doc.spec.analysis.progress_deadline))
 
     async def target(self) -> TargetView:
-        return TargetView(exists=True, rollout=None, command=self.command)
+        return TargetView(exists=True, rollout=None, command=self.command, failed_arms=await self._failed_arms())
+
+    async def _failed_arms(self) -> dict[str, str]:
+        """Arms whose version the plane does not answer ready for (its model did not load), by the shared rule."""
+        if not self.url or not self._arms:
+            return {}
+        model, out = self.target_doc.spec.model.name, {}
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            for name, (ref, _) in self._arms.items():
+                try:
+                    r = await http.get(f"{self.url}/v2/models/{model}/versions/{ref.version}/ready")
+                    ready, reason = r.status_code == 200, f"the local data plane answers HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    ready, reason = False, f"the local data plane does not answer: {type(exc).__name__}"
+                why = self.health.judge(name, ready, reason, False, time.monotonic())
+                if why is not None:
+                    out[name] = f"model {ref.uri} (version {ref.version}): {why}"
+        return out
 
     def _arms_config(self) -> ServingConfig:
         metric = self.experiment.spec.primary_metric
@@ -134,7 +155,8 @@ class ExperimentTraffic:
     ) -> None:
         self.url, self.model, self.header, self.rps = url, model, header, rps
         self.metric, self.kind, self.outcomes, self.seed = metric, kind, outcomes, seed
-        self.sent = self.failed = self.reported = self.rejected = 0
+        self.tally = Tally()
+        self.reported = self.rejected = 0
 
     def _value(self, rng: np.random.Generator, arm: str) -> float | None:
         if arm not in self.outcomes:
@@ -148,36 +170,23 @@ class ExperimentTraffic:
         rng = np.random.default_rng(self.seed)
         pending: list[dict[str, object]] = []
         async with httpx.AsyncClient(timeout=30) as client:
-            meta = (await client.get(f"{self.url}/v2/models/{self.model}")).json()
-            first = meta["inputs"][0]
-            width = [d if d > 0 else 1 for d in first["shape"][1:]]
+            name, width = await first_input(client, self.url, self.model)
             period, next_at, flush_at = 1.0 / self.rps, time.monotonic(), time.monotonic() + 0.5
             while not stop.is_set():
                 row = rng.standard_normal(size=[1, *width]).astype(np.float32)
-                body = {
-                    "inputs": [
-                        {
-                            "name": first["name"],
-                            "shape": list(row.shape),
-                            "datatype": "FP32",
-                            "data": row.ravel().tolist(),
-                        }
-                    ]
-                }
                 try:
                     resp = await client.post(
                         f"{self.url}/v2/models/{self.model}/infer",
-                        json=body,
-                        headers={self.header: f"unit-{self.sent:x}-{self.seed}"},
+                        json=infer_body(name, row),
+                        headers={self.header: f"unit-{self.tally.sent:x}-{self.seed}"},
                     )
-                    self.failed += resp.status_code >= 500
+                    self.tally.answered(resp.status_code)
                     rid, arm = resp.headers.get(REQUEST_ID_HEADER), resp.headers.get(VARIANT_HEADER, "")
                     value = self._value(rng, arm)
                     if resp.status_code == 200 and rid and value is not None:
                         pending.append({"id": rid, "metric": self.metric, "value": value})
-                except httpx.HTTPError:
-                    self.failed += 1
-                self.sent += 1
+                except httpx.HTTPError as exc:
+                    self.tally.broke(exc)
                 if pending and time.monotonic() >= flush_at:
                     await self._flush(client, pending)
                     pending, flush_at = [], time.monotonic() + 0.5
@@ -218,7 +227,7 @@ async def run_experiment(
     quiet: bool,
 ) -> tuple[ExperimentStatus, LocalExperimentPlatform, ExperimentTraffic | None]:
     """Run the experiment until a terminal phase, `timeout_s`, or SIGINT/SIGTERM; returns the final status."""
-    platform = LocalExperimentPlatform(target, experiment, plane)
+    platform = LocalExperimentPlatform(target, experiment, plane, url=plane.url)
     provider = create_provider(target.spec.analysis.provider, metrics_url=plane.metrics_url)
     meta = experiment.metadata
     loop = ExperimentLoop(experiment.spec, platform, provider, name=meta.name, uid=meta.uid or meta.name, poll_s=0.5)

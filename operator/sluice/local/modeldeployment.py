@@ -164,5 +164,5 @@ async def run_rollout(
             await task
         await provider.close()
         if traffic is not None and not quiet:
-            print(f"traffic: {traffic.sent} requests, {traffic.failed} failed")
+            print(f"traffic: {traffic.tally.summary()}")
     return loop.status

@@ -33,6 +33,17 @@ class ArmCounters:
 
 
 ArmsReading = dict[str, ArmCounters]  # by variant (arm) name
+FeatureBinCounts = dict[str, dict[int, float]]  # drift: feature key -> bin index -> cumulative rows
+MISSING_BIN = -1  # the FeatureBinCounts index of the rows whose feature could not be read (input absent, NaN, ...)
+
+
+@runtime_checkable
+class FeatureCounts(Protocol):
+    """Reads a drift policy's per-feature bin counters from the router (builtin provider)."""
+
+    async def feature_bins(self, model: str, policy: str) -> Measurement[FeatureBinCounts]:
+        """Cumulative rows per feature and bin since the router started, summed over versions and variants."""
+        ...
 
 
 @runtime_checkable

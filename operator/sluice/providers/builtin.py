@@ -12,7 +12,7 @@ from collections import defaultdict
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluice.providers.base import ArmsReading, Window, assemble, assemble_arms, parse_le
+from sluice.providers.base import MISSING_BIN, ArmsReading, FeatureBinCounts, Window, assemble, assemble_arms, parse_le
 from sluice.rollout.measurements import Measurement, MetricError, NoData, TrafficSample, Value
 from sluice.serving import metric_names as mn
 
@@ -65,6 +65,25 @@ def parse_arms(text: str, model: str, metric: str) -> ArmsReading:
     return assemble_arms(outcomes, requests, latency)
 
 
+def parse_feature_bins(text: str, model: str, policy: str) -> FeatureBinCounts:
+    """Cumulative rows per feature and bin of one drift policy (MISSING_BIN: rows without the feature), summed over
+    versions and variants. Raises ValueError."""
+    out: FeatureBinCounts = defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("model") != model or s.labels.get("policy") != policy:
+                continue
+            if s.name == mn.FEATURE_BIN_TOTAL:
+                index = int(s.labels.get("bin", ""))
+            elif s.name == mn.FEATURE_MISSING_TOTAL:
+                index = MISSING_BIN
+            else:
+                continue
+            feature = s.labels.get("feature", "")
+            out[feature][index] = out[feature].get(index, 0.0) + float(s.value)
+    return dict(out)
+
+
 def difference(now: dict[Key, float], before: dict[Key, float]) -> dict[Key, float]:
     """Per-series increase; a series that went down was reset, so its whole current value is new."""
     out = {}
@@ -100,15 +119,21 @@ class BuiltinProvider:
         self._owns_client = client is None
         self._previous: dict[str, dict[Key, float]] = {}
 
-    async def sample(self, window: Window) -> Measurement[TrafficSample]:
+    async def _text(self) -> str | MetricError:
         try:
             resp = await self._client.get(self.metrics_url)
         except httpx.HTTPError as exc:
             return MetricError(f"router metrics at {self.metrics_url} unreachable: {type(exc).__name__}: {exc}")
         if resp.status_code != 200:
             return MetricError(f"router metrics at {self.metrics_url} answered HTTP {resp.status_code}")
+        return resp.text
+
+    async def sample(self, window: Window) -> Measurement[TrafficSample]:
+        text = await self._text()
+        if isinstance(text, MetricError):
+            return text
         try:
-            snap = parse_snapshot(resp.text, window.model)
+            snap = parse_snapshot(text, window.model)
         except (ValueError, IndexError, KeyError, TypeError) as exc:
             return MetricError(f"router metrics at {self.metrics_url} are not Prometheus text: {exc}")
         before = self._previous.get(window.model)
@@ -121,19 +146,26 @@ class BuiltinProvider:
         return Value(to_sample(delta))
 
     async def arms(self, window: Window, metric: str) -> Measurement[ArmsReading]:
+        text = await self._text()
+        if isinstance(text, MetricError):
+            return text
         try:
-            resp = await self._client.get(self.metrics_url)
-        except httpx.HTTPError as exc:
-            return MetricError(f"router metrics at {self.metrics_url} unreachable: {type(exc).__name__}: {exc}")
-        if resp.status_code != 200:
-            return MetricError(f"router metrics at {self.metrics_url} answered HTTP {resp.status_code}")
-        try:
-            reading = parse_arms(resp.text, window.model, metric)
+            reading = parse_arms(text, window.model, metric)
         except (ValueError, IndexError, KeyError, TypeError) as exc:
             return MetricError(f"router metrics at {self.metrics_url} are not Prometheus text: {exc}")
         if not reading:
             return NoData(f"no per-arm series for model {window.model!r} at {self.metrics_url}")
         return Value(reading)
+
+    async def feature_bins(self, model: str, policy: str) -> Measurement[FeatureBinCounts]:
+        """Cumulative per-bin counters of a drift policy's features (the drift loop differences two readings)."""
+        text = await self._text()
+        if isinstance(text, MetricError):
+            return text
+        try:
+            return Value(parse_feature_bins(text, model, policy))
+        except (ValueError, IndexError, KeyError, TypeError) as exc:
+            return MetricError(f"router metrics at {self.metrics_url} are not Prometheus text: {exc}")
 
     async def query(self, promql: str) -> Measurement[float]:
         return MetricError("checks of type promql need provider type prometheus; builtin reads only the router")

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from sluice.providers.base import ArmsReading, Window, assemble, assemble_arms, parse_le
+from sluice.providers.base import MISSING_BIN, ArmsReading, FeatureBinCounts, Window, assemble, assemble_arms, parse_le
 from sluice.rollout.measurements import Measurement, MetricError, NoData, TrafficSample, Value
 from sluice.serving import metric_names as mn
 
@@ -103,6 +103,31 @@ class PrometheusProvider:
         if not reading:
             return NoData(f"no per-arm series for {matchers}")
         return Value(reading)
+
+    async def feature_bins(self, model: str, policy: str) -> Measurement[FeatureBinCounts]:
+        """Cumulative per-bin counters of a drift policy, summed over versions, variants and router replicas.
+
+        Cumulative like the builtin provider's, so the drift loop differences two readings the same way (a sum that
+        went down, e.g. one replica restarted, counts as a reset).
+        """
+        matchers = f'model="{model}",policy="{policy}"'
+        series, missing = await asyncio.gather(
+            self._vector(f"sum by (feature, bin) ({mn.FEATURE_BIN_TOTAL}{{{matchers}}})"),
+            self._vector(f"sum by (feature) ({mn.FEATURE_MISSING_TOTAL}{{{matchers}}})"),
+        )
+        if isinstance(series, MetricError):
+            return series
+        if isinstance(missing, MetricError):
+            return missing
+        out: FeatureBinCounts = defaultdict(dict)
+        for labels, v in missing:
+            out[labels.get("feature", "")][MISSING_BIN] = v
+        try:
+            for labels, v in series:
+                out[labels.get("feature", "")][int(labels.get("bin", ""))] = v
+        except ValueError as exc:
+            return MetricError(f"{mn.FEATURE_BIN_TOTAL}: a bin label is not a number: {exc}")
+        return Value(dict(out))
 
     async def close(self) -> None:
         if self._owns_client:

@@ -23,9 +23,9 @@ from starlette.types import Message, Receive, Scope, Send
 from sluice.serving import admin as admin_auth
 from sluice.serving.admin import AdminAuth
 from sluice.serving.config import ServingConfig
+from sluice.serving.endpoints import ProtocolEndpoints, Reply, dumps, parse_json
 from sluice.serving.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
 from sluice.serving.metrics import CONTENT_TYPE_LATEST
-from sluice.serving.protocol.endpoints import ProtocolEndpoints, Reply, dumps, parse_json
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,7 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from sluice.serving.errors import ServingError
-from sluice.serving.protocol.endpoints import (
+from sluice.serving.endpoints import (
     REQUEST_ID_HEADER,
     SERVER_NAME,
     SERVER_VERSION,
@@ -31,6 +30,7 @@ from sluice.serving.protocol.endpoints import (
     VERSION_HEADER,
     ProtocolEndpoints,
 )
+from sluice.serving.errors import ServingError
 from sluice.serving.protocol.grpc_codec import decode_grpc_request, encode_grpc_response, metadata_message
 from sluice.serving.protocol.limits import check_request_size
 from sluice.serving.router import Routed

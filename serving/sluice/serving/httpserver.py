@@ -41,9 +41,9 @@ import httptools
 
 from sluice.serving.admin import AdminAuth
 from sluice.serving.app import SluiceApp, build_app, check_request_headers, header_map, infer_target
+from sluice.serving.endpoints import UNROUTED
+from sluice.serving.endpoints import dumps as _dumps
 from sluice.serving.errors import PayloadTooLarge, ServingError
-from sluice.serving.protocol.endpoints import UNROUTED
-from sluice.serving.protocol.endpoints import dumps as _dumps
 from sluice.serving.router import Router
 
 log = logging.getLogger(__name__)

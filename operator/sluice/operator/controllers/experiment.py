@@ -10,16 +10,17 @@ annotation is there. Ending removes the annotation (the target's stable version 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from sluice.api.base import API_VERSION
+from sluice.api.base import API_VERSION, parse_duration
 from sluice.api.experiment import ExperimentPhase, ExperimentSpec, ExperimentStatus
 from sluice.api.model_deployment import ModelDeploymentSpec, ProviderSpec
 from sluice.api.status import Phase, VersionRef
-from sluice.engine.experiment import ExperimentLoop, TargetView
+from sluice.engine.experiment import ArmHealth, ExperimentLoop, TargetView
 from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms
 from sluice.experiment.actions import Action, DeployArms, EmitEvent, EndArms, PromoteVariant, SetWeights
 from sluice.experiment.core import TERMINAL
@@ -28,7 +29,7 @@ from sluice.operator.context import OperatorContext
 from sluice.operator.controllers.modeldeployment import Stopped, plain, spec_problem
 from sluice.operator.kube import Obj
 from sluice.operator.platform import events
-from sluice.operator.render import Owner
+from sluice.operator.render import Owner, renderer_for
 from sluice.providers.base import MetricProvider
 from sluice.providers.factory import create_provider
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 KIND = "Experiment"
 TARGET_KIND = "ModelDeployment"
-COMMAND_ANNOTATION = "sluice.dev/command"  # `stop`: end now with no verdict
+COMMAND_ANNOTATION = "sluice.dev/command"  # `stop:NONCE` / `conclude:NONCE` (ExperimentCommand)
 ROLLING = frozenset({Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING})
 
 
@@ -47,6 +48,8 @@ class KubeExperimentPlatform:
         self.ctx, self.owner, self.spec = ctx, owner, spec
         self.body: Obj = {}  # the live Experiment, refreshed by the daemon before each tick
         self.arms: ExperimentArms | None = None
+        self.running = False  # the arms are deployed: their readiness is judged (set by the daemon each tick)
+        self.health = ArmHealth(0.0)
         self._last_status: Obj = {}
 
     async def _target(self) -> Obj | None:
@@ -55,7 +58,7 @@ class KubeExperimentPlatform:
     async def target(self) -> TargetView:
         md = await self._target()
         annotations = (self.body.get("metadata") or {}).get("annotations") or {}
-        command = ExperimentCommand.STOP if annotations.get(COMMAND_ANNOTATION, "").startswith("stop") else None
+        command = ExperimentCommand.parse(annotations.get(COMMAND_ANNOTATION, ""))
         if md is None:
             return TargetView(exists=False, command=command)
         status = md.get("status") or {}
@@ -64,7 +67,28 @@ class KubeExperimentPlatform:
         if phase in {p.value for p in ROLLING}:
             canary = (status.get("canary") or {}).get("version", "?")
             rollout = f"ModelDeployment {self.spec.target.name} is rolling out {canary} (phase {phase})"
-        return TargetView(exists=True, rollout=rollout, command=command)
+        failed = self._failed_arms(md) if self.running else {}
+        return TargetView(exists=True, rollout=rollout, command=command, failed_arms=failed)
+
+    def _failed_arms(self, md: Obj) -> dict[str, str]:
+        """Arms whose version the target's workloads cannot serve, read like the target's own readiness: from its
+        live children as the watches keep them (no request), by its renderer's `ready()`."""
+        try:
+            spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
+        except ValidationError:
+            return {}  # the target's own controller reports its bad spec
+        meta, ns = md.get("metadata") or {}, self.owner.namespace
+        owner = Owner(name=str(meta.get("name")), namespace=ns, uid=str(meta.get("uid", "")), kind=TARGET_KIND)
+        live = {(kind, name): obj for (kind, n, name), obj in self.ctx.children.items() if n == ns and obj}
+        renderer = renderer_for(spec.backend)
+        self.health.deadline_s = parse_duration(spec.analysis.progress_deadline)
+        now, out = time.monotonic(), {}
+        for v in self.spec.variants:
+            ready = renderer.ready(owner, spec, v.model.version, live, ())
+            why = self.health.judge(v.name, ready.ready, ready.reason, ready.failed, now)
+            if why is not None:
+                out[v.name] = f"model {v.model.uri} (version {v.model.version}): {why}"
+        return out
 
     async def _annotate(self, value: str | None) -> None:
         patch = {"metadata": {"annotations": {ARMS_ANNOTATION: value}}}
@@ -157,6 +181,7 @@ class ExperimentDaemon:
         assert self.loop is not None
         assert self.platform is not None
         self.platform.body = body
+        self.platform.running = self.loop.status.phase is ExperimentPhase.RUNNING
         if self.loop.status.phase in TERMINAL:
             return
         if self.loop.status.phase is ExperimentPhase.PENDING:  # the target may have appeared or changed

@@ -23,7 +23,9 @@ from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus, VersionRef
 from sluice.engine.platform import Readiness
 from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms, Routing
+from sluice.operator.admin_secret import AdminSecret
 from sluice.operator.config import OperatorConfig
+from sluice.operator.driftprofiles import profiles_on
 from sluice.operator.kube import KubeClient, Obj
 from sluice.operator.platform import checks, events
 from sluice.operator.platform.children import Children
@@ -80,6 +82,7 @@ class KubePlatform:
         self.canary_not_ready = ""  # why the canary is not ready (named in a progress-deadline rollback)
         self.ready_text = status.ready
         self._bad_command: str | None = None
+        self.admin_secret = AdminSecret(client, owner)  # create-only: never part of the applied children
         self.kids = Children(client, owner, watched if watched is not None else {})
         self.probe = ReadinessReader(client, owner, self.kids.selector, pods_every_s)
         self._rendered: tuple[ModelDeploymentSpec, str, list[Obj]] | None = None
@@ -113,11 +116,12 @@ class KubePlatform:
 
     def desired(self) -> Desired:
         arms = self.experiment_arms()
+        drift = profiles_on(self.body)  # the bins of the DriftPolicies watching this target (driftprofiles.py)
         running = list(self.running)
         for _, ref, _ in arms.arms if arms is not None else ():
             if all(r.version != ref.version for r in running):
                 running.append(ref)  # every arm's version keeps a workload while the experiment runs
-        return Desired(routing=Routing(**vars(self.routing)), running=tuple(running), arms=arms)
+        return Desired(routing=Routing(**vars(self.routing)), running=tuple(running), arms=arms, drift=drift)
 
     def children(self) -> list[Obj]:
         """The rendered children, re-rendered only when the spec or the desired state changed (YAML is costly)."""
@@ -131,6 +135,7 @@ class KubePlatform:
         """Make the children match the desired state (writing only differences; pruning when needed)."""
         if self.routing.stable is None:
             return
+        await self.admin_secret.ensure()  # before the pods that mount it, so they start with the token
         await self.kids.apply(self.children(), self.spec.backend.value)
         self.operator_conditions[BACKEND_AVAILABLE] = (
             True,

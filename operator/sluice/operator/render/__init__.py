@@ -17,6 +17,7 @@ from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
 from sluice.engine.routing import ExperimentArms, Routing
 from sluice.operator.config import OperatorConfig
+from sluice.serving.config import DriftProfileConfig
 
 Object = dict[str, Any]  # a Kubernetes object as JSON
 Key = tuple[str, str]  # (kind, name) of a child in the owner's namespace
@@ -40,6 +41,7 @@ class Desired:
     routing: Routing
     running: tuple[VersionRef, ...]
     arms: ExperimentArms | None = None  # an Experiment's arms, served instead of the routing while it runs
+    drift: tuple[DriftProfileConfig, ...] = ()  # bins of the DriftPolicies watching this ModelDeployment
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Ready:
     ready: bool
     reason: str = ""
     insufficient_gpu: bool = False
+    failed: bool = False  # the backend says this version cannot serve (not merely not yet): an arm stops at once
 
 
 class Renderer(Protocol):

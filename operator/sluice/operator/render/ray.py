@@ -38,6 +38,7 @@ RUN_AS = 10001  # the sluice user of serving/Dockerfile; numeric so that runAsNo
 
 SERVING = {"HEALTHY", "UPSCALING", "DOWNSCALING"}  # Serve deployment states whose replicas answer requests
 APP_UP = {"RUNNING", "DEPLOYING", "UNHEALTHY"}  # the app (ingress) is up; one deployment may still be updating
+FAILED = {"DEPLOY_FAILED"}  # Serve gave up starting the deployment's replicas (UNHEALTHY may recover)
 RAY_NODE_TYPE_LABEL = "ray.io/node-type"
 
 
@@ -106,12 +107,12 @@ class RayRenderer:
         gpu_message = insufficient_gpu(_worker_pods(owner, pods)) or _serve_gpu_message(message or pending_message)
         if gpu_message:
             return Ready(False, f"waiting for GPUs: {gpu_message}", insufficient_gpu=True)
-        return Ready(False, reason)
+        return Ready(False, reason, failed=_deploy_failed(status.get("activeServiceStatus") or {}, app_name, dep_name))
 
 
 def serve_config_yaml(spec: ModelDeploymentSpec, desired: Desired) -> str:
     """serveConfigV2: a YAML string (KubeRay's field type), keys sorted so equal inputs give equal text."""
-    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms), desired.running)
+    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms, desired.drift), desired.running)
     args: dict[str, Any] = {}
     if spec.scaling.autoscaling is None:
         args["model_replicas"] = spec.scaling.replicas
@@ -233,6 +234,13 @@ def _serving(service_status: Mapping[str, Any], app_name: str, dep_name: str) ->
         f"ingress {ingress.get('status') or 'unknown'}{detail}",
         message,
     )
+
+
+def _deploy_failed(service_status: Mapping[str, Any], app_name: str, dep_name: str) -> bool:
+    """Serve gave up on the deployment: its replicas failed to start (e.g. the model cannot load)."""
+    apps = service_status.get("applicationStatuses") or {}
+    deps = (apps.get(app_name) or {}).get("serveDeploymentStatuses") or {}
+    return (deps.get(dep_name) or {}).get("status") in FAILED
 
 
 def _worker_pods(owner: Owner, pods: Sequence[Object]) -> list[Object]:

@@ -103,7 +103,7 @@ class TritonRenderer:
             gpu_message = insufficient_gpu(_version_pods(owner, version, pods))
             if gpu_message:
                 return Ready(False, f"waiting for GPUs: {gpu_message}", insufficient_gpu=True)
-            return Ready(False, f"Deployment {name}: {reason}")
+            return Ready(False, f"Deployment {name}: {reason}", failed=_past_deadline(deployment))
         router = live.get(("Deployment", router_name(owner)))
         if router is None:
             return Ready(False, f"router Deployment {router_name(owner)} not created yet")
@@ -111,6 +111,16 @@ class TritonRenderer:
         if not ok:
             return Ready(False, f"router Deployment {router_name(owner)}: {reason}")
         return Ready(True)
+
+
+def _past_deadline(deployment: Mapping[str, Any]) -> bool:
+    """The Deployment controller gave up on it (condition Progressing=False, ProgressDeadlineExceeded): its pods
+    crash or never become ready, e.g. a model the init container or tritonserver cannot load."""
+    conditions = (deployment.get("status") or {}).get("conditions") or []
+    return any(
+        c.get("type") == "Progressing" and c.get("status") == "False" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in conditions
+    )
 
 
 def rolled_out(deployment: Mapping[str, Any]) -> tuple[bool, str]:
@@ -239,7 +249,7 @@ def grpc_endpoint(owner: Owner, version: str) -> str:
 
 def router_serving_config(owner: Owner, spec: ModelDeploymentSpec, desired: Desired) -> ServingConfig:
     """The router's config: roles and weights from `desired`, each variant pointing at its version's Service."""
-    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms), desired.running)
+    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms, desired.drift), desired.running)
     variants = tuple(v.model_copy(update={"endpoint": grpc_endpoint(owner, v.version)}) for v in config.variants)
     return ServingConfig.model_validate({**config.model_dump(), "variants": [v.model_dump() for v in variants]})
 

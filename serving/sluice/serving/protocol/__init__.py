@@ -1,1 +1,1 @@
-"""Open Inference Protocol (KServe v2): the REST JSON codec, input validation and the transport-free data plane."""
+"""Open Inference Protocol (KServe v2) codecs: REST JSON with the binary tensor extension, and gRPC messages."""

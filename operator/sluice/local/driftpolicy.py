@@ -1,0 +1,174 @@
+"""`sluice run` for a DriftPolicy: the target served on the local data plane with the policy's bins, synthetic load
+whose inputs shift after a while, and the real drift core deciding.
+
+The reference is read from a `file://` URI (a relative path resolves against the YAML's directory). Actions:
+Events are printed; `rollback` serves the target's previous document (its previous promoted revision, as each
+document is one `kubectl apply`) when the files hold one; `retrain` runs `--retrain-command` as a local stand-in
+for the Job, with the same SLUICE_* variables in its environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sluice.api.drift_policy import DriftPolicy, DriftPolicyStatus, DriftState
+from sluice.api.model_deployment import ModelDeployment
+from sluice.drift.actions import Action, CreateRetrainJob, EmitEvent, RollbackTarget
+from sluice.drift.observations import Problem
+from sluice.drift.profile import Profile, ProfileError, load_profile
+from sluice.engine.driftpolicy import DriftLoop, router_profile
+from sluice.engine.routing import Routing, serving_config
+from sluice.local.modeldeployment import DataPlaneHandle, RunningPlane
+from sluice.local.traffic import Traffic
+from sluice.providers.builtin import BuiltinProvider
+from sluice.rollout.core import version_ref
+from sluice.serving.config import DriftProfileConfig, ServingConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_reference(policy: DriftPolicy, base_dir: Path) -> tuple[Profile | None, Problem | None]:
+    """The policy's reference profile, or the problem (naming the field) that keeps it from being used."""
+    reference = policy.spec.reference
+    if reference.from_stable_version or reference.uri is None:
+        field_ = "spec.reference.fromStableVersion"
+        return None, Problem("NotSupported", field_, "capturing the reference from the stable version is not built yet")
+    if not reference.uri.startswith("file://"):
+        message = f"{reference.uri}: sluice run reads file:// references only (http, s3 and gs are not built yet)"
+        return None, Problem("ReferenceUnreachable", "spec.reference.uri", message)
+    path = Path(reference.uri.removeprefix("file://"))
+    try:
+        return load_profile(path if path.is_absolute() else base_dir / path), None
+    except ProfileError as exc:
+        return None, Problem("ReferenceInvalid", "spec.reference.uri", str(exc))
+
+
+def drift_config(target: ModelDeployment, policy: DriftPolicy, profile: Profile | None) -> ServingConfig:
+    """The target's serving config with the policy's bins (none when the profile cannot be used)."""
+    drift: tuple[DriftProfileConfig, ...] = ()
+    if profile is not None:
+        with contextlib.suppress(ProfileError, ValueError):  # the loop reports the mismatch as a condition
+            drift = (router_profile(policy.metadata.name, policy.spec, profile),)
+    return serving_config(target.spec, Routing(stable=version_ref(target.spec.model)), drift)
+
+
+@dataclass
+class LocalDriftPlatform:
+    """Carries a DriftPolicy's actions out on this machine; keeps the status and what happened in memory."""
+
+    handle: DataPlaneHandle
+    revisions: list[ModelDeployment]  # the target's documents in apply order; the last one serves
+    drift: ServingConfig
+    retrain_command: str | None = None
+    quiet: bool = False
+    status: DriftPolicyStatus = field(default_factory=DriftPolicyStatus)
+    events: list[EmitEvent] = field(default_factory=list)
+    rollbacks: list[str] = field(default_factory=list)  # the versions rolled back to
+    jobs: list[tuple[str, int | None]] = field(default_factory=list)  # (name, exit code of the local command)
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+    async def carry_out(self, action: Action) -> None:
+        if isinstance(action, EmitEvent):
+            self.events.append(action)
+            self._say(f"event {action.type} {action.reason}: {action.message}")
+        elif isinstance(action, RollbackTarget):
+            if len(self.revisions) < 2:
+                self._say(f"rollback of {action.target}: no previous revision in the files; nothing to undo")
+                return
+            self.revisions.pop()
+            previous = self.revisions[-1]
+            config = serving_config(previous.spec, Routing(stable=version_ref(previous.spec.model)), self.drift.drift)
+            await asyncio.to_thread(self.handle.update, config)
+            self.rollbacks.append(previous.spec.model.version)
+            self._say(f"rolled {action.target} back to {previous.spec.model.version}")
+        elif isinstance(action, CreateRetrainJob):
+            code = await self._retrain(action)
+            self.jobs.append((action.name, code))
+
+    async def _retrain(self, action: CreateRetrainJob) -> int | None:
+        if not self.retrain_command:
+            self._say(f"retrain Job {action.name}: no --retrain-command given, so nothing runs locally")
+            return None
+        self._say(f"retrain Job {action.name}: running {self.retrain_command!r}")
+        proc = await asyncio.create_subprocess_shell(self.retrain_command, env={**os.environ, **dict(action.env)})
+        return await proc.wait()
+
+    async def save(self, status: DriftPolicyStatus) -> None:
+        self.status = status
+
+
+def _view(status: DriftPolicyStatus) -> str:
+    features = " ".join(
+        f"{f.name}={'-' if f.score is None else f'{f.score:.3g}'}{'' if f.state == DriftState.OK else f'({f.state})'}"
+        for f in status.features
+    )
+    return f"{status.state.value:<8} n={status.samples} {features}"
+
+
+async def run_drift(
+    revisions: list[ModelDeployment],
+    policy: DriftPolicy,
+    profile: Profile | None,
+    problem: Problem | None,
+    plane: RunningPlane,
+    *,
+    load_rps: float,
+    shift_after_s: float | None,
+    shift: float,
+    timeout_s: float,
+    retrain_command: str | None = None,
+    quiet: bool = False,
+) -> tuple[DriftPolicyStatus, LocalDriftPlatform, Traffic | None]:
+    """Run the policy until it is Drifted and its action ran, `timeout_s`, or SIGINT/SIGTERM."""
+    target = revisions[-1]
+    platform = LocalDriftPlatform(plane, list(revisions), drift_config(target, policy, profile), retrain_command, quiet)
+    provider = BuiltinProvider(plane.metrics_url)
+    uri = policy.spec.reference.uri or ""
+    loop = DriftLoop(
+        policy.spec,
+        platform,
+        provider,
+        profile,
+        name=policy.metadata.name,
+        model=target.spec.model.name,
+        reference_uri=uri,
+        problem=problem,
+        poll_s=0.5,
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    traffic = Traffic(plane.url, target.spec.model.name, load_rps, shift_after_s=shift_after_s, shift=shift)
+    task = asyncio.create_task(traffic.run(stop)) if load_rps > 0 else None
+    deadline, last = time.monotonic() + timeout_s, ""
+    try:
+        while time.monotonic() < deadline and not stop.is_set():
+            await loop.tick()
+            view = _view(loop.status)
+            if view != last and not quiet:
+                print(f"{time.strftime('%H:%M:%S')} {view}" + (" [inputs shifted]" if traffic.shifted else ""))
+                last = view
+            if loop.status.state == DriftState.DRIFTED and loop.status.last_action_type is not None:
+                break
+            if loop.status.state == DriftState.DRIFTED and policy.spec.action.type.value == "alert":
+                break
+            if problem is not None:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), loop.poll_s)
+    finally:
+        stop.set()
+        if task is not None:
+            await task
+        await provider.close()
+    return loop.status, platform, traffic
