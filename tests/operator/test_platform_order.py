@@ -75,17 +75,18 @@ async def test_readiness_reads_and_save_writes_the_status_before_the_children(
     assert writes(emulator, owner.namespace) == []
 
     await platform.save(status)
-    assert writes(emulator, owner.namespace) == ["patch modeldeployments/status", "create rayservices"]
+    first = ["patch modeldeployments/status", "create secrets", "create rayservices"]  # the admin token Secret too
+    assert writes(emulator, owner.namespace) == first
 
     v2 = VersionRef(version="v2", uri="s3://models/m/v2.onnx")
     await platform.carry_out(DeployVersion("canary", v2))
     await platform.carry_out(SetTraffic(canary_weight=20, mirror_percent=0))
     await platform.readiness()
-    assert writes(emulator, owner.namespace) == ["patch modeldeployments/status", "create rayservices"]
+    assert writes(emulator, owner.namespace) == first
 
     ahead = status.model_copy(update={"canary": v2, "canary_weight": 20})
     await platform.save(ahead)
-    assert writes(emulator, owner.namespace)[2:] == ["patch modeldeployments/status", "patch rayservices"]
+    assert writes(emulator, owner.namespace)[len(first) :] == ["patch modeldeployments/status", "patch rayservices"]
 
 
 async def test_an_event_decided_again_from_the_same_status_is_posted_once(
