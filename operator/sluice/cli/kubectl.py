@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from sluice.api.base import GROUP, VERSION
+from sluice.api.base import COMMAND_ANNOTATION, GROUP, VERSION
 
 PLURAL = "modeldeployments"
-COMMAND_ANNOTATION = f"{GROUP}/command"
 VERBS: dict[str, str] = {
     "promote": "skip the remaining steps and analysis: move all traffic to the new version now",
     "abort": "stop the rollout: all traffic back to the stable version (phase Aborted)",

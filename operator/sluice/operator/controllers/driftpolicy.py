@@ -45,11 +45,11 @@ from sluice.drift.core import check_reference, step
 from sluice.drift.observations import Observations, Problem
 from sluice.drift.profile import PREDICTION, Profile, ProfileError, parse_profile
 from sluice.engine.driftpolicy import DriftLoop, router_profile
-from sluice.operator import events
 from sluice.operator.context import OperatorContext
 from sluice.operator.controllers.modeldeployment import Stopped, plain, spec_problem
 from sluice.operator.driftprofiles import annotation_key, encode
 from sluice.operator.kube import ApiError, Obj
+from sluice.operator.platform import events
 from sluice.operator.render import Owner
 from sluice.operator.render.meta import label_value, owner_reference
 from sluice.providers.base import FeatureCounts

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sluice.api.base import API_VERSION
 from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
 from sluice.engine.routing import ExperimentArms, Routing
@@ -29,7 +30,7 @@ class Owner:
     name: str
     namespace: str
     uid: str
-    api_version: str = "sluice.dev/v1alpha1"
+    api_version: str = API_VERSION
     kind: str = "ModelDeployment"
 
 
