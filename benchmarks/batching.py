@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "manifests" / "examples" / "models"))
 import make_models  # noqa: E402
 import traffic  # noqa: E402
 
+from results_io import machine_text, rerun_command, write_results  # noqa: E402
 from sluice.serving.config import ServingConfig  # noqa: E402
 from sluice.serving.launch import start_data_plane  # noqa: E402
 
@@ -144,6 +145,33 @@ def _batch_totals(metrics_url: str) -> tuple[float, float]:
     return s, c
 
 
+PLANES = {"onnx": "in-process (onnx)", "ray": "Sluice on Ray"}
+
+
+def summary_rows(models: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per model and data plane: the table of the benchmarks page."""
+    rows = []
+    for name, m in models.items():
+        for plane, label in PLANES.items():
+            if plane not in m:
+                continue
+            p = m[plane]
+            rows.append(
+                {
+                    "model": f"MLP {name}",
+                    "data plane": label,
+                    "batched req/s": p["batched"]["rps"],
+                    "unbatched req/s": p["unbatched"]["rps"],
+                    "ratio": p["ratio_rps"],
+                    "mean batch": p["batched"]["mean_batch_size_reported"],
+                    "p99 ms batched": p["batched"]["p99_ms"],
+                    "p99 ms unbatched": p["unbatched"]["p99_ms"],
+                    "meets goal (>= 2x)": p["ratio_rps"] >= 2.0,
+                }
+            )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=12.0)
@@ -154,13 +182,14 @@ def main() -> int:
     parser.add_argument("--backends", default="onnx,ray")
     args = parser.parse_args()
     fair_ray_priority()
+    machine = f"{platform.machine()}, {machine_text()} (shared)"
     result: dict[str, Any] = {
-        "benchmark": "dynamic batching on vs off",
+        "title": "dynamic batching on vs off",
+        "goal": "batched >= 2x unbatched throughput",
         "concurrency": CONCURRENCY,
         "seconds_per_point": args.seconds,
         "max_batch_size": 16,
         "max_wait_ms": 2.0,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
         "load_avg_1m_at_start": os.getloadavg()[0],
         "ray_worker_niceness": os.environ.get(RAY_NICENESS_ENV),
         "models": {},
@@ -176,8 +205,10 @@ def main() -> int:
                 entry[backend] = measure(backend, "file:mlp.onnx", Path(tmp), args.seconds)
             result["models"][f"{args.width}x{layers}"] = entry
     out = ROOT / "benchmarks" / "results" / "batching.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    report = write_results(
+        out, "batching", rerun_command("batching.py"), machine, summary_rows(result["models"]), detail=result
+    )
+    print(json.dumps(report, indent=2))
     return 0
 
 

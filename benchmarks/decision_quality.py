@@ -13,7 +13,6 @@ Writes benchmarks/results/decision_quality.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+from results_io import write_results
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import CheckResult, ModelDeploymentStatus, Phase, Verdict
 from sluice.rollout import Observations, revision_hash, step
@@ -175,19 +175,64 @@ def summarise(results: list[tuple[str, int]], within: int) -> dict[str, Any]:
     }
 
 
+GOAL = "A/A rolled back <= 1%; a 2x error rate rolled back within failureThreshold + 1 analyses in >= 95%"
+MACHINE = "not machine-dependent: a seeded simulation (same seed, same numbers)"
+DEFAULT_RPS = (50.0, 200.0, 500.0)
+
+
+def summary_rows(results: dict[str, Any], within: int) -> list[dict[str, Any]]:
+    """One flat row per rate, scenario and policy: the table of the benchmarks page (shares in percent)."""
+    rows = []
+    for rate, scenarios in results.items():
+        for scenario, policies in scenarios.items():
+            for policy, r in policies.items():
+                if not isinstance(r, dict) or "runs" not in r:
+                    continue  # the per-scenario ratios and target, not a policy
+                rows.append(
+                    {
+                        "rate": rate,
+                        "scenario": scenario,
+                        "policy": policy,
+                        "runs": r["runs"],
+                        "rolled back %": round(100 * r["rolled_back"], 1),
+                        f"within {within} analyses %": round(100 * r["rolled_back_within_threshold_plus_1"], 1),
+                        "promoted %": round(100 * r["promoted"], 1),
+                        "analyses to promotion": r["mean_analyses_to_promotion"],
+                        "meets target": scenarios[scenario].get("sluice_meets_target") if policy == "sluice" else None,
+                    }
+                )
+    return rows
+
+
+def page_notes(setup: dict[str, Any], runs: int) -> list[str]:
+    """The paragraphs under the table on the benchmarks page: what one row is and the policies compared."""
+    return [
+        f"Each row: {runs} seeded rollouts driving the real `step()` and check evaluation. "
+        f"Interval {setup['interval_s']} s, canary steps {setup['canary_steps']}, failureThreshold "
+        f"{setup['failure_threshold']}, minRequests {setup['min_requests']}, stable error rate "
+        f"{setup['stable_error_rate']}; checks: {setup['checks']}; true PSI of the prediction shift "
+        f"{setup['true_psi_of_prediction_shift']}.",
+        f"*naive*: {setup['naive_policy']}. *sluice-advance-when-inconclusive*: "
+        f"{setup['sluice-advance-when-inconclusive']}.",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="simulated rollouts per scenario, policy and rate")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--rps", type=float, nargs="+", default=[50.0, 200.0, 500.0], help="request rates to test")
+    parser.add_argument("--rps", type=float, nargs="+", default=list(DEFAULT_RPS), help="request rates to test")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decision_quality.json")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     within = make_spec("v2").analysis.failure_threshold + 1
     started = time.perf_counter()
+    command = f"python benchmarks/decision_quality.py --runs {args.runs} --seed {args.seed}"
+    if tuple(args.rps) != DEFAULT_RPS:
+        command += " --rps " + " ".join(f"{r:g}" for r in args.rps)
     report: dict[str, Any] = {
-        "command": "python benchmarks/decision_quality.py " + f"--runs {args.runs} --seed {args.seed}",
+        "goal": GOAL,
         "setup": {
             "interval_s": INTERVAL_S,
             "canary_steps": list(STEPS),
@@ -223,8 +268,10 @@ def main() -> int:
             per_rate[sc.name] = row
         report["results"][f"{rps:g}rps"] = per_rate
     report["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report["notes"] = page_notes(report["setup"], args.runs)
+    write_results(
+        args.out, "decision_quality", command, MACHINE, summary_rows(report["results"], within), detail=report
+    )
     for rate, per_rate in report["results"].items():
         for name, row in per_rate.items():
             cells = " | ".join(

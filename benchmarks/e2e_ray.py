@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support import free_port, listening, wait_for  # noqa: E402
 
 from batching import body, fair_ray_priority, load, make_models  # noqa: E402
+from results_io import machine_text, rerun_command, write_results  # noqa: E402
 from sluice.serving.config import ServingConfig  # noqa: E402
 from sluice.serving.launch import start_data_plane  # noqa: E402
 
@@ -117,6 +118,27 @@ def sluice_config(uri: str) -> ServingConfig:
     )
 
 
+PATHS = ("sluice-ray", "plain-ray-serve", "fastapi-uvicorn")
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per model and path (best round of each): the table of the benchmarks page."""
+    rows = []
+    for model, r in result["results"].items():
+        for path in PATHS:
+            rows.append(
+                {
+                    "model": result["models"].get(model, model),
+                    "path": path,
+                    "req/s": r[path]["rps"],
+                    "p50 ms": r[path]["p50_ms"],
+                    "p99 ms": r[path]["p99_ms"],
+                    "Sluice / plain Ray": r["ratio_sluice_vs_plain_ray"] if path == "sluice-ray" else None,
+                }
+            )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -133,12 +155,14 @@ def main() -> int:
     models = {"fraud-logreg": tmp / "fraud-v1.onnx", "mlp": tmp / "mlp.onnx"}
     shutil.copy(ROOT / "manifests" / "examples" / "models" / "fraud-v1.onnx", models["fraud-logreg"])
     make_models.make_mlp(models["mlp"], width=args.mlp_width, layers=args.mlp_layers)
+    measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    machine = machine_text()
     result: dict[str, Any] = {
-        "benchmark": "Sluice on Ray vs plain Ray Serve vs FastAPI+uvicorn",
+        "title": "Sluice on Ray vs plain Ray Serve vs FastAPI+uvicorn",
+        "goal": "Sluice on Ray >= 1.5x plain Ray Serve at equal p99",
         "concurrency": 16,
         "seconds_per_point": args.seconds,
         "rounds": args.rounds,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
         "models": {
             "fraud-logreg": "LogisticRegression, 4 features (manifests/examples/models/fraud-v1.onnx)",
@@ -178,8 +202,10 @@ def main() -> int:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     out = ROOT / "benchmarks" / "results" / "e2e_ray.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    report = write_results(
+        out, "e2e_ray", rerun_command("e2e_ray.py"), machine, summary_rows(result), result, measured_at=measured_at
+    )
+    print(json.dumps(report, indent=2))
     return 0
 
 

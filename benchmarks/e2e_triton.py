@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support import answers, free_port, wait_for
 from tests.support.traffic import logistic_onnx
 
+from results_io import machine_text, now_utc, rerun_command, write_results
 from sluice.serving.backends.triton import TritonBackend
 from sluice.serving.tensors import InferRequest, Tensor
 from sluice.serving.triton.repository import Flavour, ModelVersion, RepositorySpec, write_model
@@ -260,9 +260,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                     router.wait(5)
     best = {name: max(results, key=lambda r: r["rps"]) for name, results in rounds.items()}
     return {
-        "benchmark": "e2e_triton",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
+        "measured_at": now_utc(),
+        "machine": machine_text(),
         "setup": {
             "model": "skl2onnx LogisticRegression, 4 float features, 1 row per request",
             "server": "tritonserver 2.51 (nvidia-pytriton wheel), python backend running onnxruntime, 1 CPU instance",
@@ -299,6 +298,32 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+LABELS = {
+    "direct_http": "v2 REST → tritonserver (shared cores)",
+    "router_http": "v2 REST → Sluice router → gRPC → tritonserver (shared cores)",
+    "direct_http_router_own_core": "v2 REST → tritonserver (Triton + client on one core)",
+    "router_http_router_own_core": "v2 REST → Sluice router (own core) → tritonserver",
+    "direct_grpc": "tritonclient.grpc.aio → tritonserver",
+    "backend_inproc": "TritonBackend in-process (coalescing) → tritonserver",
+}
+
+
+def summary_rows(best: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per path (best round of each): the table of the benchmarks page."""
+    return [
+        {
+            "path": LABELS.get(name, name),
+            "req/s": r["rps"],
+            "p50 ms": r["p50_ms"],
+            "p99 ms": r["p99_ms"],
+            "CPU ms/req triton": r["cpu_ms_per_req_triton"],
+            "CPU ms/req router": r["cpu_ms_per_req_router"],
+            "CPU ms/req client": r["cpu_ms_per_req_client"],
+        }
+        for name, r in best.items()
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -314,8 +339,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     report = _run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    measured_at, machine = report.pop("measured_at"), report.pop("machine")
+    command = rerun_command("e2e_triton.py")
+    write_results(args.out, "e2e_triton", command, machine, summary_rows(report["best"]), report, measured_at)
     print(json.dumps({k: report[k] for k in ("best", "ratios", "cpu_ms_per_request")}, indent=2))
     return 0
 

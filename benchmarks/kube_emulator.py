@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import copy
 import json
-import platform
 import statistics
 import sys
 import threading
@@ -30,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.kube import start_emulator  # noqa: E402
+
+from results_io import machine_text, rerun_command, write_results  # noqa: E402
 
 EXAMPLE = ROOT / "manifests" / "examples" / "10-canary-ray.yaml"
 MDS = "/apis/sluice.dev/v1alpha1/namespaces/default/modeldeployments"
@@ -150,10 +151,8 @@ def main() -> None:
     with PlainKmock() as plain_url:
         kmock_cm_rate = creates_per_second(plain_url, CMS, cms)
 
-    result = {
-        "benchmark": "kube_emulator",
+    result: dict[str, Any] = {
         "count": args.count,
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
         "sluice_emulator": {
             "modeldeployment_creates_per_s": round(md_rate, 1),
             "modeldeployment_creates_per_s_distinct_specs": round(md_distinct, 1),
@@ -173,8 +172,19 @@ def main() -> None:
         "seconds_for_1000_distinct_modeldeployments": round(1000 / md_distinct, 2),
     }
     out = ROOT / "benchmarks" / "results" / "kube_emulator.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    command = rerun_command("kube_emulator.py")
+    report = write_results(out, "kube_emulator", command, machine_text(), summary_rows(result), result)
+    print(json.dumps(report, indent=2))
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per measured quantity: the table of the benchmarks page."""
+    rows: list[dict[str, Any]] = [
+        {"server": "Sluice emulator", "what": k, "value": v} for k, v in result["sluice_emulator"].items()
+    ]
+    rows += [{"server": "plain kmock", "what": k, "value": v} for k, v in result["plain_kmock"].items()]
+    rows += [{"server": "ratio", "what": k, "value": v} for k, v in result["ratios"].items()]
+    return rows
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ Why a script and not a module of the `sluice` package: both pages are docs tooli
   message both sides print), and the printer columns.
 - **Benchmarks** (`docs/benchmarks.md`): one section per `benchmarks/results/*.json`. A file whose `summary` is a
   list of flat dicts is rendered as that table, with its `benchmark`, `command`, `measured_at`, `machine` and `goal`
-  keys. Files written before that convention get a small extractor each (`LEGACY`), keyed by benchmark.
+  keys, and its `notes` (a list of strings) as paragraphs under it. Files written before that convention get a
+  small extractor each (`LEGACY`), keyed by benchmark. `benchmarks/results_io.py` writes the convention.
 """
 
 from __future__ import annotations
@@ -322,44 +323,6 @@ def _batching(d: dict[str, Any]) -> Section:
     )
 
 
-def _decision_quality(d: dict[str, Any]) -> Section:
-    rows = []
-    for rate, scenarios in d["results"].items():
-        for scenario, policies in scenarios.items():
-            for policy, r in policies.items():
-                if not isinstance(r, dict) or "runs" not in r:
-                    continue
-                rows.append(
-                    {
-                        "rate": rate,
-                        "scenario": scenario,
-                        "policy": policy,
-                        "rolled back": _pct(r["rolled_back"]),
-                        "within 3 analyses": _pct(r["rolled_back_within_threshold_plus_1"]),
-                        "promoted": _pct(r["promoted"]),
-                        "analyses to promotion": r["mean_analyses_to_promotion"],
-                    }
-                )
-    s = d["setup"]
-    runs = next(iter(next(iter(d["results"].values())).values()))["sluice"]["runs"]
-    return Section(
-        title="Decision quality (`benchmarks/decision_quality.py`)",
-        command=".venv/bin/" + d["command"],
-        measured_at="not recorded in the file (committed 2026-11-23 14:27 UTC)",
-        machine="not recorded in the file (a seeded simulation: the numbers do not depend on the machine)",
-        goal=f"A/A rolled back ≤ 1%; a 2{TIMES} error rate rolled back within 3 analyses in ≥ 95%",
-        rows=rows,
-        notes=[
-            f"Each row: {runs} seeded rollouts driving the real `step()` and check evaluation. "
-            f"Interval {s['interval_s']} s, canary steps {s['canary_steps']}, failureThreshold "
-            f"{s['failure_threshold']}, minRequests {s['min_requests']}, stable error rate {s['stable_error_rate']}; "
-            f"checks: {s['checks']}; true PSI of the prediction shift {s['true_psi_of_prediction_shift']}.",
-            f"*naive*: {s['naive_policy']}. *sluice-advance-when-inconclusive*: "
-            f"{s['sluice-advance-when-inconclusive']}.",
-        ],
-    )
-
-
 def _e2e_ray(d: dict[str, Any]) -> Section:
     rows = []
     for model, r in d["results"].items():
@@ -505,7 +468,6 @@ def _router_overhead(d: dict[str, Any]) -> Section:
 # Files written before `summary` became the convention: benchmark (or file stem) -> extractor.
 LEGACY: dict[str, Callable[[dict[str, Any]], Section]] = {
     "batching": _batching,
-    "decision_quality": _decision_quality,
     "e2e_ray": _e2e_ray,
     "e2e_triton": _e2e_triton,
     "kube_emulator": _kube_emulator,
@@ -525,6 +487,7 @@ def section_for(stem: str, data: dict[str, Any]) -> Section:
             machine=_machine(data.get("machine")),
             goal=_fmt(data["goal"]) if data.get("goal") else "",
             rows=summary,
+            notes=[str(n) for n in data.get("notes", [])],
         )
     key = data.get("benchmark") if data.get("benchmark") in LEGACY else stem
     if key not in LEGACY:

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from tests.docs.support import REPO, load_docs_gen
+from tests.docs.support import REPO, load_docs_gen, load_results_io
 
 from sluice.api.base import ApiModel
 from sluice.api.crd import CRDS
 
 gen = load_docs_gen()
+results_io = load_results_io()
 
 
 def test_generated_pages_are_up_to_date() -> None:
@@ -104,6 +105,33 @@ def test_a_summary_file_renders_generically(tmp_path: Path) -> None:
     dash = gen.DASH
     assert f"| a | 1,234 | 3.21 | {dash} |" in page
     assert f"| b | 99 | {dash} | {dash} |" in page
+
+
+def test_write_results_puts_the_house_keys_first_and_the_page_shows_goal_and_notes(tmp_path: Path) -> None:
+    written = results_io.write_results(
+        tmp_path / "widget.json",
+        "widget",
+        "python benchmarks/widget.py --runs 3",
+        "2 CPUs",
+        [{"case": "a", "req/s": 12.5}],
+        {"goal": "req/s >= 10", "notes": ["One run, seeded."], "raw": {"a": [1, 2]}},
+        measured_at="2026-11-29T21:00:00Z",
+    )
+    on_disk = json.loads((tmp_path / "widget.json").read_text())
+    assert on_disk == written
+    assert list(on_disk)[:5] == ["benchmark", "command", "measured_at", "machine", "summary"]
+    page = gen.benchmarks_page(tmp_path)
+    assert "- Goal: req/s >= 10" in page
+    assert "| a | 12.5 |" in page
+    assert "One run, seeded." in page
+
+
+def test_write_results_refuses_nested_rows_and_a_repeated_house_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"summary row 0 is not flat: \['a'\]"):
+        results_io.write_results(tmp_path / "x.json", "x", "c", "m", [{"a": {"b": 1}}], {})
+    with pytest.raises(ValueError, match=r"house key\(s\) \['machine'\]"):
+        results_io.write_results(tmp_path / "x.json", "x", "c", "m", [], {"machine": "again"})
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_a_results_file_without_summary_or_extractor_is_refused(tmp_path: Path) -> None:

@@ -351,3 +351,28 @@ def test_stop_still_ends_a_held_experiment() -> None:
     assert status.phase is ExperimentPhase.STOPPED
     assert EndArms() in actions
     assert [v.weight for v in status.variants] == [100, 0]
+
+
+def test_an_overflowed_sum_of_squares_is_unreadable_and_the_experiment_holds() -> None:
+    """One huge outcome (1e200 squared is inf) once made the variance nan, read as 0, so p = 0 forced a verdict."""
+    assert not Sample(500, 1e200, float("inf")).readable
+    assert np.isnan(Sample(500, 1e200, float("inf")).variance)
+    assert Sample(500, 250.0, 300.0).readable
+    spec = make_spec(method="frequentist", minimumDetectableEffect=0.2, primaryMetric={"name": "x", "kind": "mean"})
+    status = started(spec)
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1.0, 1.0, 5000), rng.normal(1.0, 1.0, 5000)
+    healthy = ArmObservation(Sample(5000, float(a.sum()), float((a * a).sum())))
+    broken = ArmObservation(Sample(5001, float(b.sum()) + 1e200, float("inf")))
+    obs = Observations(uid="uid-1", arms={"control": healthy, "treatment": broken})
+    status, actions = look(spec, status, obs)
+    assert status.phase is ExperimentPhase.RUNNING
+    assert status.winner is None
+    assert not any(isinstance(x, (PromoteVariant, SetWeights)) for x in actions)
+    reason_status = _condition(status, "OutcomesRead")
+    assert reason_status[0] == "False"
+    assert "treatment" in reason_status[2]
+    # readable again: the condition turns back to True
+    fixed = ArmObservation(Sample(5000, float(b.sum()), float((b * b).sum())))
+    status, _ = look(spec, status, Observations(uid="uid-1", arms={"control": healthy, "treatment": fixed}), 2)
+    assert _condition(status, "OutcomesRead")[0] == "True"

@@ -36,7 +36,11 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def test_lint_is_clean() -> None:
-    for values in ({}, {"watchNamespaces": ["a", "b"], "metrics": {"serviceMonitor": {"enabled": True}}}):
+    for values in (
+        {},
+        {"watchNamespaces": ["a", "b"], "metrics": {"serviceMonitor": {"enabled": True}}},
+        {"replicaCount": 2},
+    ):
         report = helm.lint(CHART_DIR, values, strict=True)
         problems = [m for m in report["messages"] if m["severity"] >= 2]
         assert not problems, report
@@ -50,6 +54,7 @@ def test_lint_is_clean() -> None:
         "watchNamespaces={team-a,team-b}",
         "metrics.serviceMonitor.enabled=true,networkPolicy.enabled=false,podDisruptionBudget.enabled=false",
         "serviceAccount.create=false,serviceAccount.name=existing,logLevel=debug,image.tag=v9",
+        "replicaCount=2",
     ],
 )
 def test_every_rendered_object_is_valid_kubernetes(chart: helm.Chart, overrides: str) -> None:
@@ -92,11 +97,14 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_uses(chart: helm.Chart) 
     assert ("sluice.dev", "modeldeployments/status", "patch") in grants
     assert ("ray.io", "rayservices", "create") in grants
     assert ("", "pods", "list") in grants  # InsufficientGPU
-    assert not any(g in ("batch", "coordination.k8s.io") for g, _, _ in grants), "no Jobs yet; standalone, no Lease"
+    assert ("batch", "jobs", "create") in grants  # DriftPolicy retrain Jobs
+    assert not any(g == "coordination.k8s.io" for g, _, _ in grants), "standalone, no Lease"
     assert ("", "namespaces", "watch") in grants
     assert {v for g, r, v in grants if r == "customresourcedefinitions"} == {"get", "list", "watch"}
     assert not any("*" in t for t in grants), "wildcards are not least privilege"
-    assert not any(r in ("secrets", "pods/exec", "clusterroles") for _, r, _ in grants)
+    assert not any(r in ("pods/exec", "clusterroles") for _, r, _ in grants)
+    # The router's admin Secret is created, never read: no get/list/watch on any Secret.
+    assert {v for _, r, v in grants if r == "secrets"} == {"create"}
 
 
 def test_watched_namespaces_get_roles_instead_of_a_cluster_role(chart: helm.Chart) -> None:
@@ -110,6 +118,35 @@ def test_watched_namespaces_get_roles_instead_of_a_cluster_role(chart: helm.Char
     (deployment,) = by_kind(objects, "Deployment")
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["SLUICE_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+def test_two_replicas_elect_a_leader_over_a_lease_and_one_does_not(chart: helm.Chart) -> None:
+    """replicaCount 2: the leader-election env, a Lease Role in the release namespace, RollingUpdate, spread over
+    nodes. replicaCount 1 (the default): none of it, strategy Recreate."""
+    objects = render(chart, {"replicaCount": 2})
+    (deployment,) = by_kind(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["SLUICE_LEADER_ELECTION"] == "true"
+    assert (env["SLUICE_LEASE_DURATION_SECONDS"], env["SLUICE_RENEW_DEADLINE_SECONDS"]) == ("15", "10")
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert pod["affinity"]["podAntiAffinity"]
+    (role,) = by_kind(objects, "Role")
+    assert role["metadata"]["namespace"] == "sluice-system"
+    assert _grants(role["rules"]) == {
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "patch"),
+    }
+    (binding,) = by_kind(objects, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+    single = render(chart)
+    (deployment,) = by_kind(single, "Deployment")
+    names = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "SLUICE_LEADER_ELECTION" not in names
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert not by_kind(single, "Role")
 
 
 def test_every_rbac_rule_is_commented() -> None:
@@ -143,6 +180,7 @@ def test_service_monitor_matches_prometheus_operator_schema(chart: helm.Chart) -
         ({"image": {"repo": "x"}}, "/image"),
         ({"metrics": {"port": 80}}, "/metrics/port"),
         ({"replicaCount": "two"}, "/replicaCount"),
+        ({"leaderElection": {"leaseDurationSeconds": 0}}, "/leaderElection/leaseDurationSeconds"),
         ({"watchNamespaces": ["Not_A_Namespace"]}, "/watchNamespaces/0"),
         ({"unknownKey": True}, "unknownKey"),
     ],

@@ -77,3 +77,40 @@ def test_every_chart_env_variable_is_read() -> None:
     source = (REPO / "operator" / "sluice" / "operator" / "config.py").read_text()
     assert chart_vars, "no env variables found in the chart's Deployment"
     assert {v for v in chart_vars if f'"{v}"' not in source} == set()
+
+
+def test_leader_election_is_off_by_default_and_reads_its_timings() -> None:
+    assert OperatorConfig.from_env({}).leader_election is None
+    env = {
+        "SLUICE_LEADER_ELECTION": "true",
+        "POD_NAMESPACE": "sluice-system",
+        "SLUICE_LEASE_NAME": "sluice",
+        "SLUICE_LEASE_DURATION_SECONDS": "20",
+        "SLUICE_RENEW_DEADLINE_SECONDS": "12.5",
+        "SLUICE_RETRY_PERIOD_SECONDS": "3",
+    }
+    lease = OperatorConfig.from_env(env).leader_election
+    assert lease is not None
+    assert (lease.namespace, lease.name) == ("sluice-system", "sluice")
+    assert (lease.lease_duration_s, lease.renew_deadline_s, lease.retry_period_s) == (20.0, 12.5, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"SLUICE_LEADER_ELECTION": "yes"}, "SLUICE_LEADER_ELECTION must be true or false"),
+        ({"SLUICE_LEADER_ELECTION": "true"}, "needs POD_NAMESPACE"),
+        (
+            {"SLUICE_LEADER_ELECTION": "true", "POD_NAMESPACE": "x", "SLUICE_RETRY_PERIOD_SECONDS": "soon"},
+            "SLUICE_RETRY_PERIOD_SECONDS must be a number",
+        ),
+        (
+            {"SLUICE_LEADER_ELECTION": "true", "POD_NAMESPACE": "x", "SLUICE_RENEW_DEADLINE_SECONDS": "20"},
+            "SLUICE_RENEW_DEADLINE_SECONDS < SLUICE_LEASE_DURATION_SECONDS",
+        ),
+    ],
+)
+def test_bad_leader_election_settings_name_the_variable(env: dict[str, str], words: str) -> None:
+    with pytest.raises(ValueError) as err:
+        OperatorConfig.from_env(env)
+    assert words in str(err.value)

@@ -56,6 +56,15 @@ NOT_EXERCISED_HERE: dict[Grant, str] = {
     ("sluice.dev", "experiments", "patch"): "Experiments: Kopf's finalizer (deletion takes the arms off the target)",
     ("sluice.dev", "experiments/status", "patch"): "Experiments: their status",
     ("sluice.dev", "modeldeployments", "get"): "Experiments: the controller reads its target ModelDeployment",
+    # DriftPolicies (tests/drift/test_operator_*.py run them): Kopf's finalizer, the status, the target, retrain Jobs.
+    (
+        "sluice.dev",
+        "driftpolicies",
+        "patch",
+    ): "DriftPolicies: Kopf's finalizer (deletion takes the bins off the target)",
+    ("sluice.dev", "driftpolicies/status", "patch"): "DriftPolicies: their status",
+    ("batch", "jobs", "create"): "DriftPolicy retrain: the Job from jobTemplate",
+    ("batch", "jobs", "get"): "DriftPolicy retrain: the Job followed until it finishes",
 }
 
 

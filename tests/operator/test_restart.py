@@ -38,11 +38,11 @@ STEPS = [20, 50]
 ALLOWED_WEIGHTS = {0, *STEPS, 100}
 TERMINAL = {"Succeeded", "RolledBack", "Aborted", "Failed"}
 WRITES = {"create", "update", "patch", "delete"}
-# In the reference run (printed by the baseline fixture with -s): 1 Kopf's finalizer patch, 2 the RayService create,
-# 4 the first status write, 7 v2 added to the RayService, 12 a status write mid-canary, 13 a weight patch,
-# 16 the promotion's weight patch, 22 the final status write (Succeeded).
-FAST_KILL_POINTS = [2, 12]
-SLOW_KILL_POINTS = [1, 4, 7, 13, 16, 22]
+# In the reference run (printed by the baseline fixture with -s): 1 Kopf's finalizer patch, 2 the router's admin
+# Secret create, 3 the RayService create, 5 the first status write, 8 v2 added to the RayService, 13 a status write
+# mid-canary, 14 a weight patch, 17 the promotion's weight patch, 23 the final status write (Succeeded).
+FAST_KILL_POINTS = [2, 3, 13]
+SLOW_KILL_POINTS = [1, 5, 8, 14, 17, 23]
 
 
 @dataclass
@@ -137,7 +137,7 @@ def run_rollout(world: World, ns: str, kill_after: int | None) -> Outcome:
 
 
 def check_children(world: World, ns: str) -> None:
-    """Exactly one RayService, named after the MD and owned by it (controller), and nothing else created."""
+    """Exactly one RayService and one admin Secret, named after the MD and owned by it (controller), nothing else."""
     emulator = world.emulator
 
     def stored(plural: str, group: str) -> list[dict[str, Any]]:
@@ -150,6 +150,9 @@ def check_children(world: World, ns: str) -> None:
     (owner,) = rayservices[0]["metadata"]["ownerReferences"]
     assert owner["uid"] == md["metadata"]["uid"]
     assert owner["controller"] is True
+    (secret,) = stored("secrets", "")  # created once: a restart after its create meets 409 and keeps it
+    assert secret["metadata"]["name"] == "m-router-admin"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == md["metadata"]["uid"]
     for plural, group in (("deployments", "apps"), ("services", ""), ("configmaps", "")):
         assert not stored(plural, group), f"a ray ModelDeployment has no {plural}"
     config = yaml.safe_load(rayservices[0]["spec"]["serveConfigV2"])

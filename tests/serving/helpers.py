@@ -108,11 +108,31 @@ class NotReadyBackend(OnnxBackend):
         raise BackendUnavailable("model not loaded")
 
 
+class EchoBytes:
+    """A backend whose model echoes a BYTES input reversed element-wise (BYTES in, BYTES out)."""
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        data = request.inputs[0].data
+        out = np.array([bytes(reversed(b)) for b in data.reshape(-1)], dtype=object).reshape(data.shape)
+        return InferResponse("words", "v1", (Tensor("reversed", out),))
+
+    async def ready(self) -> bool:
+        return True
+
+    async def metadata(self) -> ModelMetadata:
+        return ModelMetadata(
+            "words", "v1", "test", (TensorSpec("text", "BYTES", (-1,)),), (TensorSpec("reversed", "BYTES", (-1,)),)
+        )
+
+    async def close(self) -> None:
+        return None
+
+
 def config(**kw: object) -> ServingConfig:
-    """stable v1 / canary v2 config with overrides (the override header enabled for any client)."""
+    """stable v1 / canary v2 config with overrides (the override header off, as by default: a test that sends it
+    passes `override_enabled=True`)."""
     base: dict[str, object] = {
         "model_name": MODEL,
-        "override_enabled": True,
         "variants": [
             {"name": "stable", "version": "v1", "uri": "file://v1.onnx", "weight": 90},
             {"name": "canary", "version": "v2", "uri": "file://v2.onnx", "weight": 10},

@@ -52,3 +52,62 @@ def test_uri_schemes_allow_list_from_the_environment(monkeypatch: pytest.MonkeyP
     assert admin.from_env().uri_schemes == ("file", "https", "s3", "gs")
     monkeypatch.setenv(admin.URI_SCHEMES_ENV, "S3, gs")
     assert admin.from_env().uri_schemes == ("s3", "gs")
+
+
+def _swap(path: Path, text: str) -> None:
+    """Replace `path` the way kubelet updates a Secret volume: a new file renamed over the old one."""
+    new = path.with_name(path.name + ".new")
+    new.write_text(text)
+    new.replace(path)
+
+
+def test_a_rotated_secret_replaces_the_token_without_a_restart(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    mounted = tmp_path / "token"
+    mounted.write_text("first\n")
+    monkeypatch.setenv(admin.TOKEN_FILE_ENV, str(mounted))
+    auth = admin.for_process("router")
+    assert not auth.generated
+    assert auth.allows({"authorization": "Bearer first"})
+    _swap(mounted, "second\n")
+    assert auth.allows({"authorization": "Bearer second"})
+    assert not auth.allows({"authorization": "Bearer first"})
+    mounted.unlink()  # the Secret deleted: the token in use stays until the operator's new one arrives
+    assert auth.allows({"authorization": "Bearer second"})
+    _swap(mounted, "")  # an empty file neither
+    auth.require({"authorization": "Bearer second"})
+    _swap(mounted, "third")
+    with pytest.raises(Unauthorized):
+        auth.require({"authorization": "Bearer second"})
+    auth.require({"authorization": "Bearer third"})
+
+
+def test_a_secret_created_after_start_replaces_the_generated_token(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    mounted = tmp_path / "mounted-token"
+    monkeypatch.setenv(admin.TOKEN_FILE_ENV, str(mounted))
+    auth = admin.for_process("router")  # no Secret yet: a generated token in a private file
+    generated = auth.token_file
+    assert auth.generated
+    assert generated is not None
+    assert generated.exists()
+    assert auth.allows({"authorization": f"Bearer {auth.token}"})
+    _swap(mounted, "from-the-operator\n")
+    assert auth.allows({"authorization": "Bearer from-the-operator"})
+    assert auth.token_file == mounted
+    assert not auth.generated
+    assert not generated.exists(), "the generated token is revoked and its file removed"
+    admin.remove_token_file(auth)
+    assert mounted.exists(), "the mounted Secret is never deleted"
+
+
+def test_the_ray_ingress_opens_its_admin_api_once_the_secret_appears(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    mounted = tmp_path / "token"
+    monkeypatch.setenv(admin.TOKEN_FILE_ENV, str(mounted))
+    auth = admin.from_env()  # what build_app uses inside Ray Serve
+    with pytest.raises(Forbidden):
+        auth.require({"authorization": "Bearer x"})
+    _swap(mounted, "now-set")
+    auth.require({"authorization": "Bearer now-set"})

@@ -39,6 +39,7 @@ def base(model_bytes: bytes) -> Iterator[str]:
         "cold": NotReadyBackend(model_bytes, "v4"),
     }
     cfg = config(
+        override_enabled=True,  # the tests pick the failing variant with the override header
         request_timeout_s=0.5,
         max_request_bytes=4096,
         variants=[

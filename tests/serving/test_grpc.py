@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
-from tests.serving.helpers import MODEL, FailingBackend, OnnxBackend, config, serve
+from tests.serving.helpers import MODEL, EchoBytes, FailingBackend, OnnxBackend, config, serve
 from tritonclient.utils import InferenceServerException
 
 from sluice.serving.config import ServingConfig
@@ -20,7 +20,6 @@ from sluice.serving.endpoints import ProtocolEndpoints
 from sluice.serving.errors import BackendUnavailable
 from sluice.serving.grpcserver import GrpcServer
 from sluice.serving.router import Router
-from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 
 X = np.array([[3, 0, 0, 0], [-3, 0, 0, 0]], dtype=np.float32)
 
@@ -76,7 +75,7 @@ def backends(model_bytes: bytes, flipped_model_bytes: bytes) -> dict[str, OnnxBa
 
 @pytest.fixture(scope="module")
 def url(backends: dict[str, OnnxBackend]) -> Iterator[str]:
-    cfg = config(sticky_header="x-user", mirror={"variant": "canary", "percent": 100})
+    cfg = config(sticky_header="x-user", mirror={"variant": "canary", "percent": 100}, override_enabled=True)
     router = Router(cfg, backends)
     with serve_grpc(router) as target:
         yield target
@@ -232,25 +231,6 @@ def test_requests_are_counted_like_rest(model_bytes: bytes) -> None:
     ok = [line for line in text.splitlines() if line.startswith("sluice_requests_total{") and 'code="200"' in line]
     assert any('version="v2"' in line and line.endswith(" 5.0") for line in ok), ok
     assert any(line.startswith("sluice_requests_total{") and 'code="400"' in line for line in text.splitlines())
-
-
-class EchoBytes:
-    """A model that reverses each element of a BYTES input."""
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        data = request.inputs[0].data
-        out = np.array([bytes(reversed(b)) for b in data.reshape(-1)], dtype=object).reshape(data.shape)
-        return InferResponse("words", "v1", (Tensor("reversed", out),))
-
-    async def ready(self) -> bool:
-        return True
-
-    async def metadata(self) -> ModelMetadata:
-        spec = (TensorSpec("text", "BYTES", (-1,)),)
-        return ModelMetadata("words", "v1", "test", spec, (TensorSpec("reversed", "BYTES", (-1,)),))
-
-    async def close(self) -> None:
-        return None
 
 
 def test_bytes_tensors_round_trip() -> None:

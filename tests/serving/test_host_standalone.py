@@ -164,3 +164,37 @@ def test_bad_startup_exits_2_naming_the_problem(tmp_path: Path, setup: str, mess
         assert message in out
     finally:
         _stop(proc)
+
+
+def test_a_rotated_mounted_token_is_used_without_a_restart(model_server: str, tmp_path: Path) -> None:
+    """As in a Triton router pod: no Secret at start (a generated token), then the operator's, then a rotation."""
+    mounted = tmp_path / "admin" / "token"
+    mounted.parent.mkdir()
+    port = free_port()
+    proc = _start(
+        ["--config", str(_write_config(tmp_path, model_server)), "--port", str(port), "--variant-backend", "http"],
+        env={"SLUICE_ADMIN_TOKEN": "", "SLUICE_ADMIN_TOKEN_FILE": str(mounted), "XDG_RUNTIME_DIR": str(tmp_path)},
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def swap(text: str) -> None:  # as kubelet does: a new file renamed over the old one
+        new = mounted.with_name("token.new")
+        new.write_text(text)
+        new.replace(mounted)
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    try:
+        _wait_ready(base, proc)
+        [generated] = tmp_path.glob("sluice-router-*.admin-token")
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.get("/admin/config", headers=bearer(generated.read_text().strip())).status_code == 200
+            swap("first-token\n")  # the operator's Secret appears
+            assert client.get("/admin/config", headers=bearer("first-token")).status_code == 200
+            assert not generated.exists(), "the generated token is dropped once the Secret's is there"
+            swap("second-token\n")  # rotated
+            assert client.get("/admin/config", headers=bearer("first-token")).status_code == 401
+            assert client.get("/admin/config", headers=bearer("second-token")).status_code == 200
+    finally:
+        _stop(proc)

@@ -33,7 +33,10 @@ LIMITS = ServerLimits(
 )
 URL = f"/v2/models/{MODEL}/infer"
 GOOD_BODY = json.dumps(v2_body(row())).encode()
-PROBE_BOUND_S = 1.0  # a good client's answer time while an attack runs (generous: a shared 2-core VM at load ~10)
+# Bounds that prove "keeps answering" (an attack that starved the server would exceed them many times over), not
+# benchmarks: wide, so a shared 2-core VM at load ~10 does not flake (a good client normally answers in ~10 ms).
+PROBE_BOUND_S = 5.0  # a good client's answer time while an attack runs
+CUT_BOUND_S = 8.0  # a slow or endless sender is cut off within this (the header timeout is 1 s)
 FD_MARGIN = 8
 # RSS is compared with room for what the allocator keeps after a burst (four 2 MB bodies parsed into 1M-element
 # lists at once); the giant-rows scenario also checks the Python heap itself across repeated rounds.
@@ -118,7 +121,7 @@ def test_slowloris_is_cut_off_at_the_header_timeout(base: str) -> None:
         s.sendall(b"POST " + URL.encode() + b" HTTP/1.1\r\nHost: x\r\n")
     t0 = time.monotonic()
     cut: dict[int, float] = {}
-    while len(cut) < len(socks) and time.monotonic() - t0 < 4.0:
+    while len(cut) < len(socks) and time.monotonic() - t0 < CUT_BOUND_S:
         for i, s in enumerate(socks):
             if i not in cut:
                 try:
@@ -133,7 +136,7 @@ def test_slowloris_is_cut_off_at_the_header_timeout(base: str) -> None:
     assert all(status_of(a) in (408, 0) for a in answers), answers[:3]
     assert sum(status_of(a) == 408 for a in answers) >= 25
     assert b"request headers not received within 1 s" in answers[0]
-    assert time.monotonic() - t0 < 4.0
+    assert time.monotonic() - t0 < CUT_BOUND_S
 
 
 def test_idle_flood_hits_the_cap_with_a_clear_answer_then_drains(base: str) -> None:
@@ -146,7 +149,7 @@ def test_idle_flood_hits_the_cap_with_a_clear_answer_then_drains(base: str) -> N
     assert status == 503  # the next client hears why, instead of timing out
     assert seconds < PROBE_BOUND_S
     # Idle connections are closed at the header timeout; new clients are served again.
-    wait_for("a good client to be served again", lambda: probe(base)[0] == 200, 4.0, 0.2)
+    wait_for("a good client to be served again", lambda: probe(base)[0] == 200, CUT_BOUND_S, 0.2)
     assert all(read_answer(s, 0.5) == b"" for s in socks[:200])
     for s in socks:
         s.close()
@@ -181,7 +184,7 @@ def test_huge_url_and_headers_are_refused_while_parsing(base: str) -> None:
         pass
     answer = read_answer(s, 1.0)
     s.close()
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < CUT_BOUND_S
     assert sent < 16 * 1024 * 1024, f"the server read {sent} bytes of one header"
     assert status_of(answer) in (431, 0)  # 0: the reset raced the answer
     assert_served(base)

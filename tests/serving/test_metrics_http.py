@@ -45,6 +45,7 @@ async def test_metrics_names_labels_and_buckets(model_bytes: bytes, flipped_mode
         mn.BATCH_SIZE: "histogram",
         mn.SHADOW_COMPARISONS_TOTAL: "counter",
         mn.SHADOW_DROPPED_TOTAL: "counter",
+        mn.FEATURE_ERRORS_TOTAL: "counter",
         mn.SHADOW_SCORE_DIFF: "histogram",
         mn.MODEL_LOADED: "gauge",
         mn.VARIANT_WEIGHT: "gauge",

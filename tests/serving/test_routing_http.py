@@ -51,7 +51,7 @@ def _weights(stable: int) -> str:
 @pytest.fixture
 def router(model_bytes: bytes) -> Router:
     backends = {"stable": OnnxBackend(model_bytes, "v1"), "canary": OnnxBackend(model_bytes, "v2")}
-    return Router(config(sticky_header="x-user"), backends)
+    return Router(config(sticky_header="x-user", override_enabled=True), backends)
 
 
 async def test_split_is_within_one_point_over_10000_requests_and_right_after_a_weight_change(router: Router) -> None:

@@ -113,6 +113,7 @@ async def test_fallback_serves_stable_and_still_counts_the_canary_failure(model_
     canary = FailingBackend(model_bytes, "v2", BackendError("model exploded"))
     backends = {"stable": OnnxBackend(model_bytes, "v1"), "canary": canary}
     cfg = config(
+        override_enabled=True,
         fallback_to_stable=True,
         variants=[
             {"name": "stable", "version": "v1", "uri": "file://v1.onnx", "weight": 50},
@@ -143,7 +144,7 @@ async def test_without_fallback_the_canary_error_reaches_the_client(model_bytes:
         "stable": OnnxBackend(model_bytes, "v1"),
         "canary": FailingBackend(model_bytes, "v2", BackendTimeout("slow")),
     }
-    router = Router(config(), backends)
+    router = Router(config(override_enabled=True), backends)
     with serve(router) as base:
         async with httpx.AsyncClient(base_url=base) as client:
             r = await client.post(URL, json=v2_body(row()), headers={"x-sluice-variant": "canary"})

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
-from tests.serving.helpers import MODEL, OnnxBackend, config, serve
+from tests.serving.helpers import MODEL, EchoBytes, OnnxBackend, config, serve
 from tritonclient.utils import InferenceServerException
 
 from sluice.serving.config import ServingConfig
 from sluice.serving.router import Router
-from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
 
 pytestmark = pytest.mark.usefixtures("both_servers")  # the router's HttpServer and plain ASGI (uvicorn)
 
@@ -147,26 +146,6 @@ def test_binary_request_errors_name_the_problem(url: str) -> None:
         assert client.is_server_live()  # and it still serves
     finally:
         client.close()
-
-
-class EchoBytes:
-    """A backend whose model echoes a BYTES input reversed element-wise (BYTES in, BYTES out)."""
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        data = request.inputs[0].data
-        out = np.array([bytes(reversed(b)) for b in data.reshape(-1)], dtype=object).reshape(data.shape)
-        return InferResponse("words", "v1", (Tensor("reversed", out),))
-
-    async def ready(self) -> bool:
-        return True
-
-    async def metadata(self) -> ModelMetadata:
-        return ModelMetadata(
-            "words", "v1", "test", (TensorSpec("text", "BYTES", (-1,)),), (TensorSpec("reversed", "BYTES", (-1,)),)
-        )
-
-    async def close(self) -> None:
-        return None
 
 
 def test_bytes_tensors_travel_length_prefixed_both_ways() -> None:

@@ -16,14 +16,9 @@ from typing import Any
 
 import httpx
 
+from sluice.serving.ports import free_port  # the one copy: serving starts tritonserver and Ray with it
+
 __all__ = ["answers", "free_port", "listening", "wait_for", "wait_for_async"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (for servers started as their own process)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.1) -> Any:

@@ -95,6 +95,7 @@ BUILTINS: list[ResourceType] = [
     _rt("v1", "namespaces", "Namespace", namespaced=False, status=True, short=["ns"]),
     _rt("v1", "events", "Event", short=["ev"]),
     _rt("v1", "configmaps", "ConfigMap", short=["cm"]),
+    _rt("v1", "secrets", "Secret"),
     _rt("v1", "services", "Service", status=True, short=["svc"]),
     _rt("v1", "pods", "Pod", status=True, short=["po"]),
     _rt("apps/v1", "deployments", "Deployment", status=True, short=["deploy"]),
@@ -488,6 +489,7 @@ class WriteHook:
     user_agent: str | tuple[str, ...]  # one prefix or several (e.g. the operator's own client and Kopf's)
     after: int
     action: Callable[[AuditEntry], None]
+    namespace: str = ""  # count only writes in this namespace (several operators side by side); "": all
     seen: int = 0
     fired: bool = False
 
@@ -610,17 +612,22 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     # -- audit and hooks -------------------------------------------------------------------------------------
 
     def on_write(
-        self, user_agent: str | tuple[str, ...], after: int, action: Callable[[AuditEntry], None]
+        self,
+        user_agent: str | tuple[str, ...],
+        after: int,
+        action: Callable[[AuditEntry], None],
+        namespace: str = "",
     ) -> WriteHook:
         """Register a `WriteHook` (call from the emulator's loop, e.g. via `EmulatorThread.call`)."""
         if after < 1:
             raise ValueError("after counts writes from 1")
-        hook = WriteHook(user_agent, after, action)
+        hook = WriteHook(user_agent, after, action, namespace)
         self._write_hooks.append(hook)
         return hook
 
-    def clear_write_hooks(self) -> None:
-        self._write_hooks.clear()
+    def clear_write_hooks(self, namespace: str | None = None) -> None:
+        """Drop every hook (None) or those of one namespace."""
+        self._write_hooks[:] = [h for h in self._write_hooks if namespace is not None and h.namespace != namespace]
 
     def watching(self, plural: str, group: str = "", user_agent: str | tuple[str, ...] = "") -> int:
         """How many watches of one resource are open now, by clients whose User-Agent starts with `user_agent`:
@@ -633,6 +640,8 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
 
     def _written(self, entry: AuditEntry) -> None:
         for hook in self._write_hooks:
+            if hook.namespace and entry.namespace != hook.namespace:
+                continue
             if not hook.fired and entry.user_agent.startswith(hook.user_agent):
                 hook.seen += 1
                 if hook.seen == hook.after:

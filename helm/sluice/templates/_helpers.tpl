@@ -56,7 +56,7 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: ["sluice.dev"]
   resources: ["experiments/status"]
   verbs: ["patch"]
-# The Experiment controller reads its target ModelDeployment (exists? mid-rollout?) before handing it the arms.
+# The Experiment and DriftPolicy controllers read their target ModelDeployment (exists? mid-rollout? its spec).
 - apiGroups: ["sluice.dev"]
   resources: ["modeldeployments"]
   verbs: ["get"]
@@ -87,6 +87,11 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["watch"]
+# The router's admin-token Secret (<name>-router-admin), created once per ModelDeployment and never rewritten: create
+# only. The operator never reads a Secret (no get/list/watch): a 409 on create tells it one is already there.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
 # Children no longer desired are found by the owner's label on every child kind, ServiceMonitors included (the API
 # answers 404 while prometheus-operator's CRD is absent).
 - apiGroups: ["monitoring.coreos.com"]
@@ -103,6 +108,21 @@ operator run (create, canary, promote, rollback, delete on both backends) and fa
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# DriftPolicies: Kopf lists, watches and patches them (finalizer: deletion takes the policy's bins off its target).
+- apiGroups: ["sluice.dev"]
+  resources: ["driftpolicies"]
+  verbs: ["list", "watch", "patch"]
+# A DriftPolicy's state, score, per-feature table and conditions: a merge patch of its status subresource.
+- apiGroups: ["sluice.dev"]
+  resources: ["driftpolicies/status"]
+  verbs: ["patch"]
+# The DriftPolicy controller reads its target ModelDeployment (the get above) and patches it (the patch above): its
+# bins as an annotation, the undo command (rollback), spec.model to a retrained version.
+# DriftPolicy retrain: a Job from the policy's jobTemplate (create), followed until it finishes (get); its pods are
+# listed (pods list, above) for the termination message naming the new model.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "create"]
 # Events for every phase change, promotion and rollback (the operator) and handler outcomes (Kopf).
 - apiGroups: [""]
   resources: ["events"]

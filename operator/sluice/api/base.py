@@ -21,6 +21,8 @@ from pydantic_core import CoreSchema
 GROUP = "sluice.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+# Manual commands (`kubectl sluice promote|abort|retry|undo`) travel in this annotation as "<verb>:<nonce>".
+COMMAND_ANNOTATION = f"{GROUP}/command"
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")

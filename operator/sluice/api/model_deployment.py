@@ -274,7 +274,8 @@ class Rollout(ApiModel):
     strategy: StrategyType = Field(default=StrategyType.CANARY, description="canary, shadow or blueGreen.")
     canary: CanaryStrategy | None = Field(
         default=None,
-        description="Settings of the canary strategy. Omitted with strategy canary: steps of 10, 25, 50, 75 percent.",
+        description="Settings of the canary strategy. Omitted with strategy canary: steps of "
+        f"{', '.join(map(str, DEFAULT_CANARY_STEPS))} percent.",
     )
     shadow: ShadowStrategy | None = Field(
         default=None, description="Settings of the shadow strategy. Omitted with strategy shadow: the defaults."

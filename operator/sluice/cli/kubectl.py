@@ -1,5 +1,5 @@
 """`kubectl-sluice`: the kubectl plugin (`kubectl sluice status|promote|abort|retry|undo NAME`, and
-`kubectl sluice experiment status|conclude|stop NAME`).
+`kubectl sluice experiment status|conclude|stop NAME`, `kubectl sluice drift status NAME`).
 
 `status` renders a ModelDeployment's status (operator/sluice/api/status.py) as compact tables. The verbs only set
 the annotation `sluice.dev/command: "<verb>:<nonce>"` with a merge patch: the operator compares it with
@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from sluice.api.base import GROUP, VERSION
+from sluice.api.base import COMMAND_ANNOTATION, GROUP, VERSION
 
 PLURAL = "modeldeployments"
-COMMAND_ANNOTATION = f"{GROUP}/command"
 VERBS: dict[str, str] = {
     "promote": "skip the remaining steps and analysis: move all traffic to the new version now",
     "abort": "stop the rollout: all traffic back to the stable version (phase Aborted)",
@@ -33,6 +32,7 @@ EXPERIMENT_ACTIONS: dict[str, str] = {
     "conclude": "end the experiment now with the current leader as the winner (Concluded, marked as concluded by "
     "hand) and carry out its endPolicy; with no outcomes yet there is no leader and control keeps the traffic",
 }
+DRIFT_PLURAL = "driftpolicies"
 # Phases in which promote/abort have nothing to act on (the operator ignores the command then).
 _IDLE_PHASES = {"Stable", "Succeeded", "RolledBack", "Aborted", "Failed"}
 
@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         command = actions.add_parser(action, help=help_text, description=help_text)
         command.add_argument("name", help="Experiment name")
         _connection_options(command)
+    drift = sub.add_parser("drift", help="show a DriftPolicy")
+    _connection_options(drift)
+    drift_actions = drift.add_subparsers(dest="action", metavar="ACTION", required=True)
+    help_text = "show state, score, the per-feature table (method, score, p-values, samples, state), last action"
+    command = drift_actions.add_parser("status", help=help_text, description=help_text)
+    command.add_argument("name", help="DriftPolicy name")
+    _connection_options(command)
     return parser
 
 
@@ -118,8 +125,9 @@ class Cluster:
             return fn(GROUP, VERSION, self.namespace, self.plural, *args, **kwargs)
         except ApiException as exc:
             if exc.status == 404:
+                kind = "driftpolicy" if self.plural == DRIFT_PLURAL else self.plural[:-1]
                 raise PluginError(
-                    f'{self.plural[:-1]} "{name}" not found in namespace "{self.namespace}"'
+                    f'{kind} "{name}" not found in namespace "{self.namespace}"'
                     + ("" if self.plural in str(exc.body) else " (are the Sluice CRDs installed?)")
                 ) from exc
             raise PluginError(f"the API server refused the request ({exc.status} {exc.reason}): {exc.body}") from exc
@@ -316,6 +324,49 @@ def render_experiment(obj: Obj) -> str:
     return "\n".join(lines)
 
 
+def render_drift(obj: Obj) -> str:
+    """One DriftPolicy: state and score, the last action, then a row per feature and the conditions."""
+    meta, spec, st = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
+    thresholds, action = spec.get("thresholds") or {}, spec.get("action") or {}
+    lines = [
+        f"DriftPolicy: {meta.get('name', '?')}  (namespace {meta.get('namespace', '?')})",
+        f"Target:      {(spec.get('target') or {}).get('name', '?')}   method {spec.get('method', 'psi')}, "
+        f"warning {thresholds.get('warning', 0.1)}, critical {thresholds.get('critical', 0.25)}, "
+        f"window {spec.get('window', '1h')} every {spec.get('interval', '5m')}",
+        f"State:       {st.get('state', 'NoData')}   score {_text(st.get('score'))}, "
+        f"{st.get('driftedFeatures', 0)} drifted, {st.get('samples', 0)} rows in the window",
+        f"Evaluated:   {st.get('lastEvaluated') or '-'}",
+        f"Action:      {action.get('type', 'alert')} (cooldown {action.get('cooldown', '1h')}); last: "
+        + (f"{st.get('lastActionType')} at {st.get('lastAction')}" if st.get("lastAction") else "none")
+        + (f", Job {st['lastJob']}" if st.get("lastJob") else ""),
+    ]
+    if st.get("message"):
+        lines.append(f"Message:     {st['message']}")
+    rows = [
+        [f.get("name"), f.get("method"), f.get("score"), f.get("pValue"), f.get("adjustedPValue"),
+         f.get("samples", 0), f.get("state")]
+        for f in st.get("features") or []
+    ]  # fmt: skip
+    if rows:
+        lines += ["", *table(["FEATURE", "METHOD", "SCORE", "P", "ADJ. P", "SAMPLES", "STATE"], rows)]
+    conditions = st.get("conditions") or []
+    if conditions:
+        lines += ["", *table(["CONDITION", "STATUS", "REASON", "MESSAGE"], [
+            [c.get("type"), c.get("status"), c.get("reason"), c.get("message")] for c in conditions
+        ])]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _drift(args: argparse.Namespace, out: TextIO) -> int:
+    kubeconfig, context = getattr(args, "kubeconfig", None), getattr(args, "context", None)
+    cluster = Cluster(kubeconfig, context, getattr(args, "namespace", None), plural=DRIFT_PLURAL)
+    try:
+        print(render_drift(cluster.get(args.name)), file=out)
+        return 0
+    finally:
+        cluster.close()
+
+
 def _experiment(args: argparse.Namespace, out: TextIO) -> int:
     cluster = Cluster(
         getattr(args, "kubeconfig", None),
@@ -378,9 +429,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if args.verb is None:
         parser.print_help(out)
         return 2
-    if args.verb == "experiment":
+    if args.verb in ("experiment", "drift"):
         try:
-            return _experiment(args, out)
+            return _experiment(args, out) if args.verb == "experiment" else _drift(args, out)
         except PluginError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

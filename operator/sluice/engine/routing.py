@@ -158,6 +158,15 @@ def experiment_config(spec: ModelDeploymentSpec, arms: ExperimentArms) -> Servin
     return ServingConfig.model_validate(base)
 
 
-def desired_config(spec: ModelDeploymentSpec, routing: Routing, arms: ExperimentArms | None) -> ServingConfig:
-    """What the target's data plane serves: the experiment's arms while one runs, else the rollout's routing."""
-    return experiment_config(spec, arms) if arms is not None else serving_config(spec, routing)
+def desired_config(
+    spec: ModelDeploymentSpec,
+    routing: Routing,
+    arms: ExperimentArms | None,
+    drift: tuple[DriftProfileConfig, ...] = (),
+) -> ServingConfig:
+    """What the target's data plane serves: the experiment's arms while one runs, else the rollout's routing; the
+    bins of the DriftPolicies watching it either way."""
+    if arms is None:
+        return serving_config(spec, routing, drift)
+    config = experiment_config(spec, arms)
+    return ServingConfig.model_validate({**config.model_dump(), "drift": [d.model_dump() for d in drift]})

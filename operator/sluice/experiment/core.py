@@ -11,6 +11,7 @@ statistics, then re-weights (Thompson) or ends the experiment by its end policy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 import numpy as np
@@ -28,6 +29,7 @@ from sluice.api.status import VersionRef
 from sluice.experiment.actions import Action, Arm, DeployArms, EmitEvent, EndArms, PromoteVariant, SetWeights
 from sluice.experiment.analysis import Analysis, evaluate
 from sluice.experiment.observations import ExperimentCommand, Observations
+from sluice.experiment.statistics import Sample
 
 TERMINAL = frozenset({ExperimentPhase.CONCLUDED, ExperimentPhase.STOPPED, ExperimentPhase.FAILED})
 
@@ -180,9 +182,10 @@ class _Step:
         self._check_arms()
         if s.phase in TERMINAL:
             return
-        self._outcomes_condition()
         active = self._active()
         samples = {name: obs.arms[name].outcomes for name in active if name in obs.arms}
+        if not self._outcomes_condition(samples):
+            return  # unreadable sums: hold (no statistics, weights or verdict) until they read again
         running = {v.name: v.always_valid_p for v in s.variants if v.always_valid_p is not None}
         analysis = evaluate(self.spec, samples, active, running, self.rng, planned=s.required_samples)
         self._record(analysis)
@@ -231,14 +234,20 @@ class _Step:
         self.s.message = message
         return True
 
-    def _outcomes_condition(self) -> None:
+    def _outcomes_condition(self, samples: Mapping[str, Sample]) -> bool:
         """A reading problem (e.g. primaryMetric.query on a provider that cannot run PromQL) is a condition; it is
-        set back to True when the outcomes read again, and never shown for an experiment that never had one."""
+        set back to True when the outcomes read again, and never shown for an experiment that never had one.
+        An arm whose sums are not finite (an overflowed sum of squares) is a reading problem too, and the look
+        holds: False is returned and nothing is computed from those sums."""
         problem = self.obs.outcomes_problem
+        broken = sorted(name for name, sample in samples.items() if not sample.readable)
+        if broken:
+            problem = f"outcome sums of {', '.join(broken)} are not finite numbers; holding until they are"
         if problem is not None:
             self._condition(OUTCOMES_READ, False, "OutcomesUnreadable", problem)
         elif any(c.type == OUTCOMES_READ for c in self.s.conditions):
             self._condition(OUTCOMES_READ, True, "OutcomesRead", "the outcomes are read again")
+        return not broken
 
     def _by_hand(self, analysis: Analysis) -> str:
         """The verdict of `conclude`: who led at this look and by how much, marked as no statistical verdict."""

@@ -113,8 +113,17 @@ class Sample:
         return self.total / self.n if self.n > 0 else 0.0
 
     @property
+    def readable(self) -> bool:
+        """All three sums finite and the count non-negative. An overflowed sum (one huge value makes the sum of
+        squares inf) carries no information: no statistic is computed from it, so it can never force a verdict."""
+        return self.n >= 0 and all(math.isfinite(x) for x in (self.n, self.total, self.squares))
+
+    @property
     def variance(self) -> float:
-        """Unbiased sample variance (ddof=1) from the three sums; 0 below two observations."""
+        """Unbiased sample variance (ddof=1) from the three sums; 0 below two observations; nan when unreadable
+        (never 0, which would read as a certain difference)."""
+        if not self.readable:
+            return math.nan
         if self.n < 2:
             return 0.0
         return max(0.0, (self.squares - self.total * self.total / self.n) / (self.n - 1))

@@ -16,6 +16,25 @@ _DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([
 
 
 @dataclass(frozen=True)
+class LeaseSettings:
+    """Leader election (leader.py); client-go's defaults: 15 s lease, 10 s renew deadline, 2 s retry period."""
+
+    namespace: str
+    name: str = "sluice-operator"
+    lease_duration_s: float = 15.0
+    renew_deadline_s: float = 10.0
+    retry_period_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_period_s < self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError(
+                "leader election needs 0 < SLUICE_RETRY_PERIOD_SECONDS < SLUICE_RENEW_DEADLINE_SECONDS < "
+                f"SLUICE_LEASE_DURATION_SECONDS, got {self.retry_period_s} / {self.renew_deadline_s} / "
+                f"{self.lease_duration_s}"
+            )
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     router_image: str = DEFAULT_ROUTER_IMAGE  # Sluice router and Ray Serve app (serving/Dockerfile)
     router_gpu_image: str = DEFAULT_ROUTER_GPU_IMAGE  # the same with onnxruntime-gpu: model pods asking for GPUs
@@ -32,7 +51,8 @@ class OperatorConfig:
     monitor_interval: str = "15s"
     monitor_labels: Mapping[str, str] = field(default_factory=dict)
     namespace: str | None = None  # the operator's own (POD_NAMESPACE)
-    pod_name: str | None = None  # POD_NAME, the Kopf peering identity
+    pod_name: str | None = None  # POD_NAME, the leader-election identity
+    leader_election: LeaseSettings | None = None  # None: this replica acts alone (replicaCount 1)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorConfig:
@@ -72,7 +92,40 @@ class OperatorConfig:
             monitor_labels=monitor_labels,
             namespace=env.get("POD_NAMESPACE") or None,
             pod_name=env.get("POD_NAME") or None,
+            leader_election=_lease(env),
         )
+
+
+def _lease(env: Mapping[str, str]) -> LeaseSettings | None:
+    flag = env.get("SLUICE_LEADER_ELECTION", "").strip().lower()
+    if flag in ("", "false", "0"):
+        return None
+    if flag not in ("true", "1"):
+        raise ValueError(f"SLUICE_LEADER_ELECTION must be true or false, not {flag!r}")
+    namespace = env.get("POD_NAMESPACE", "").strip()
+    if not namespace:
+        raise ValueError("SLUICE_LEADER_ELECTION=true needs POD_NAMESPACE: the Lease lives in the operator's namespace")
+    defaults = LeaseSettings(namespace=namespace)
+    return LeaseSettings(
+        namespace=namespace,
+        name=env.get("SLUICE_LEASE_NAME", "").strip() or defaults.name,
+        lease_duration_s=_seconds(env, "SLUICE_LEASE_DURATION_SECONDS", defaults.lease_duration_s),
+        renew_deadline_s=_seconds(env, "SLUICE_RENEW_DEADLINE_SECONDS", defaults.renew_deadline_s),
+        retry_period_s=_seconds(env, "SLUICE_RETRY_PERIOD_SECONDS", defaults.retry_period_s),
+    )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {text!r}") from None
+    if not 0 < value <= 3600:
+        raise ValueError(f"{name} must be in (0, 3600] seconds, not {text!r}")
+    return value
 
 
 def _json(env: Mapping[str, str], name: str, default: Any) -> Any:

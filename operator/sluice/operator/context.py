@@ -52,7 +52,14 @@ class Metrics:
             ["namespace", "name"],
             registry=self.registry,
         )
+        self.drift_score = Gauge(
+            "sluice_drift_score",
+            "Drift score of each watched feature at the DriftPolicy's last evaluation.",
+            ["namespace", "policy", "feature"],
+            registry=self.registry,
+        )
         self._phase_of: dict[str, str] = {}
+        self._drift_features: dict[tuple[str, str], set[str]] = {}
 
     def phase(self, key: str, phase: str | None) -> None:
         """Record `key`'s ("namespace/name") phase (None: it is gone) and refresh the per-phase series.
@@ -80,6 +87,20 @@ class Metrics:
             counts[value] = counts.get(value, 0) + 1
         for value in {*counts, *(s.labels["phase"] for m in self.phases.collect() for s in m.samples)}:
             self.phases.labels(phase=value).set(counts.get(value, 0))
+
+    def drift(self, namespace: str, policy: str, scores: dict[str, float | None] | None) -> None:
+        """Set one policy's per-feature scores (None: it is gone); features no longer scored are removed."""
+        key = (namespace, policy)
+        known = self._drift_features.get(key, set())
+        now = {f: s for f, s in (scores or {}).items() if s is not None}
+        for feature in known - now.keys():
+            self.drift_score.remove(namespace, policy, feature)
+        for feature, score in now.items():
+            self.drift_score.labels(namespace=namespace, policy=policy, feature=feature).set(score)
+        if now:
+            self._drift_features[key] = set(now)
+        else:
+            self._drift_features.pop(key, None)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -122,9 +122,12 @@ class KubeClient:
         self._slots: asyncio.Semaphore | None = None
         self.writes = 0  # write calls sent (for tests and metrics)
         self.errors = 0  # answers >= 400 other than 404/409 handled by the caller
+        self.before_write: Callable[[], None] | None = None  # e.g. the leader's fence: exits when it lost the Lease
 
     @classmethod
-    def from_config(cls, kubeconfig: str | None = None, timeout_s: float = 30.0) -> KubeClient:
+    def from_config(
+        cls, kubeconfig: str | None = None, timeout_s: float = 30.0, user_agent: str = USER_AGENT
+    ) -> KubeClient:
         """Configured like the official client: kubeconfig (KUBECONFIG, ~/.kube/config), else in-cluster."""
         from kubernetes import client as _client
         from kubernetes import config as _config
@@ -137,7 +140,7 @@ class KubeClient:
             k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         except (ConfigException, FileNotFoundError, TypeError):
             k8s_config.load_incluster_config(client_configuration=cfg)
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        headers = {"User-Agent": user_agent, "Accept": "application/json"}
         token = cfg.get_api_key_with_prefix("authorization")
         if token:
             headers["Authorization"] = token
@@ -163,6 +166,8 @@ class KubeClient:
     ) -> Obj:
         headers = {"Content-Type": content_type or "application/json"} if body is not None else {}
         if method != "GET":
+            if self.before_write is not None:
+                self.before_write()
             self.writes += 1
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_in_flight)

@@ -6,9 +6,8 @@ protocol semantics and the request metrics live in one place.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from sluice.serving.errors import (
     clip,
 )
 from sluice.serving.outcomes import parse_outcomes
-from sluice.serving.protocol.limits import check_request_size
+from sluice.serving.protocol.limits import MAX_ID_LENGTH, check_request_size, is_printable_id
 from sluice.serving.protocol.v2_codec import (
     BINARY_TYPE,
     HEADER_LENGTH,
@@ -48,10 +47,9 @@ SERVER_VERSION = "0.1.0"
 VARIANT_HEADER = "x-sluice-variant"
 VERSION_HEADER = "x-sluice-model-version"
 # Response header, when outcomes are configured: the id to report outcomes against (the request's own v2 `id`, or
-# one the router made up when the client sent none).
+# one the router made up when the client sent none: 96 random bits per request, so an id cannot be guessed from
+# another and outcomes cannot be posted against requests one did not send).
 REQUEST_ID_HEADER = "x-sluice-request-id"
-_ID_PREFIX = os.urandom(6).hex()  # per process: ids of different replicas and restarts never collide
-_ID_COUNTER = itertools.count(1)
 UNROUTED = ""  # variant/version label of requests rejected before a variant was chosen
 T = TypeVar("T")
 
@@ -191,14 +189,20 @@ class ProtocolEndpoints:
         try:
             self._check_model(name)
             request = await decode()
-            sticky = headers.get(cfg.sticky_header.lower()) if cfg.sticky_header else None
+            sticky = (headers.get(cfg.sticky_header.lower()) or None) if cfg.sticky_header else None  # "" = none
+            if sticky is not None and not is_printable_id(sticky):
+                # The unit key is a store key like a request id: bounded the same way (a 400, never truncated or
+                # hashed, so two units can never share an entry without the client knowing).
+                raise InvalidInput(
+                    f"header {cfg.sticky_header!r} must be 1 to {MAX_ID_LENGTH} printable ASCII characters"
+                )
             routed = await self.router.infer(
                 request, sticky_key=sticky, override=self._override(headers), version=version
             )
             variant, model_version = routed.variant, routed.version
             request_id = None
             if self.router.outcomes.enabled:
-                request_id = request.id or f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+                request_id = request.id or secrets.token_hex(12)
                 if routed.enrolled:
                     self.router.outcomes.record(request_id, sticky, variant, model_version)
             result = encode(routed, request, request_id)

@@ -7,8 +7,9 @@ INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> UNAVAILABLE, ...). Methods the router
 repository and shared-memory control, statistics) answer UNIMPLEMENTED.
 
 A grpc.aio server on the router's event loop, with bounded message sizes (the config's `max_request_bytes` plus
-room for the protobuf framing), a bounded number of concurrent calls (further calls get RESOURCE_EXHAUSTED) and
-idle connections closed after 5 minutes. gRPC's own HTTP/2 implementation (C-core) parses frames and headers, with
+room for the protobuf framing: the server's limit is the one at start, each call is held to the current one), a
+bounded number of concurrent calls (further calls get RESOURCE_EXHAUSTED) and idle connections closed after 5
+minutes. gRPC's own HTTP/2 implementation (C-core) parses frames and headers, with
 its default header-size limit.
 """
 
@@ -30,7 +31,7 @@ from sluice.serving.endpoints import (
     VERSION_HEADER,
     ProtocolEndpoints,
 )
-from sluice.serving.errors import ServingError
+from sluice.serving.errors import PayloadTooLarge, ServingError
 from sluice.serving.protocol.grpc_codec import decode_grpc_request, encode_grpc_response, metadata_message
 from sluice.serving.protocol.limits import check_request_size
 from sluice.serving.router import Routed
@@ -115,6 +116,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         sent: list[tuple[str, str]] = []
 
         async def decode() -> InferRequest:
+            # The server's receive limit is fixed when it starts; the config's limit can change later (PUT
+            # /admin/config), so the message is held to the current one here (lowering applies at once; raising
+            # above the start value needs a restart).
+            size = request.ByteSize()
+            if size > cfg.max_request_bytes + _FRAMING_BYTES:
+                raise PayloadTooLarge(f"request of {size} bytes exceeds max_request_bytes {cfg.max_request_bytes}")
             shapes = [{"name": t.name, "shape": list(t.shape)} for t in request.inputs]
             check_request_size({"inputs": shapes}, cfg.max_request_rows, cfg.max_request_elements)
             return decode_grpc_request(request)

@@ -48,6 +48,8 @@ FEATURE_ROWS_TOTAL = f"{PREFIX}_feature_rows_total"
 # Counter, extra labels `policy` and `feature`: rows where the feature was missing (input or column absent, row
 # count different from the request's, NaN, unparseable). Always FEATURE_ROWS_TOTAL - sum of that feature's bins.
 FEATURE_MISSING_TOTAL = f"{PREFIX}_feature_missing_total"
+# Counter: requests whose feature counting (drift bins) failed; the request is still answered, its rows not counted.
+FEATURE_ERRORS_TOTAL = f"{PREFIX}_feature_errors_total"
 
 LABELS = ("model", "version", "variant")
 

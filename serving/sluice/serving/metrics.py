@@ -52,6 +52,9 @@ class RouterMetrics:
         )
         self.loaded = Gauge(mn.MODEL_LOADED, "1 when loaded and warmed up.", [*labels, "provider"], registry=r)
         self.weight = Gauge(mn.VARIANT_WEIGHT, "Traffic weight percent.", labels, registry=r)
+        self.feature_errors = Counter(
+            _base(mn.FEATURE_ERRORS_TOTAL), "Requests whose feature counting failed (answered).", labels, registry=r
+        )
         self._loaded_keys: dict[tuple[str, str], str] = {}
         # labels() costs a lock and a tuple build per call; the hot path looks its children up here instead.
         self._hot: dict[tuple[str, str, str, int], tuple[Any, Any, Any]] = {}
@@ -79,6 +82,9 @@ class RouterMetrics:
         h = self._children(version, variant, 200)[2]
         for v in values:
             h.observe(v)
+
+    def feature_error(self, version: str, variant: str) -> None:
+        self.feature_errors.labels(self.model, version, variant).inc()
 
     def batch_size(self, version: str, variant: str, size: int) -> None:
         key = (self.model, version, variant)

@@ -24,8 +24,13 @@ from prometheus_client.registry import Collector
 from sluice.serving import metric_names as mn
 from sluice.serving.config import OutcomesConfig
 from sluice.serving.errors import InvalidInput, Unprocessable
+from sluice.serving.protocol.limits import MAX_ID_LENGTH
 
-MAX_ID_LENGTH = 256
+# Largest |value| an outcome may carry: its square (summed per arm) stays far from float overflow, so one outcome
+# cannot turn an arm's sum of squares into inf (and its variance into nan) and force a verdict.
+MAX_OUTCOME_VALUE = 1e150
+# What the store holds for an id served by two different arms (clients reusing or sharing an id): never joined.
+AMBIGUOUS = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +65,18 @@ class AssignmentStore:
         self._trim(self._clock())
 
     def record(self, key: str, variant: str, version: str) -> None:
+        """Remember that `key` was served by (variant, version). A key still held for another arm becomes
+        ambiguous: its outcomes are never credited to either arm (they count as unmatched) rather than to the
+        arm that happened to be recorded last."""
+        if len(key) > MAX_ID_LENGTH:
+            raise ValueError(f"store keys are at most {MAX_ID_LENGTH} characters; got {len(key)}")
         now = self._clock()
         entries = self._entries
-        if key in entries:
+        held = entries.get(key)
+        if held is not None:
             entries.move_to_end(key)  # a returning unit keeps its entry fresh
+            if held[2] > now and (held[0], held[1]) != (variant, version):
+                variant = version = AMBIGUOUS
         entries[key] = (variant, version, now + self.ttl_s)
         self._trim(now)
 
@@ -72,7 +85,7 @@ class AssignmentStore:
         now = self._clock()
         self._expire(now)
         hit = self._entries.get(key)
-        if hit is None or hit[2] <= now:
+        if hit is None or hit[2] <= now or hit[0] == AMBIGUOUS:
             return None
         return hit[0], hit[1]
 
@@ -134,6 +147,8 @@ def _parse_one(item: Any, where: str, kinds: Mapping[str, str]) -> Outcome:
         raise Unprocessable(f"{at}metric: {shown!r} is not a configured outcome metric; accepted: {sorted(kinds)}")
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise Unprocessable(f"{at}value: must be a finite number")
+    if abs(value) > MAX_OUTCOME_VALUE:
+        raise Unprocessable(f"{at}value: must be within +-{MAX_OUTCOME_VALUE:g}")
     if kind == "conversion" and value not in (0, 1):
         raise Unprocessable(f"{at}value: metric {metric!r} is a conversion, so 0 or 1; got {value}")
     return Outcome(rid, metric, float(value))

@@ -37,6 +37,7 @@ from sluice.serving.tensors import InferRequest, InferResponse, ModelMetadata
 from sluice.serving.validation import validate_request
 
 log = logging.getLogger(__name__)
+FEATURE_ERROR_LOG_INTERVAL_S = 60.0  # a failing feature counter logs its traceback at most this often
 
 VariantBackendFactory = Callable[[VariantConfig, ServingConfig], VariantBackend]
 
@@ -110,6 +111,7 @@ class Router:
         self.outcomes = Outcomes(config.outcomes, lambda: self.metrics.model)
         self.metrics.registry.register(self.outcomes.totals)
         self.features = FeatureCounts(config.drift, lambda: self.metrics.model)
+        self._feature_log_after = 0.0  # monotonic time before which feature errors are counted, not logged
         self.metrics.registry.register(self.features)
         self._publish_weights()
 
@@ -246,7 +248,15 @@ class Router:
         if scored is not None:
             self.metrics.scores(routed.version, routed.variant, scored.scores.tolist())
         if self.features.active:
-            self.features.observe(routed.version, routed.variant, request.inputs, scored)
+            try:
+                self.features.observe(routed.version, routed.variant, request.inputs, scored)
+            except Exception:
+                # Drift counting is a side channel: a bug there must not turn an answered request into a 500.
+                self.metrics.feature_error(routed.version, routed.variant)
+                now = time.monotonic()
+                if now >= self._feature_log_after:
+                    self._feature_log_after = now + FEATURE_ERROR_LOG_INTERVAL_S
+                    log.exception("feature counting failed (logged at most every %g s)", FEATURE_ERROR_LOG_INTERVAL_S)
         batch = routed.response.parameters.get("batch_size")
         if batch is not None and str(batch).isdigit():
             self.metrics.batch_size(routed.version, routed.variant, int(batch))

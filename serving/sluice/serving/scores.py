@@ -1,6 +1,6 @@
 """How a response becomes per-row prediction scores and labels (for metrics and shadow comparison).
 
-Rule (documented in docs/readme/serving-router.md, relied on by the rollout's PSI check):
+Rule (documented in docs/concepts/data-plane.md, relied on by the rollout's PSI check):
 - probabilities: the first floating output of shape [N, C] with C >= 2. Binary (C == 2): score = P(class 1);
   multi-class: score = probability of the predicted (arg-max) class. Label = arg-max, unless an integer/bool output
   exists, whose per-row first value is the label.

@@ -25,10 +25,10 @@ from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms
 from sluice.experiment.actions import Action, DeployArms, EmitEvent, EndArms, PromoteVariant, SetWeights
 from sluice.experiment.core import TERMINAL
 from sluice.experiment.observations import ExperimentCommand
-from sluice.operator import events
 from sluice.operator.context import OperatorContext
 from sluice.operator.controllers.modeldeployment import Stopped, plain, spec_problem
 from sluice.operator.kube import Obj
+from sluice.operator.platform import events
 from sluice.operator.render import Owner, renderer_for
 from sluice.providers.base import MetricProvider
 from sluice.providers.factory import create_provider

@@ -18,12 +18,12 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from sluice.api.base import COMMAND_ANNOTATION
 from sluice.api.loading import field_errors
 from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.api.status import ModelDeploymentStatus
 from sluice.engine.modeldeployment import RolloutLoop
 from sluice.engine.routing import ARMS_ANNOTATION, ExperimentArms
-from sluice.operator import events
 from sluice.operator.context import OperatorContext
 from sluice.operator.kube import Obj
 from sluice.operator.platform import (
@@ -31,6 +31,7 @@ from sluice.operator.platform import (
     BadInput,
     KubePlatform,
     StatusWriter,
+    events,
     put_condition,
 )
 from sluice.operator.render import Owner
@@ -234,7 +235,8 @@ class ModelDeploymentDaemon:
         put_condition(status, bad.condition, False, bad.reason, bad.message, generation=generation)
         if self._reported.get(bad.condition) != bad.message:
             self._reported[bad.condition] = bad.message
-            await events.emit(self.ctx.client, self.owner, "Warning", bad.reason, bad.message)
+            key = f"bad-input/{generation}/{bad.condition}/{bad.message}"  # once per message, across restarts
+            await events.emit(self.ctx.client, self.owner, "Warning", bad.reason, bad.message, key=key)
         await self.writer.write(status)
 
 
@@ -250,7 +252,7 @@ def plain(value: Any) -> Any:
 def _watched(body: Mapping[str, Any]) -> tuple[Any, Any, Any]:
     meta = body.get("metadata", {})
     annotations = meta.get("annotations") or {}
-    return meta.get("generation"), annotations.get("sluice.dev/command"), annotations.get(ARMS_ANNOTATION)
+    return meta.get("generation"), annotations.get(COMMAND_ANNOTATION), annotations.get(ARMS_ANNOTATION)
 
 
 def _experiment(body: Mapping[str, Any]) -> str | None:

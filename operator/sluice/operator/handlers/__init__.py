@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sluice.operator.handlers import children, experiment, modeldeployment, startup
+from sluice.operator.handlers import children, driftpolicy, experiment, modeldeployment, startup
 
-__all__ = ["children", "experiment", "modeldeployment", "startup"]
+__all__ = ["children", "driftpolicy", "experiment", "modeldeployment", "startup"]

@@ -12,10 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sluice.api.base import API_VERSION
 from sluice.api.model_deployment import Backend, ModelDeploymentSpec
 from sluice.api.status import VersionRef
 from sluice.engine.routing import ExperimentArms, Routing
 from sluice.operator.config import OperatorConfig
+from sluice.serving.config import DriftProfileConfig
 
 Object = dict[str, Any]  # a Kubernetes object as JSON
 Key = tuple[str, str]  # (kind, name) of a child in the owner's namespace
@@ -28,7 +30,7 @@ class Owner:
     name: str
     namespace: str
     uid: str
-    api_version: str = "sluice.dev/v1alpha1"
+    api_version: str = API_VERSION
     kind: str = "ModelDeployment"
 
 
@@ -39,6 +41,7 @@ class Desired:
     routing: Routing
     running: tuple[VersionRef, ...]
     arms: ExperimentArms | None = None  # an Experiment's arms, served instead of the routing while it runs
+    drift: tuple[DriftProfileConfig, ...] = ()  # bins of the DriftPolicies watching this ModelDeployment
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ class RayRenderer:
 
 def serve_config_yaml(spec: ModelDeploymentSpec, desired: Desired) -> str:
     """serveConfigV2: a YAML string (KubeRay's field type), keys sorted so equal inputs give equal text."""
-    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms), desired.running)
+    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms, desired.drift), desired.running)
     args: dict[str, Any] = {}
     if spec.scaling.autoscaling is None:
         args["model_replicas"] = spec.scaling.replicas

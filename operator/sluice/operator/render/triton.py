@@ -249,7 +249,7 @@ def grpc_endpoint(owner: Owner, version: str) -> str:
 
 def router_serving_config(owner: Owner, spec: ModelDeploymentSpec, desired: Desired) -> ServingConfig:
     """The router's config: roles and weights from `desired`, each variant pointing at its version's Service."""
-    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms), desired.running)
+    config = with_kept_versions(desired_config(spec, desired.routing, desired.arms, desired.drift), desired.running)
     variants = tuple(v.model_copy(update={"endpoint": grpc_endpoint(owner, v.version)}) for v in config.variants)
     return ServingConfig.model_validate({**config.model_dump(), "variants": [v.model_dump() for v in variants]})
 

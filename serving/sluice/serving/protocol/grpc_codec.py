@@ -15,6 +15,7 @@ import numpy.typing as npt
 from tritonclient.grpc import service_pb2 as pb
 
 from sluice.serving.errors import InvalidInput
+from sluice.serving.protocol.limits import check_request_id
 from sluice.serving.protocol.v2_codec import ParamValue, array_from_bytes, select_outputs, tensor_bytes
 from sluice.serving.tensors import V2_TO_NUMPY, InferRequest, InferResponse, Tensor
 
@@ -104,6 +105,7 @@ def decode_grpc_request(message: Any) -> InferRequest:
         if params.get("class_count", 0) not in (0, False):
             raise InvalidInput(f"output {out.name!r}: the classification extension (class_count) is not supported")
         outputs.append(out.name)
+    check_request_id(message.id or None)
     return InferRequest(
         inputs=tuple(inputs),
         id=message.id or None,

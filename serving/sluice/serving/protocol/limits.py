@@ -13,6 +13,21 @@ from typing import Any
 from sluice.serving.errors import InvalidInput, PayloadTooLarge
 
 MAX_DIMS = 32  # numpy's limit; a deeper shape would escape as numpy's ValueError
+# Longest request id, sticky unit key or outcome id the router keeps: ids go into the outcome store and back out
+# as a response header (REST) or metadata (gRPC), so they are bounded and printable ASCII (no CR/LF, no controls).
+MAX_ID_LENGTH = 256
+
+
+def is_printable_id(value: str) -> bool:
+    """1..MAX_ID_LENGTH characters, each printable ASCII (0x20-0x7e): safe as a header value and a store key."""
+    return 0 < len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable()
+
+
+def check_request_id(value: str | None, what: str = "id") -> None:
+    """A client's request id is an `is_printable_id` string, else a 400 naming `what` (before any routing, so a
+    hostile id never reaches the model, the store or a response header)."""
+    if value is not None and not is_printable_id(value):
+        raise InvalidInput(f"'{what}' must be 1 to {MAX_ID_LENGTH} printable ASCII characters (no control characters)")
 
 
 def check_shape(shape: list[int], name: str) -> None:

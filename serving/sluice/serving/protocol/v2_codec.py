@@ -22,7 +22,7 @@ import numpy.typing as npt
 import orjson
 
 from sluice.serving.errors import InvalidInput
-from sluice.serving.protocol.limits import check_shape
+from sluice.serving.protocol.limits import check_request_id, check_shape
 from sluice.serving.tensors import V2_TO_NUMPY, InferRequest, InferResponse, Tensor
 
 # numpy kinds accepted for each datatype family: ints may feed float tensors, never the other way round.
@@ -338,6 +338,7 @@ def decode_infer_request(body: Any, raw: bytes | None = None, binary: BinaryRead
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
+    check_request_id(request_id)
     parameters = _parameters(body.get("parameters"), "request")
     _flag(parameters.get("binary_data_output"), "request parameter 'binary_data_output'")
     transport = _TRANSPORT_PARAMS.intersection(parameters)
