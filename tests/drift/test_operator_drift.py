@@ -13,14 +13,12 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 import yaml
 from tests.support import wait_for
 from tests.support.emulator import EmulatorThread
@@ -28,11 +26,7 @@ from tests.support.operator_process import EXAMPLES, MERGE, Cluster, example, ru
 from tests.support.simulator import simulating
 from tests.support.traffic import _example_traffic
 
-from sluice.api.model_deployment import ModelDeploymentSpec
-from sluice.engine.routing import Routing, serving_config
 from sluice.operator.driftprofiles import annotation_key
-from sluice.rollout.core import version_ref
-from sluice.serving.launch import start_data_plane
 from sluice.serving.ray.spec import INGRESS_NAME
 
 DP_PATH = "/apis/sluice.dev/v1alpha1/namespaces/{ns}/driftpolicies"
@@ -40,16 +34,6 @@ JOB_PATH = "/apis/batch/v1/namespaces/{ns}/jobs"
 POD_PATH = "/api/v1/namespaces/{ns}/pods"
 PROFILE = f"file://{EXAMPLES / 'models' / 'fraud-v1.profile.json'}"
 traffic = _example_traffic()
-
-
-@pytest.fixture
-def plane() -> Iterator[Any]:
-    first = ModelDeploymentSpec.model_validate(example("01-canary-good.yaml")[0]["spec"])
-    started = start_data_plane(serving_config(first, Routing(stable=version_ref(first.model))), "onnx", EXAMPLES)
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 class Load:
@@ -149,14 +133,14 @@ def events_about(cluster: Cluster, name: str) -> list[str]:
 
 
 def test_alert_reads_the_router_fills_the_status_and_bad_input_touches_nothing(
-    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+    example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
 ) -> None:
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{not json")
-    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
-        simulating(kube_emulator.url, cluster.ns, plane=plane),
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane),
     ):
         # Policies first: the target does not exist yet.
         create(cluster, DP_PATH, policy("watch", features=[*policy("x")["spec"]["features"], {"name": "prediction"}]))
@@ -191,7 +175,7 @@ def test_alert_reads_the_router_fills_the_status_and_bad_input_touches_nothing(
         wait_for("the bins on the router", lambda: served_drift(cluster) == ["watch"], 30)
         annotations = (cluster.md("fraud") or {})["metadata"].get("annotations") or {}
         assert [k for k in annotations if k.startswith("drift.sluice.dev/")] == [annotation_key("watch")]
-        with Load(plane.url) as load:
+        with Load(example_plane.url) as load:
             wait_for("Ok", lambda: state(cluster, "watch") == "Ok", 60)
             load.shift = 1.5
             wait_for("Drifted", lambda: state(cluster, "watch") == "Drifted", 60)
@@ -226,13 +210,13 @@ def test_alert_reads_the_router_fills_the_status_and_bad_input_touches_nothing(
 
 
 def test_rollback_asks_the_target_for_undo_and_both_record_it(
-    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+    example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
 ) -> None:
-    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env),
-        simulating(kube_emulator.url, cluster.ns, plane=plane),
-        Load(plane.url) as load,
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane),
+        Load(example_plane.url) as load,
     ):
         cluster.apply_md(target_doc("v1"))
         wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable", 60)
@@ -255,14 +239,14 @@ def test_rollback_asks_the_target_for_undo_and_both_record_it(
 
 
 def test_retrain_job_reports_a_model_that_walks_in_as_a_canary(
-    plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+    example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
 ) -> None:
     template = copy.deepcopy(example("15-drift-policy.yaml")[0]["spec"]["action"]["jobTemplate"])
-    env = {"SLUICE_ROUTER_METRICS_URL": plane.metrics_url}
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
     with (
         running_operator(kubeconfig, tmp_path, (cluster.ns,), env),
-        simulating(kube_emulator.url, cluster.ns, plane=plane),
-        Load(plane.url) as load,
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane),
+        Load(example_plane.url) as load,
     ):
         cluster.apply_md(target_doc("v1"))
         wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable", 60)
