@@ -24,7 +24,14 @@ from sluice.serving import admin as admin_auth
 from sluice.serving.admin import AdminAuth
 from sluice.serving.config import ServingConfig
 from sluice.serving.endpoints import ProtocolEndpoints, Reply, dumps, parse_json
-from sluice.serving.errors import InvalidInput, PayloadTooLarge, ServingError, UnsupportedMediaType
+from sluice.serving.errors import (
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServingError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from sluice.serving.metrics import CONTENT_TYPE_LATEST
 from sluice.serving.router import Router
 
@@ -259,6 +266,17 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False, admin: 
     async def metrics(_: Request) -> Response:
         return Response(dp().router.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    async def drift_sample(request: Request) -> Response:
+        """A capturing DriftPolicy's sample: for the capture's token (in its config) or the admin token."""
+        policy = request.path_params["policy"]
+        captures = dp().router.captures
+        if policy not in captures.reservoirs:
+            raise NotFound(f"no drift capture for policy {policy[:100]!r} on this router")
+        if not (captures.allows(policy, request.headers) or auth.allows(request.headers)):
+            raise Unauthorized("the drift sample needs 'Authorization: Bearer <the capture token>'")
+        with_values = request.query_params.get("values", "true").lower() not in ("false", "0", "no")
+        return _Json(captures.sample(policy, with_values))
+
     async def get_config(request: Request) -> Response:
         auth.require(request.headers)
         return _Json(dp().router.config.model_dump(mode="json"))
@@ -293,6 +311,7 @@ def build_app(router: Router, *, close_router_on_shutdown: bool = False, admin: 
         Route("/v1/models/{name}:predict", _guard(predict), methods=["POST"]),
         Route("/v2/models/{name}/outcomes", _guard(outcomes), methods=["POST"]),
         Route("/metrics", _guard(metrics), methods=["GET"]),
+        Route("/v2/drift/{policy}/sample", _guard(drift_sample), methods=["GET"]),
         Route("/admin/config", _guard(get_config), methods=["GET"]),
         Route("/admin/config", _guard(put_config), methods=["PUT"]),
     ]

@@ -23,6 +23,9 @@ MAX_EDGES = 100  # numeric bin edges per feature (k = edges + 1 bins)
 MAX_CATEGORIES = 100  # top-K categories per feature (k = K + 1 bins, "other" last)
 MAX_PROFILES = 16
 MAX_BINS_TOTAL = 20_000  # bins over all profiles and features, per variant
+MAX_CAPTURE_SIZE = 10_000  # rows a capture keeps (a uniform reservoir sample), per policy
+MAX_CAPTURE_VALUES = 200_000  # values kept over all captures (rows x features): 1.6 MB as float64
+MAX_CATEGORY_CHARS = 256  # a captured categorical value is cut to this many characters
 _METRIC_NAME = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$"
 
 
@@ -131,16 +134,65 @@ class FeatureBins(Bins):
         return self.input if self.column is None else f"{self.input}[{self.column}]"
 
 
+class CaptureFeature(_Model):
+    """A feature whose values a capture samples: an input (and a column of it when 2-D), numeric or categorical."""
+
+    input: str = Field(min_length=1, max_length=253)
+    column: int | None = Field(default=None, ge=0, le=1_000_000)
+    type: Literal["numeric", "categorical"] = "numeric"
+
+    @property
+    def key(self) -> str:
+        return self.input if self.column is None else f"{self.input}[{self.column}]"
+
+
+class CaptureConfig(_Model):
+    """A DriftPolicy capturing its reference from live traffic (`reference.fromStableVersion`): the router keeps a
+    uniform reservoir sample of `size` rows served by `version`, per feature, and serves it on
+    `GET /v2/drift/{policy}/sample` to callers holding `token` (or the admin token)."""
+
+    version: str = Field(min_length=1, max_length=253, description="Only rows this version served are sampled.")
+    size: int = Field(default=MAX_CAPTURE_SIZE, ge=1, le=MAX_CAPTURE_SIZE, description="Rows kept (reservoir).")
+    token: str = Field(
+        min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_.~-]+$", description="Bearer token of the sample."
+    )
+    features: tuple[CaptureFeature, ...] = Field(default=(), max_length=256)
+    prediction: Literal["numeric", "categorical"] | None = Field(
+        default=None, description="Sample the model's primary score (numeric) or label (categorical)."
+    )
+
+    @property
+    def keys(self) -> list[str]:
+        return [f.key for f in self.features] + ([PREDICTION] if self.prediction is not None else [])
+
+    @property
+    def values(self) -> int:
+        """Values the reservoir holds when full: rows x features."""
+        return self.size * len(self.keys)
+
+
 class DriftProfileConfig(_Model):
-    """A DriftPolicy's reference bins; the router counts every request's rows on them."""
+    """A DriftPolicy's reference bins, which the router counts every request's rows on; or, while the policy
+    captures its reference, `capture` alone (no bins yet: the router samples values instead)."""
 
     policy: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.-]+$")
     features: tuple[FeatureBins, ...] = Field(default=(), max_length=256)
     prediction: Bins | None = Field(default=None, description="Bins of the model's primary score or label.")
+    capture: CaptureConfig | None = Field(default=None, description="Sample values instead of counting bins.")
 
     @model_validator(mode="after")
     def _check_profile(self) -> DriftProfileConfig:
-        keys = [f.key for f in self.features] + ([PREDICTION] if self.prediction is not None else [])
+        if self.capture is not None:
+            keys = self.capture.keys
+            if self.features or self.prediction is not None:
+                raise ValueError(f"drift profile {self.policy!r}: capture takes no bins (features, prediction)")
+            if self.capture.values > MAX_CAPTURE_VALUES:
+                raise ValueError(
+                    f"drift profile {self.policy!r}: capture.size x features = {self.capture.values} values exceed "
+                    f"the limit of {MAX_CAPTURE_VALUES}"
+                )
+        else:
+            keys = [f.key for f in self.features] + ([PREDICTION] if self.prediction is not None else [])
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
             raise ValueError(f"drift profile {self.policy!r}: feature keys must be unique, repeated: {dupes}")
@@ -151,6 +203,10 @@ class DriftProfileConfig(_Model):
     @property
     def bins_total(self) -> int:
         return sum(f.size for f in self.features) + (self.prediction.size if self.prediction else 0)
+
+    @property
+    def capture_values(self) -> int:
+        return self.capture.values if self.capture is not None else 0
 
 
 class ServingConfig(_Model):
@@ -210,6 +266,9 @@ class ServingConfig(_Model):
         bins = sum(p.bins_total for p in self.drift)
         if bins > MAX_BINS_TOTAL:
             raise ValueError(f"drift: {bins} bins in all exceed the limit of {MAX_BINS_TOTAL}")
+        values = sum(p.capture_values for p in self.drift)
+        if values > MAX_CAPTURE_VALUES:
+            raise ValueError(f"drift: captures of {values} values in all exceed the limit of {MAX_CAPTURE_VALUES}")
         return self
 
     @property

@@ -77,6 +77,12 @@ class ModelNotFound(ServingError):
     status_code = 404
 
 
+class NotFound(ServingError):
+    """Something other than a model that this server does not have (e.g. a drift capture): 404."""
+
+    status_code = 404
+
+
 class PayloadTooLarge(ServingError):
     """413: the body exceeds `ServingConfig.max_request_bytes` (raised before the whole body is read), or a tensor
     exceeds `max_request_rows` / `max_request_elements` (raised before its data is converted)."""

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from sluice.serving.backends.base import VariantBackend
-from sluice.serving.config import STABLE, ServingConfig, VariantConfig
+from sluice.serving.capture import Captures
+from sluice.serving.config import STABLE, DriftProfileConfig, ServingConfig, VariantConfig
 from sluice.serving.errors import (
     BackendError,
     BackendTimeout,
@@ -90,6 +91,11 @@ def _make_state(config: ServingConfig, backends: Mapping[str, VariantBackend]) -
     )
 
 
+def _binned(config: ServingConfig) -> tuple[DriftProfileConfig, ...]:
+    """The drift profiles counted on bins (a capturing policy has no bins yet: `Captures` samples it)."""
+    return tuple(p for p in config.drift if p.capture is None)
+
+
 class Router:
     """Routes requests of one model across its variants (stable, canary, experiment arms, shadow)."""
 
@@ -110,7 +116,8 @@ class Router:
         self._closers: set[asyncio.Task[None]] = set()
         self.outcomes = Outcomes(config.outcomes, lambda: self.metrics.model)
         self.metrics.registry.register(self.outcomes.totals)
-        self.features = FeatureCounts(config.drift, lambda: self.metrics.model)
+        self.features = FeatureCounts(_binned(config), lambda: self.metrics.model)
+        self.captures = Captures(config.drift)
         self._feature_log_after = 0.0  # monotonic time before which feature errors are counted, not logged
         self.metrics.registry.register(self.features)
         self._publish_weights()
@@ -247,9 +254,12 @@ class Router:
         scored = score_outputs(routed.response.outputs)
         if scored is not None:
             self.metrics.scores(routed.version, routed.variant, scored.scores.tolist())
-        if self.features.active:
+        if self.features.active or self.captures.active:
             try:
-                self.features.observe(routed.version, routed.variant, request.inputs, scored)
+                if self.features.active:
+                    self.features.observe(routed.version, routed.variant, request.inputs, scored)
+                if self.captures.active:
+                    self.captures.observe(routed.version, request.inputs, scored)
             except Exception:
                 # Drift counting is a side channel: a bug there must not turn an answered request into a 500.
                 self.metrics.feature_error(routed.version, routed.variant)
@@ -342,7 +352,8 @@ class Router:
         self._state = new
         self.metrics.model = config.model_name
         self.outcomes.configure(config.outcomes)
-        self.features.configure(config.drift)
+        self.features.configure(_binned(config))
+        self.captures.configure(config.drift)
         self._publish_weights()
         retired = [b for b in old.backends.values() if all(b is not nb for nb in new.backends.values())]
         if retired:
