@@ -36,7 +36,8 @@ class ReferenceProfile(ApiModel):
     )
     from_stable_version: bool = Field(
         default=False,
-        description="Use what the stable version saw during its first window after promotion instead of a file.",
+        description="Use what the stable version saw during its first window after promotion instead of a file: "
+        "the router samples it, and the profile is kept in the ConfigMap `<policy>-reference`, owned by the policy.",
     )
 
     rules = (
@@ -170,6 +171,23 @@ class FeatureScore(ApiModel):
     state: DriftState = Field(description="Ok, Warning, Drifted or NoData.")
 
 
+class ReferenceState(StrEnum):
+    CAPTURING = "Capturing"  # the router samples the stable version's traffic; no evaluation yet
+    CAPTURED = "Captured"  # the profile is built and kept in the ConfigMap; evaluations run against it
+
+
+class ReferenceStatus(ApiModel):
+    """Where a captured reference (`fromStableVersion`) stands."""
+
+    source: Literal["stableVersion"] = Field(default="stableVersion", description="Where the reference comes from.")
+    state: ReferenceState = Field(description="Capturing or Captured.")
+    version: str | None = Field(default=None, description="The stable version captured (or being captured).")
+    rows: int = Field(default=0, ge=0, description="Rows sampled so far, or the rows the profile was built from.")
+    capture_started_at: datetime | None = Field(default=None, description="When the capture of this version began.")
+    captured_at: datetime | None = Field(default=None, description="When the profile was built.")
+    config_map: str | None = Field(default=None, description="The ConfigMap that keeps the profile.")
+
+
 class DriftPolicyStatus(ApiModel):
     """Observed state of a DriftPolicy."""
 
@@ -188,6 +206,9 @@ class DriftPolicyStatus(ApiModel):
         default=None, description="Drifted features over evaluated (not NoData) features at the last evaluation."
     )
     features: list[FeatureScore] = Field(default_factory=list, description="Per-feature scores.")
+    reference: ReferenceStatus | None = Field(
+        default=None, description="The captured reference (fromStableVersion only): version, rows, when."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-convention conditions.")
 
 

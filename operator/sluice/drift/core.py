@@ -35,6 +35,7 @@ from sluice.drift.profile import CategoricalFeature, NumericFeature, Profile, fe
 
 EVALUATED = "Evaluated"  # condition: True when the last evaluation ran; False names the field that stopped it
 DRIFTED = "Drifted"  # condition: True while the policy's verdict is Drifted
+CAPTURING = "CapturingReference"  # Evaluated reason while a fromStableVersion reference is being captured
 _SEVERITY = {DriftState.NO_DATA: 0, DriftState.OK: 1, DriftState.WARNING: 2, DriftState.DRIFTED: 3}
 
 
@@ -289,6 +290,8 @@ def step(
     if not _due(spec, status, obs, now):
         return status, []
     problem = obs.problem
+    if problem is None and obs.capturing is not None:
+        return _capturing(status, obs, now, obs.capturing)
     if problem is None and obs.reference is None:
         problem = Problem("NoReference", "spec.reference", "the reference profile has not been loaded")
     if problem is None and obs.window is None:
@@ -323,6 +326,44 @@ def _stopped(
         update={
             "conditions": conditions,
             "message": message,
+            "last_evaluated": now,
+            "observed_generation": obs.generation,
+        }
+    )
+    return new, actions
+
+
+def _capturing(
+    status: DriftPolicyStatus, obs: Observations, now: datetime, progress: str
+) -> tuple[DriftPolicyStatus, list[Action]]:
+    """No reference yet, by design: NoData (never a verdict on a reference still being captured), Evaluated False
+    with the progress, one Normal Event when the capture starts; no action."""
+    old = get_condition(status.conditions, EVALUATED)
+    conditions = set_condition(
+        status.conditions, EVALUATED, False, reason=CAPTURING, message=progress, now=now, generation=obs.generation
+    )
+    conditions = set_condition(
+        conditions,
+        DRIFTED,
+        False,
+        reason=DriftState.NO_DATA.value,
+        message=progress,
+        now=now,
+        generation=obs.generation,
+    )
+    actions: list[Action] = []
+    if old is None or old.reason != CAPTURING:
+        actions.append(EmitEvent("Normal", CAPTURING, progress))
+    new = status.model_copy(
+        update={
+            "conditions": conditions,
+            "state": DriftState.NO_DATA,
+            "score": None,
+            "features": [],
+            "samples": 0,
+            "drifted_features": 0,
+            "drifted_share": None,
+            "message": progress,
             "last_evaluated": now,
             "observed_generation": obs.generation,
         }

@@ -48,6 +48,7 @@ class Observations:
     window_start: datetime | None = None
     window_missing: Mapping[str, float] = field(default_factory=dict)  # rows without the feature in the window
     problem: Problem | None = None  # the reference or the counters could not be read
+    capturing: str | None = None  # the reference is still being captured (fromStableVersion): how far, in words
     current_samples: Mapping[str, npt.ArrayLike] = field(default_factory=dict)  # raw values for exact KS
 
 

@@ -91,6 +91,14 @@ class DriftLoop:
         self.status = status or DriftPolicyStatus()
         self.generation, self.poll_s, self.clock = generation, poll_s, clock
         self.readings: list[Reading] = []
+        self.capturing: str | None = None  # a fromStableVersion reference being captured: how far, in words
+
+    def use_profile(self, profile: Profile | None) -> None:
+        """Evaluate against `profile` from now on; a new one (a recaptured reference) starts a fresh history, since
+        the router restarts the counts of bins that changed."""
+        if profile is not self.profile and profile != self.profile:
+            self.readings = []
+        self.profile = profile
 
     def _observations(self, **fields: Any) -> Observations:
         return Observations(
@@ -102,6 +110,8 @@ class DriftLoop:
         )
 
     async def _observe(self, now: datetime) -> Observations:
+        if self.problem is None and self.capturing is not None:
+            return self._observations(capturing=self.capturing)
         if self.problem is not None or self.profile is None:
             return self._observations(problem=self.problem)
         mismatch = check_reference(self.spec, self.profile, None)

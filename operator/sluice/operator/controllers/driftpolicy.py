@@ -46,6 +46,7 @@ from sluice.drift.observations import Observations, Problem
 from sluice.drift.profile import PREDICTION, Profile, ProfileError, parse_profile
 from sluice.engine.driftpolicy import DriftLoop, router_profile
 from sluice.operator.context import OperatorContext
+from sluice.operator.controllers.driftcapture import ReferenceCapture
 from sluice.operator.controllers.modeldeployment import Stopped, plain, spec_problem
 from sluice.operator.driftprofiles import annotation_key, encode
 from sluice.operator.kube import ApiError, Obj
@@ -250,6 +251,8 @@ class DriftPolicyDaemon:
         self._reference: tuple[tuple[str, int], Profile | None, Problem | None] | None = None
         self._metadata: tuple[tuple[str, str], Obj] | None = None  # (url, model version) -> the model's metadata
         self._reference_read_at = -math.inf  # time.monotonic() of the last read (a failing one is retried slowly)
+        self.capture: ReferenceCapture | None = None  # fromStableVersion: the captured reference (driftcapture.py)
+        self._capturing: str | None = None  # while capturing: the progress, for the core
 
     async def run(self, stopped: Stopped, live: Mapping[str, Any]) -> None:
         """Tick every poll until Kopf stops the daemon; a failing tick is logged and retried with backoff."""
@@ -290,6 +293,7 @@ class DriftPolicyDaemon:
         profile, problem = await self._load(spec, target, generation)
         loop = await self._loop(spec, target, generation, profile)
         loop.problem = problem
+        self._captured_status(spec, loop)
         await loop.tick()
         self.status = loop.status
         await self._follow_job(spec, target)
@@ -315,8 +319,7 @@ class DriftPolicyDaemon:
         success, the policy's bins on the target."""
         reference = spec.reference
         if reference.from_stable_version or reference.uri is None:
-            message = "capturing the reference from the stable version is not built in the operator yet; use uri"
-            return None, Problem("NotSupported", "spec.reference.fromStableVersion", message)
+            return await self._captured(spec, target)
         cached = self._reference
         retry = cached is not None and cached[2] is not None and time.monotonic() - self._reference_read_at >= RETRY_S
         if cached is None or cached[0] != (reference.uri, generation) or retry:
@@ -333,6 +336,39 @@ class DriftPolicyDaemon:
             return profile, problem
         await self._hand_bins(spec, profile, target)
         return profile, None
+
+    async def _captured(self, spec: DriftPolicySpec, target: _Target) -> tuple[Profile | None, Problem | None]:
+        """fromStableVersion: the captured profile (capturing it first), checked and handed to the target as bins."""
+        if self.capture is None:
+
+            async def emit(type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+                await events.emit(self.ctx.client, self.owner, type_, reason, message)
+
+            self.capture = ReferenceCapture(
+                self.ctx.client, self.owner, self.ctx.provider_http, emit, recheck_s=max(5.0, 30 * self.ctx.poll_s)
+            )
+            self.capture.restore(self.status.reference)
+        base = self._metrics_url(target).removesuffix("/metrics")
+        outcome = await self.capture.resolve(spec, target.body, base, lambda: self._inputs(spec, target))
+        self._capturing = outcome.capturing
+        profile = outcome.profile
+        if profile is None:
+            return None, outcome.problem
+        problem = await self._inputs(spec, target) or check_reference(spec, profile, None)
+        if problem is not None:
+            return profile, problem
+        await self._hand_bins(spec, profile, target)
+        return profile, None
+
+    def _captured_status(self, spec: DriftPolicySpec, loop: DriftLoop) -> None:
+        """What the loop reports about a captured reference: the progress while capturing, status.reference."""
+        if spec.reference.from_stable_version and self.capture is not None:
+            loop.capturing = self._capturing
+            loop.status.reference = self.capture.status
+            loop.reference_uri = self.capture.uri
+        else:
+            loop.capturing = None
+            loop.status.reference = None
 
     async def _inputs(self, spec: DriftPolicySpec, target: _Target) -> Problem | None:
         """The features against the model's inputs, read from the router once per URL and model version."""
@@ -389,7 +425,7 @@ class DriftPolicyDaemon:
                 poll_s=self.ctx.poll_s,
             )
             self._built_for = key
-        self.loop.profile = profile
+        self.loop.use_profile(profile)
         platform.target = target.body
         return self.loop
 
