@@ -20,9 +20,10 @@ from tests.drift.test_operator_drift import (
     state,
     target_doc,
 )
+from tests.operator.test_rbac import chart_grants, used
 from tests.support import wait_for
 from tests.support.emulator import EmulatorThread
-from tests.support.operator_process import MERGE, Cluster, running_operator
+from tests.support.operator_process import MERGE, OPERATOR_AGENTS, Cluster, running_operator
 from tests.support.simulator import simulating
 
 from sluice.drift.profile import parse_profile
@@ -101,10 +102,19 @@ def test_the_reference_is_captured_from_the_stable_version_then_drift_is_found(
         wait_for("Ok", lambda: state(cluster, "ref") == "Ok", 60)
         load.shift = 1.5
         wait_for("Drifted", lambda: state(cluster, "ref") == "Drifted", 60)
+        reasons = events_about(cluster, "ref")
+        assert reasons.index("CapturingReference") < reasons.index("ReferenceCaptured") < reasons.index("DriftDrifted")
+        assert "ReferenceRecapture" not in reasons
+        # A new stable version: its own first window becomes the reference (of the shifted traffic it now serves).
+        cluster.apply_md(target_doc("v2"))
+        wait_for("v2 promoted", lambda: cluster.status("fraud").get("phase") == "Succeeded", 120)
+        wait_for("v2 captured", lambda: captured(cluster, "ref") and reference(cluster, "ref")["version"] == "v2", 60)
+        assert (configmap(cluster, "ref") or {})["metadata"]["annotations"]["drift.sluice.dev/version"] == "v2"
+        wait_for("Ok on v2's reference", lambda: state(cluster, "ref") == "Ok", 60)
         assert load.failed == 0
-    reasons = events_about(cluster, "ref")
-    assert reasons.index("CapturingReference") < reasons.index("ReferenceCaptured") < reasons.index("DriftDrifted")
-    assert "ReferenceRecapture" not in reasons
+    recapture = [e["message"] for e in cluster.events("ref") if e["reason"] == "ReferenceRecapture"]
+    assert len(recapture) == 1
+    assert "stable version is now v2" in recapture[0]
 
 
 def test_a_restart_reads_the_configmap_and_a_deleted_or_garbled_one_is_captured_again(
@@ -151,6 +161,10 @@ def test_a_restart_reads_the_configmap_and_a_deleted_or_garbled_one_is_captured_
             text = (configmap(cluster, "keep") or {})["data"]["profile.json"]
             assert parse_profile(text).rows > 0
             wait_for("Ok again", lambda: state(cluster, "keep") == "Ok", 60)
+    # Every request the operator made (ConfigMaps included) is one the chart's ClusterRole grants.
+    requests = kube_emulator.call(lambda: kube_emulator.emulator.audited(OPERATOR_AGENTS))
+    assert ("", "configmaps", "create") in used(requests)
+    assert not used(requests) - chart_grants()
     warnings = [e for e in cluster.events("keep") if e["reason"] == "ReferenceRecapture"]
     assert len(warnings) == 2, [e["message"] for e in warnings]
     assert "is gone" in warnings[0]["message"]

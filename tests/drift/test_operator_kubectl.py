@@ -69,4 +69,20 @@ def test_drift_status_shows_the_per_feature_table(kube_emulator: EmulatorThread,
         assert any(line.startswith("Retrained") and "NewVersion" in line for line in lines)
         missing = io.StringIO()
         assert main(["drift", "status", "nope", "--kubeconfig", str(kubeconfig), "-n", ns], out=missing) == 1
+        assert "Reference:   https://example.com/p.json" in text
+        # A captured reference: its version, rows, time and ConfigMap.
+        captured = {**doc, "metadata": {"name": "captured"}}
+        captured["spec"] = {**doc["spec"], "reference": {"fromStableVersion": True}}
+        assert http.post(path, json=captured).status_code == 201
+        reference = {"source": "stableVersion", "state": "Captured", "version": "v1", "rows": 9000,
+                     "capturedAt": "2026-11-29T12:00:00Z", "configMap": "captured-reference"}  # fmt: skip
+        r = http.patch(f"{path}/captured/status", json={"status": {"state": "Ok", "reference": reference}},
+                       headers={"Content-Type": "application/merge-patch+json"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        out = io.StringIO()
+        assert main(["drift", "status", "captured", "--kubeconfig", str(kubeconfig), "-n", ns], out=out) == 0
+        assert (
+            "Reference:   captured from stable version v1: 9000 rows at 2026-11-29T12:00:00Z, "
+            "ConfigMap captured-reference"
+        ) in out.getvalue()
         http.delete(f"/api/v1/namespaces/{ns}")

@@ -44,6 +44,11 @@ NOT_EXERCISED_HERE: dict[Grant, str] = {
         )
         for v in ("get", "create", "patch", "delete")
     },
+    **{
+        ("", "configmaps", v): "backend triton (its router's ConfigMap); DriftPolicy reference.fromStableVersion "
+        "(the captured profile's ConfigMap: tests/drift/test_operator_capture.py checks its requests are granted)"
+        for v in ("get", "create", "patch")
+    },
     ("", "configmaps", "watch"): "granted so the operator may grant it to the Triton router's Role",
     ("ray.io", "rayservices", "delete"): "a RayService left over when a ModelDeployment's backend changes",
     ("ray.io", "rayservices", "get"): "an operator restart: a create that meets 409 reads the existing RayService",

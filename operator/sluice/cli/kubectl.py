@@ -324,6 +324,19 @@ def render_experiment(obj: Obj) -> str:
     return "\n".join(lines)
 
 
+def _captured(ref: Obj) -> str:
+    """A fromStableVersion reference in one line: capturing (rows so far, since) or captured (rows, when, where)."""
+    if not ref:
+        return "from the stable version (not started)"
+    version = ref.get("version") or "?"
+    if ref.get("state") == "Captured":
+        return (
+            f"captured from stable version {version}: {ref.get('rows', 0)} rows at {ref.get('capturedAt') or '-'}, "
+            f"ConfigMap {ref.get('configMap') or '-'}"
+        )
+    return f"capturing stable version {version}: {ref.get('rows', 0)} rows since {ref.get('captureStartedAt') or '-'}"
+
+
 def render_drift(obj: Obj) -> str:
     """One DriftPolicy: state and score, the last action, then a row per feature and the conditions."""
     meta, spec, st = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
@@ -340,6 +353,11 @@ def render_drift(obj: Obj) -> str:
         + (f"{st.get('lastActionType')} at {st.get('lastAction')}" if st.get("lastAction") else "none")
         + (f", Job {st['lastJob']}" if st.get("lastJob") else ""),
     ]
+    reference = spec.get("reference") or {}
+    if reference.get("fromStableVersion"):
+        lines.append(f"Reference:   {_captured(st.get('reference') or {})}")
+    elif reference.get("uri"):
+        lines.append(f"Reference:   {reference['uri']}")
     if st.get("message"):
         lines.append(f"Message:     {st['message']}")
     rows = [
