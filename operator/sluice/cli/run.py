@@ -38,7 +38,7 @@ from sluice.api.model_deployment import ModelDeployment
 from sluice.api.status import Phase
 from sluice.cli.serve import load_deployments
 from sluice.engine.routing import Routing, serving_config
-from sluice.local.driftpolicy import drift_config, load_reference, run_drift
+from sluice.local.driftpolicy import LocalCapture, drift_config, load_reference, run_drift
 from sluice.local.experiment import parse_outcomes, run_experiment
 from sluice.local.modeldeployment import run_rollout
 from sluice.rollout.core import version_ref
@@ -213,9 +213,19 @@ def run_drift_command(args: argparse.Namespace, policies: list[DriftPolicy], doc
     base_dir = args.filename[0].resolve().parent
     profile, problem = load_reference(policy, base_dir)
     target = revisions[-1]
+    capture = LocalCapture(policy, target) if policy.spec.reference.from_stable_version else None
+    window = parse_duration(policy.spec.window)
+    if capture is not None and shift_after is not None and shift_after < window:
+        print(
+            f"error: --shift-after: {args.shift_after} is shorter than spec.window ({policy.spec.window}); with "
+            "reference.fromStableVersion the first window of unshifted load is the reference, so it must end "
+            "before the shift",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     backend: Literal["ray", "triton", "onnx"] = args.backend or target.spec.backend.value
     quiet = args.output == "json"
-    plane = start_plane(drift_config(target, policy, profile), backend, base_dir, args.port, quiet=quiet)
+    plane = start_plane(drift_config(target, policy, profile, capture), backend, base_dir, args.port, quiet=quiet)
     if plane is None:
         return EXIT_OTHER
     try:
@@ -232,6 +242,7 @@ def run_drift_command(args: argparse.Namespace, policies: list[DriftPolicy], doc
                 timeout_s=args.timeout,
                 retrain_command=args.retrain_command,
                 quiet=quiet,
+                capture=capture,
             )
         )
     finally:
@@ -241,6 +252,9 @@ def run_drift_command(args: argparse.Namespace, policies: list[DriftPolicy], doc
     else:
         if traffic is not None:
             print(f"traffic: {traffic.tally.summary()}")
+        if status.reference is not None:
+            ref = status.reference
+            print(f"reference: {ref.state.value} from version {ref.version}, {ref.rows} rows")
         for version in platform.rollbacks:
             print(f"rolled back: {wanted} now serves {version}")
         for name, code in platform.jobs:

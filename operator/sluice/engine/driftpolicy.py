@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
+
+import httpx
 
 from sluice.api.base import parse_duration
 from sluice.api.drift_policy import DriftPolicySpec, DriftPolicyStatus
@@ -24,7 +27,14 @@ from sluice.drift.profile import PREDICTION, NumericFeature, feature_key
 from sluice.engine.ticks import run_ticks
 from sluice.providers.base import MISSING_BIN, FeatureBinCounts, FeatureCounts
 from sluice.rollout.measurements import MetricError, NoData
-from sluice.serving.config import Bins, DriftProfileConfig, FeatureBins
+from sluice.serving.config import (
+    MAX_CAPTURE_SIZE,
+    MAX_CAPTURE_VALUES,
+    Bins,
+    CaptureConfig,
+    DriftProfileConfig,
+    FeatureBins,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,54 @@ def router_profile(policy: str, spec: DriftPolicySpec, profile: Profile) -> Drif
         else:
             features.append(FeatureBins.model_validate({"input": feature.name, "column": feature.index, **bins}))
     return DriftProfileConfig(policy=policy, features=tuple(features), prediction=prediction)
+
+
+def capture_config(policy: str, spec: DriftPolicySpec, version: str, token: str | None = None) -> DriftProfileConfig:
+    """What the router samples for a policy capturing its reference (`fromStableVersion`): the watched features of
+    the rows `version` serves, up to 10,000 rows (fewer where many features would pass the router's bound on
+    values); the sample is served to `token` (a new random one when None)."""
+    features = [
+        {"input": f.name, "column": f.index, "type": f.type}
+        for f in spec.features
+        if not (f.name == PREDICTION and f.index is None)
+    ]
+    prediction = next((f.type for f in spec.features if f.name == PREDICTION and f.index is None), None)
+    size = max(1, min(MAX_CAPTURE_SIZE, MAX_CAPTURE_VALUES // len(spec.features)))
+    capture = CaptureConfig.model_validate(
+        {
+            "version": version,
+            "size": size,
+            "token": token or secrets.token_urlsafe(24),
+            "features": features,
+            "prediction": prediction,
+        }
+    )
+    return DriftProfileConfig(policy=policy, capture=capture)
+
+
+async def read_sample(
+    http: httpx.AsyncClient, base_url: str, config: DriftProfileConfig, *, values: bool
+) -> dict[str, Any] | None:
+    """The router's capture sample of `config`'s policy (`GET /v2/drift/{policy}/sample`; `values=False`: only
+    how far it is: rows seen, rows kept, age in seconds); None while the router has not begun it (404). Raises
+    httpx.HTTPError or ValueError when it cannot be read."""
+    assert config.capture is not None
+    response = await http.get(
+        f"{base_url}/v2/drift/{config.policy}/sample",
+        params={"values": "true" if values else "false"},
+        headers={"authorization": f"Bearer {config.capture.token}"},
+    )
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    body = response.json()
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("rows"), int)
+        or not isinstance(body.get("age_s"), float | int)
+    ):
+        raise ValueError(f"not a capture sample: {str(body)[:200]}")
+    return body
 
 
 def dense(counts: FeatureBinCounts, profile: Profile, keys: list[str]) -> dict[str, list[float]]:

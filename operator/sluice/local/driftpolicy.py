@@ -15,14 +15,19 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sluice.api.drift_policy import DriftPolicy, DriftPolicyStatus, DriftState
+import httpx
+
+from sluice.api.base import parse_duration
+from sluice.api.drift_policy import DriftPolicy, DriftPolicyStatus, DriftState, ReferenceState, ReferenceStatus
 from sluice.api.model_deployment import ModelDeployment
 from sluice.drift.actions import Action, CreateRetrainJob, EmitEvent, RollbackTarget
+from sluice.drift.capture import profile_from_sample
 from sluice.drift.observations import Problem
 from sluice.drift.profile import Profile, ProfileError, load_profile
-from sluice.engine.driftpolicy import DriftLoop, router_profile
+from sluice.engine.driftpolicy import DriftLoop, capture_config, read_sample, router_profile
 from sluice.engine.routing import Routing, serving_config
 from sluice.local.modeldeployment import DataPlaneHandle, RunningPlane
 from sluice.local.run import Session, Views
@@ -35,11 +40,11 @@ log = logging.getLogger(__name__)
 
 
 def load_reference(policy: DriftPolicy, base_dir: Path) -> tuple[Profile | None, Problem | None]:
-    """The policy's reference profile, or the problem (naming the field) that keeps it from being used."""
+    """The policy's reference profile, or the problem (naming the field) that keeps it from being used; (None, None)
+    for `fromStableVersion`, whose profile `LocalCapture` captures while the run serves."""
     reference = policy.spec.reference
     if reference.from_stable_version or reference.uri is None:
-        field_ = "spec.reference.fromStableVersion"
-        return None, Problem("NotSupported", field_, "capturing the reference from the stable version is not built yet")
+        return None, None
     if not reference.uri.startswith("file://"):
         message = f"{reference.uri}: sluice run reads file:// references only (http, s3 and gs are not built yet)"
         return None, Problem("ReferenceUnreachable", "spec.reference.uri", message)
@@ -50,10 +55,79 @@ def load_reference(policy: DriftPolicy, base_dir: Path) -> tuple[Profile | None,
         return None, Problem("ReferenceInvalid", "spec.reference.uri", str(exc))
 
 
-def drift_config(target: ModelDeployment, policy: DriftPolicy, profile: Profile | None) -> ServingConfig:
-    """The target's serving config with the policy's bins (none when the profile cannot be used)."""
+class LocalCapture:
+    """`fromStableVersion` on this machine: the served version's first `window` of traffic is sampled by the router
+    (its capture config), then profiled with `sluice profile`'s code; the profile stays in memory (no ConfigMap
+    here), its bins go to the router, and `status.reference` says where it came from."""
+
+    def __init__(self, policy: DriftPolicy, target: ModelDeployment) -> None:
+        self.name, self.spec, self.version = policy.metadata.name, policy.spec, target.spec.model.version
+        self.config = capture_config(policy.metadata.name, policy.spec, self.version)
+        self.status = ReferenceStatus(
+            state=ReferenceState.CAPTURING, version=self.version, capture_started_at=datetime.now(UTC)
+        )
+
+    async def poll(self, http: httpx.AsyncClient, base_url: str) -> Profile | str:
+        """The profile once the window has passed and minSamples rows were seen; else how far the capture is.
+        Raises ProfileError when the sample gives no profile (a feature without any value)."""
+        waiting = f"capturing the reference from version {self.version}"
+        try:
+            summary = await read_sample(http, base_url, self.config, values=False)
+        except (httpx.HTTPError, ValueError) as exc:
+            return f"{waiting}: the router's sample could not be read: {exc or type(exc).__name__}"
+        if summary is None:
+            return f"{waiting}: waiting for the router to start sampling"
+        self.status.rows = rows = int(summary["rows"])
+        window = parse_duration(self.spec.window)
+        if float(summary["age_s"]) < window or rows < self.spec.min_samples:
+            until = (self.status.capture_started_at or datetime.now(UTC)) + timedelta(seconds=window)
+            return (
+                f"{waiting}: {rows} of at least {self.spec.min_samples} rows (minSamples), window "
+                f"{self.spec.window} until {until.strftime('%H:%M:%S')}"
+            )
+        sample = await read_sample(http, base_url, self.config, values=True)
+        if sample is None:
+            return f"{waiting}: the router lost the sample"
+        now = datetime.now(UTC).replace(microsecond=0)
+        profile = profile_from_sample(sample, source=f"version {self.version}, captured {now.isoformat()}")
+        self.status = self.status.model_copy(
+            update={"state": ReferenceState.CAPTURED, "rows": profile.rows, "captured_at": now}
+        )
+        return profile
+
+    async def advance(
+        self, loop: DriftLoop, platform: LocalDriftPlatform, http: httpx.AsyncClient, plane: RunningPlane
+    ) -> None:
+        """One look at the capture: its progress for the core, or the captured profile's bins to the router."""
+        try:
+            outcome = await self.poll(http, plane.url)
+        except ProfileError as exc:
+            message = f"the captured sample of {self.version} gives no profile: {exc}"
+            loop.problem = Problem("CaptureFailed", "spec.reference.fromStableVersion", message)
+            loop.status.reference = self.status
+            return
+        if isinstance(outcome, str):
+            loop.capturing = outcome
+        else:
+            target = platform.revisions[-1]
+            bins = (router_profile(self.name, self.spec, outcome),)
+            platform.drift = serving_config(target.spec, Routing(stable=version_ref(target.spec.model)), bins)
+            await asyncio.to_thread(plane.update, platform.drift)
+            loop.use_profile(outcome)
+            loop.capturing = None
+            platform._say(f"captured the reference from {self.version}: {outcome.rows} sampled rows")
+        loop.status.reference = self.status
+
+
+def drift_config(
+    target: ModelDeployment, policy: DriftPolicy, profile: Profile | None, capture: LocalCapture | None = None
+) -> ServingConfig:
+    """The target's serving config with the policy's bins (none when the profile cannot be used), or its capture
+    while the reference is being captured."""
     drift: tuple[DriftProfileConfig, ...] = ()
-    if profile is not None:
+    if capture is not None and profile is None:
+        drift = (capture.config,)
+    elif profile is not None:
         with contextlib.suppress(ProfileError, ValueError):  # the loop reports the mismatch as a condition
             drift = (router_profile(policy.metadata.name, policy.spec, profile),)
     return serving_config(target.spec, Routing(stable=version_ref(target.spec.model)), drift)
@@ -128,12 +202,15 @@ async def run_drift(
     timeout_s: float,
     retrain_command: str | None = None,
     quiet: bool = False,
+    capture: LocalCapture | None = None,
 ) -> tuple[DriftPolicyStatus, LocalDriftPlatform, Traffic | None]:
-    """Run the policy until it is Drifted and its action ran, `timeout_s`, or SIGINT/SIGTERM."""
+    """Run the policy until it is Drifted and its action ran, `timeout_s`, or SIGINT/SIGTERM; with `capture`, the
+    reference is captured from the served version's first window before anything is evaluated."""
     target = revisions[-1]
-    platform = LocalDriftPlatform(plane, list(revisions), drift_config(target, policy, profile), retrain_command, quiet)
+    config = drift_config(target, policy, profile, capture)
+    platform = LocalDriftPlatform(plane, list(revisions), config, retrain_command, quiet)
     provider = BuiltinProvider(plane.metrics_url)
-    uri = policy.spec.reference.uri or ""
+    uri = policy.spec.reference.uri or f"captured:{target.spec.model.version}"
     loop = DriftLoop(
         policy.spec,
         platform,
@@ -154,10 +231,15 @@ async def run_drift(
             return True
         if loop.status.state == DriftState.DRIFTED and policy.spec.action.type.value == "alert":
             return True
-        return problem is not None
+        return loop.problem is not None
 
-    async with Session(provider) as session:
+    async def tick() -> None:
+        if capture is not None and loop.profile is None and loop.problem is None:
+            await capture.advance(loop, platform, http, plane)
+        await loop.tick()
+
+    async with Session(provider) as session, httpx.AsyncClient(timeout=10) as http:
         if load_rps > 0:
             session.start(traffic.run(session.stop))
-        await session.drive(loop.tick, done, timeout_s, loop.poll_s)
+        await session.drive(tick, done, timeout_s, loop.poll_s)
     return loop.status, platform, traffic

@@ -18,7 +18,6 @@ lacks a watched feature; each with an Event.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,12 +32,13 @@ from sluice.api.drift_policy import DriftPolicySpec, ReferenceState, ReferenceSt
 from sluice.drift.capture import profile_from_sample
 from sluice.drift.core import check_reference
 from sluice.drift.observations import Problem
-from sluice.drift.profile import PREDICTION, Profile, ProfileError, parse_profile
+from sluice.drift.profile import Profile, ProfileError, parse_profile
+from sluice.engine.driftpolicy import capture_config, read_sample
 from sluice.operator.driftprofiles import annotation_key, encode
 from sluice.operator.kube import ApiError, KubeClient, Obj
 from sluice.operator.render import Owner
 from sluice.operator.render.meta import dns_label, label_value, owner_reference
-from sluice.serving.config import MAX_CAPTURE_SIZE, MAX_CAPTURE_VALUES, CaptureConfig, DriftProfileConfig
+from sluice.serving.config import DriftProfileConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +56,6 @@ Emit = Callable[[Literal["Normal", "Warning"], str, str], Awaitable[None]]
 def reference_name(policy: str) -> str:
     """The ConfigMap of `policy`'s captured reference: `<policy>-reference` (a DNS label, hashed when too long)."""
     return dns_label(f"{policy}-reference")
-
-
-def capture_config(policy: str, spec: DriftPolicySpec, version: str, token: str) -> DriftProfileConfig:
-    """The capture the router runs for `policy`: the watched features, rows of `version`, up to 10,000 rows (fewer
-    when many features would pass the router's bound on values)."""
-    features = [
-        {"input": f.name, "column": f.index, "type": f.type}
-        for f in spec.features
-        if not (f.name == PREDICTION and f.index is None)
-    ]
-    prediction = next((f.type for f in spec.features if f.name == PREDICTION and f.index is None), None)
-    size = max(1, min(MAX_CAPTURE_SIZE, MAX_CAPTURE_VALUES // len(spec.features)))
-    capture = CaptureConfig.model_validate(
-        {"version": version, "size": size, "token": token, "features": features, "prediction": prediction}
-    )
-    return DriftProfileConfig(policy=policy, capture=capture)
 
 
 def reference_configmap(owner: Owner, profile: Profile, version: str, captured_at: datetime) -> Obj:
@@ -247,19 +231,15 @@ class ReferenceCapture:
         waiting = f"capturing the reference from stable version {stable}"
         if time.monotonic() < self._retry_at:
             return Outcome(capturing=f"{waiting}: {status.rows} rows so far", status=status)
-        url = f"{base_url}/v2/drift/{self.owner.name}/sample"
-        headers = {"authorization": f"Bearer {config.capture.token}"}
         try:
-            response = await self.http().get(url, params={"values": "false"}, headers=headers)
-            if response.status_code == 404:
-                return Outcome(capturing=f"{waiting}: waiting for the router to start sampling", status=status)
-            response.raise_for_status()
-            summary = response.json()
-            rows, age = int(summary["rows"]), float(summary["age_s"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            summary = await read_sample(self.http(), base_url, config, values=False)
+        except (httpx.HTTPError, ValueError) as exc:
             self._retry_at = time.monotonic() + RETRY_S
-            message = f"{waiting}: the router's sample could not be read ({url}): {exc or type(exc).__name__}"
+            message = f"{waiting}: the router's sample could not be read ({base_url}): {exc or type(exc).__name__}"
             return Outcome(capturing=message, status=status)
+        if summary is None:
+            return Outcome(capturing=f"{waiting}: waiting for the router to start sampling", status=status)
+        rows, age = int(summary["rows"]), float(summary["age_s"])
         started = now - timedelta(seconds=age)
         if status.capture_started_at is None or started > status.capture_started_at + timedelta(seconds=5):
             status.capture_started_at = started  # the router's sample is younger: it restarted, so its age counts
@@ -273,15 +253,16 @@ class ReferenceCapture:
             if age >= window.total_seconds():
                 message += " (the window has passed; capturing until minSamples rows were seen)"
             return Outcome(capturing=message, status=status)
-        return await self._build(url, headers, stable, now, status)
+        return await self._build(base_url, config, stable, now, status)
 
     async def _build(
-        self, url: str, headers: dict[str, str], stable: str, now: datetime, status: ReferenceStatus
+        self, base_url: str, config: DriftProfileConfig, stable: str, now: datetime, status: ReferenceStatus
     ) -> Outcome:
         try:
-            response = await self.http().get(url, headers=headers)
-            response.raise_for_status()
-            profile = profile_from_sample(response.json(), source=f"stable version {stable}, captured {_stamp(now)}")
+            sample = await read_sample(self.http(), base_url, config, values=True)
+            if sample is None:
+                raise ValueError("the router no longer has the sample")
+            profile = profile_from_sample(sample, source=f"stable version {stable}, captured {_stamp(now)}")
         except (httpx.HTTPError, ValueError) as exc:  # ProfileError is a ValueError
             self._retry_at = time.monotonic() + RETRY_S
             problem = Problem("CaptureFailed", FIELD, f"the captured sample of {stable} gives no profile: {exc}")
@@ -315,7 +296,7 @@ class ReferenceCapture:
         features of the same version, else a new one with a new token (the router starts a fresh sample)."""
         key = annotation_key(self.owner.name)
         current = ((target.get("metadata") or {}).get("annotations") or {}).get(key)
-        token = secrets.token_urlsafe(24)
+        token = None
         if current:
             try:
                 there = DriftProfileConfig.model_validate_json(current)
