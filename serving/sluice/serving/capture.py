@@ -19,6 +19,7 @@ random share of the traffic, which is what a reference needs.
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,23 @@ def _column(tensor: Tensor | None, feature: CaptureFeature, rows: int) -> npt.ND
     if feature.column is None:
         return m[:, 0] if m.shape[1] == 1 else None
     return m[:, feature.column] if feature.column < m.shape[1] else None
+
+
+def _block(tensor: Tensor | None, rows: int, take: IntArray, cols: IntArray) -> FloatArray:
+    """The taken rows of one input's numeric features (columns `cols`, -1: the input's only column), as float64;
+    NaN where a feature cannot be read (no such input or column, another row count, not numbers)."""
+    out = np.full((len(take), len(cols)), np.nan)
+    if tensor is None or tensor.data.ndim == 0 or tensor.data.shape[0] != rows:
+        return out
+    m = tensor.data.reshape(rows, -1)
+    width = m.shape[1]
+    readable = np.where(cols < 0, width == 1, cols < width)
+    if not readable.any():
+        return out
+    picked = _floats(m[take][:, np.where(readable & (cols >= 0), cols, 0)], len(take))
+    if picked.ndim == 2:
+        out[:, readable] = picked[:, readable]
+    return out
 
 
 def _floats(values: npt.NDArray[Any] | None, n: int) -> FloatArray:
@@ -85,7 +103,10 @@ class Reservoir:
     categorical: list[str] = field(init=False)
     values: FloatArray = field(init=False)  # size x numeric features, NaN: missing
     texts: npt.NDArray[np.object_] = field(init=False)  # size x categorical features, None: missing
+    groups: dict[str, tuple[IntArray, IntArray]] = field(init=False)  # input -> (value columns, input columns)
     seen: int = 0  # rows offered so far
+    _weight: float = 0.0  # Algorithm L's W once the reservoir is full
+    _next: int = 0  # stream index of the next row to keep once full
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -97,23 +118,59 @@ class Reservoir:
         self.categorical = [k for k, t in kinds if t == "categorical"]
         self.values = np.full((cfg.size, len(self.numeric)), np.nan)
         self.texts = np.full((cfg.size, len(self.categorical)), None, dtype=object)
+        # Numeric features grouped by input: one read of the input's taken rows per request, whatever the columns.
+        groups: dict[str, list[tuple[int, int]]] = {}
+        for f in cfg.features:
+            if f.type == "numeric":
+                groups.setdefault(f.input, []).append((self.numeric.index(f.key), -1 if f.column is None else f.column))
+        self.groups = {
+            name: (np.array([d for d, _ in pairs], dtype=np.int64), np.array([c for _, c in pairs], dtype=np.int64))
+            for name, pairs in groups.items()
+        }
 
     @property
     def kept(self) -> int:
         return min(self.seen, self.config.size)
 
     def slots(self, rows: int) -> tuple[IntArray, IntArray]:
-        """(batch rows, reservoir slots) the next `rows` rows take; a later row wins a slot two rows drew."""
+        """(batch rows, reservoir slots) the next `rows` rows take; a later row wins a slot two rows drew.
+
+        Filling: every row, in order. Full: Algorithm L (Li, 1994) draws how many rows to skip until the next one
+        kept, so a batch in which no row is kept costs one comparison; the sample is uniform as with Algorithm R.
+        """
         size, seen = self.config.size, self.seen
-        t = seen + np.arange(rows, dtype=np.int64)  # each row's index in the stream
-        slot = np.where(t < size, t, self.rng.integers(0, t + 1) if seen + rows > size else t)
-        take = np.flatnonzero(slot < size)
-        slot = slot[take]
-        if len(slot) > 1:  # keep the last row per slot, as one row at a time would
-            _, first_of_reversed = np.unique(slot[::-1], return_index=True)
-            last = len(slot) - 1 - first_of_reversed
-            take, slot = take[last], slot[last]
-        return take.astype(np.int64), slot.astype(np.int64)
+        end = seen + rows
+        if end <= size:
+            index = np.arange(rows, dtype=np.int64)
+            return index, seen + index
+        take: list[int] = []
+        slot: list[int] = []
+        if seen < size:
+            take += range(size - seen)
+            slot += range(seen, size)
+        if self._weight == 0.0:  # just full: the first skip
+            self._weight = math.exp(math.log(self._uniform()) / size)
+            self._next = size - 1 + self._skip()
+        while self._next < end:
+            take.append(self._next - seen)
+            slot.append(int(self.rng.integers(size)))
+            self._weight *= math.exp(math.log(self._uniform()) / size)
+            self._next += self._skip()
+        takes, slots = np.asarray(take, dtype=np.int64), np.asarray(slot, dtype=np.int64)
+        if len(slots) > 1:  # keep the last row per slot, as one row at a time would
+            _, first_of_reversed = np.unique(slots[::-1], return_index=True)
+            last = len(slots) - 1 - first_of_reversed
+            takes, slots = takes[last], slots[last]
+        return takes, slots
+
+    def _uniform(self) -> float:
+        return float(self.rng.random()) or 1e-300  # (0, 1): log() of it is finite
+
+    def _skip(self) -> int:
+        """Rows from the last kept one to the next (at least 1)."""
+        if self._weight >= 1.0:
+            return 1
+        return math.floor(math.log(self._uniform()) / math.log1p(-self._weight)) + 1
 
     def offer(self, inputs: Sequence[Tensor], scored: Scored | None, rows: int) -> None:
         """Sample from one request's rows; only the rows that land in the reservoir are read out."""
@@ -123,23 +180,20 @@ class Reservoir:
             return
         by_name = {t.name: t for t in inputs}
         n = len(take)
-        num, cat = 0, 0
+        for name, (dst, cols) in self.groups.items():
+            self.values[slot[:, None], dst] = _block(by_name.get(name), rows, take, cols)
+        cat = 0
         for feature in self.config.features:
-            column = _column(by_name.get(feature.input), feature, rows)
-            picked = column[take] if column is not None else None
-            if feature.type == "numeric":
-                self.values[slot, num] = _floats(picked, n)
-                num += 1
-            else:
+            if feature.type == "categorical":
+                column = _column(by_name.get(feature.input), feature, rows)
+                picked = column[take] if column is not None else None
                 self.texts[slot, cat] = np.array(_texts(picked, n), dtype=object)
                 cat += 1
         kind = self.config.prediction
-        if kind is None:
-            return
         if kind == "numeric":
             ok = scored is not None and len(scored.scores) == rows
-            self.values[slot, num] = scored.scores[take] if ok and scored is not None else np.nan
-        else:
+            self.values[slot, len(self.numeric) - 1] = scored.scores[take] if ok and scored is not None else np.nan
+        elif kind == "categorical":
             labels = None
             if scored is not None:
                 labels = scored.labels if scored.labels is not None else scored.scores
