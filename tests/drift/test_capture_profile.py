@@ -17,6 +17,8 @@ from sluice.drift.capture import profile_from_sample
 from sluice.drift.core import CAPTURING, step
 from sluice.drift.observations import Observations
 from sluice.drift.profile import ProfileError, build_profile
+from sluice.engine.driftpolicy import capture_config, router_profile
+from sluice.operator.driftprofiles import annotation_key, encode, profiles_on
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -106,3 +108,29 @@ def test_the_profile_shrinks_its_ks_sample_to_fit_a_configmap() -> None:
 def test_bad_samples_are_named(sample: dict[str, Any], message: str) -> None:
     with pytest.raises(ProfileError, match=message):
         profile_from_sample(sample, source="s")
+
+
+def test_capture_config_sizes_the_sample_to_the_routers_bound() -> None:
+    few = make_spec(reference={"fromStableVersion": True})
+    config = capture_config("p", few, "v1")
+    assert config.capture is not None
+    assert (config.capture.size, config.capture.version) == (10_000, "v1")
+    assert [(f.key, f.type) for f in config.capture.features] == [
+        ("x[0]", "numeric"), ("x[1]", "numeric"), ("x[2]", "numeric"), ("kind", "categorical")
+    ]  # fmt: skip
+    many = make_spec(reference={"fromStableVersion": True}, features=[{"name": "x", "index": i} for i in range(40)])
+    sized = capture_config("q", many, "v1", token="t" * 20).capture
+    assert sized is not None
+    assert (sized.size, sized.values, sized.token) == (5_000, 200_000, "t" * 20)
+
+
+def test_captures_beyond_the_routers_bound_wait_their_turn_on_the_target() -> None:
+    """Two policies capturing 200,000 values each: the router samples the first; the second waits (it is left out
+    of the serving config, so the config stays valid) until the first has turned into bins."""
+    spec = make_spec(reference={"fromStableVersion": True}, features=[{"name": "x", "index": i} for i in range(20)])
+    first, second = capture_config("a", spec, "v1"), capture_config("b", spec, "v1")
+    body = {"metadata": {"annotations": {annotation_key("a"): encode(first), annotation_key("b"): encode(second)}}}
+    assert [p.policy for p in profiles_on(body)] == ["a"]
+    bins = router_profile("a", make_spec(), REFERENCE)
+    body["metadata"]["annotations"][annotation_key("a")] = encode(bins)
+    assert [p.policy for p in profiles_on(body)] == ["a", "b"]

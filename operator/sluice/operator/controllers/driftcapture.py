@@ -38,7 +38,7 @@ from sluice.operator.driftprofiles import annotation_key, encode
 from sluice.operator.kube import ApiError, KubeClient, Obj
 from sluice.operator.render import Owner
 from sluice.operator.render.meta import dns_label, label_value, owner_reference
-from sluice.serving.config import DriftProfileConfig
+from sluice.serving.config import MAX_CAPTURE_VALUES, DriftProfileConfig
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,11 @@ class ReferenceCapture:
             message = f"{waiting}: the router's sample could not be read ({base_url}): {exc or type(exc).__name__}"
             return Outcome(capturing=message, status=status)
         if summary is None:
-            return Outcome(capturing=f"{waiting}: waiting for the router to start sampling", status=status)
+            message = (
+                f"{waiting}: waiting for the router to start sampling (it samples at most {MAX_CAPTURE_VALUES} "
+                "values at once, so another policy's capture may go first)"
+            )
+            return Outcome(capturing=message, status=status)
         rows, age = int(summary["rows"]), float(summary["age_s"])
         started = now - timedelta(seconds=age)
         if status.capture_started_at is None or started > status.capture_started_at + timedelta(seconds=5):
