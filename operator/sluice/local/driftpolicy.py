@@ -1,7 +1,9 @@
 """`sluice run` for a DriftPolicy: the target served on the local data plane with the policy's bins, synthetic load
 whose inputs shift after a while, and the real drift core deciding.
 
-The reference is read from a `file://` URI (a relative path resolves against the YAML's directory). Actions:
+The reference is read as the operator reads it (engine/reference.py): `file:` (a relative path resolves
+against the YAML's directory), http(s)://, s3:// (boto3, extra `s3`) or gs:// (google-cloud-storage, extra `gcs`),
+with each client's default credentials from this machine's environment. Actions:
 Events are printed; `rollback` serves the target's previous document (its previous promoted revision, as each
 document is one `kubectl apply`) when the files hold one; `retrain` runs `--retrain-command` as a local stand-in
 for the Job, with the same SLUICE_* variables in its environment.
@@ -16,13 +18,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from sluice.api.drift_policy import DriftPolicy, DriftPolicyStatus, DriftState
 from sluice.api.model_deployment import ModelDeployment
 from sluice.drift.actions import Action, CreateRetrainJob, EmitEvent, RollbackTarget
 from sluice.drift.observations import Problem
-from sluice.drift.profile import Profile, ProfileError, load_profile
+from sluice.drift.profile import Profile, ProfileError
 from sluice.engine.driftpolicy import DriftLoop, router_profile
+from sluice.engine.reference import read_reference
 from sluice.engine.routing import Routing, serving_config
 from sluice.local.modeldeployment import DataPlaneHandle, RunningPlane
 from sluice.local.run import Session, Views
@@ -40,14 +44,16 @@ def load_reference(policy: DriftPolicy, base_dir: Path) -> tuple[Profile | None,
     if reference.from_stable_version or reference.uri is None:
         field_ = "spec.reference.fromStableVersion"
         return None, Problem("NotSupported", field_, "capturing the reference from the stable version is not built yet")
-    if not reference.uri.startswith("file://"):
-        message = f"{reference.uri}: sluice run reads file:// references only (http, s3 and gs are not built yet)"
-        return None, Problem("ReferenceUnreachable", "spec.reference.uri", message)
-    path = Path(reference.uri.removeprefix("file://"))
-    try:
-        return load_profile(path if path.is_absolute() else base_dir / path), None
-    except ProfileError as exc:
-        return None, Problem("ReferenceInvalid", "spec.reference.uri", str(exc))
+    return read_reference(reference_uri(reference.uri, base_dir))
+
+
+def reference_uri(uri: str, base_dir: Path) -> str:
+    """`file:PATH` and `file://PATH` with a relative PATH resolve against the YAML's directory (an absolute URI
+    for the object reader); file:///abs, http(s)://, s3:// and gs:// pass unchanged."""
+    if not uri.startswith("file:") or uri.startswith("file:///"):
+        return uri
+    path = Path(unquote(uri.removeprefix("file://") if uri.startswith("file://") else uri.removeprefix("file:")))
+    return (path if path.is_absolute() else base_dir / path).resolve().as_uri()
 
 
 def drift_config(target: ModelDeployment, policy: DriftPolicy, profile: Profile | None) -> ServingConfig:

@@ -1,10 +1,11 @@
 """One DriftPolicy's life in the operator: load its reference, hand its bins to the target, run the DriftLoop.
 
 Kopf runs one of these per DriftPolicy (handlers/driftpolicy.py). Each round it reads the target ModelDeployment,
-loads the reference profile (file:// or http(s)://), checks the watched features against the profile and against
-the model's inputs (the router's `GET /v2/models/NAME`), and only then writes the policy's bins on the target as the
-annotation `drift.sluice.dev/<policy>` (driftprofiles.py), which the target's own controller renders into its
-router config. The DriftLoop then reads the router's counters through the target's provider and decides.
+loads the reference profile (file:///, http(s)://, s3:// or gs://: engine/reference.py, in a thread, with each store
+client's default credentials), checks the watched features against the profile and against the model's inputs (the
+router's `GET /v2/models/NAME`), and only then writes the policy's bins on the target as the annotation
+`drift.sluice.dev/<policy>` (driftprofiles.py), which the target's own controller renders into its router config.
+The DriftLoop then reads the router's counters through the target's provider and decides.
 
 Bad input (a spec that does not parse, a missing target, a reference that cannot be read or does not fit, a
 feature the model does not have) reaches the loop as a `Problem`: the core sets `Evaluated` False naming the field
@@ -31,7 +32,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -43,8 +43,9 @@ from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.drift.actions import Action, CreateRetrainJob, EmitEvent, RollbackTarget
 from sluice.drift.core import check_reference, step
 from sluice.drift.observations import Observations, Problem
-from sluice.drift.profile import PREDICTION, Profile, ProfileError, parse_profile
+from sluice.drift.profile import PREDICTION, Profile
 from sluice.engine.driftpolicy import DriftLoop, router_profile
+from sluice.engine.reference import read_reference
 from sluice.operator.context import OperatorContext
 from sluice.operator.controllers.modeldeployment import Stopped, plain, spec_problem
 from sluice.operator.driftprofiles import annotation_key, encode
@@ -64,41 +65,12 @@ POLICY_LABEL = "sluice.dev/drift-policy"  # on retrain Jobs
 JOB_NAME_LABEL = "job-name"  # set by the Job controller on the Job's pods
 RETRAINED = "Retrained"  # condition: the last retrain Job's outcome; its message starts with "Job <name>:"
 _FINAL = frozenset({"NewVersion", "JobFailed", "NoModelReported", "JobMissing", "InvalidModel"})
-MAX_REFERENCE_BYTES = 64 * 1024 * 1024
 RETRY_S = 10.0  # a reference that could not be read is read again after this long (or at once on a new generation)
 
 
 def undo_command(now: datetime) -> str:
     """The value `kubectl sluice undo` writes: `undo:<RFC 3339 UTC>-<nonce>`, unique per request."""
     return f"undo:{now.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{secrets.token_hex(3)}"
-
-
-async def load_reference(uri: str, http: httpx.AsyncClient) -> tuple[Profile | None, Problem | None]:
-    """The profile at `uri` (file:// or http(s)://), or the problem naming spec.reference.uri."""
-    where = "spec.reference.uri"
-    try:
-        if uri.startswith("file://"):
-            data = await asyncio.to_thread(Path(uri.removeprefix("file://")).read_bytes)
-        elif uri.startswith(("http://", "https://")):
-            response = await http.get(uri)
-            if response.status_code != 200:
-                return None, Problem("ReferenceUnreachable", where, f"{uri} answered HTTP {response.status_code}")
-            data = response.content
-        else:
-            scheme = uri.split("://", 1)[0]
-            message = (
-                f"{uri}: the operator reads file:// and http(s):// references; {scheme}:// is not read by it yet "
-                "(serve the profile over https, e.g. a presigned URL)"
-            )
-            return None, Problem("ReferenceUnreachable", where, message)
-    except (OSError, httpx.HTTPError) as exc:
-        return None, Problem("ReferenceUnreachable", where, f"{uri}: {exc or type(exc).__name__}")
-    if len(data) > MAX_REFERENCE_BYTES:
-        return None, Problem("ReferenceInvalid", where, f"{uri}: larger than {MAX_REFERENCE_BYTES} bytes")
-    try:
-        return parse_profile(data, source=uri), None
-    except ProfileError as exc:
-        return None, Problem("ReferenceInvalid", where, str(exc))
 
 
 def inputs_problem(spec: DriftPolicySpec, metadata: Obj) -> Problem | None:
@@ -321,7 +293,7 @@ class DriftPolicyDaemon:
         retry = cached is not None and cached[2] is not None and time.monotonic() - self._reference_read_at >= RETRY_S
         if cached is None or cached[0] != (reference.uri, generation) or retry:
             self._reference_read_at = time.monotonic()
-            profile, problem = await load_reference(reference.uri, self.ctx.provider_http())
+            profile, problem = await asyncio.to_thread(read_reference, reference.uri)
             self._reference = cached = ((reference.uri, generation), profile, problem)
         profile, problem = cached[1], cached[2]
         if profile is None:
