@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
-import threading
-from collections.abc import Iterator
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +36,6 @@ def _x(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def http_models() -> Iterator[str]:
-    """A real http.server on 127.0.0.1 serving the example models directory."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a: object, **kw: object) -> None:
-            super().__init__(*a, directory=str(MODELS), **kw)  # type: ignore[arg-type]
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 def test_loads_absolute_file_uri_and_reports_the_provider_in_use() -> None:
     m = OnnxModel("fraud", "v1", V1.as_uri())
     assert m.load(), m.error
@@ -79,6 +55,15 @@ def test_relative_file_uri_resolves_against_base_dir() -> None:
     m = OnnxModel("fraud", "v1", "file:fraud-v1.onnx")
     assert not m.load()
     assert "relative" in (m.error or "")
+
+
+@pytest.fixture
+def http_models(http_dir: tuple[str, Path]) -> str:
+    """The example models over real HTTP (tests/support/object_stores.py)."""
+    url, root = http_dir
+    for name in ("fraud-v1.onnx", "fraud-v2.onnx"):
+        shutil.copy(MODELS / name, root / name)
+    return url
 
 
 def test_http_uri_downloads(http_models: str) -> None:

@@ -1,5 +1,8 @@
-"""Object stores on 127.0.0.1 for the s3:// and gs:// reads (model files, drift references): real servers speaking
-each API, found by the official clients through their own environment variables, as they would find a store in CI.
+"""Object stores on 127.0.0.1 for the http(s)://, s3:// and gs:// reads (model files, drift references): real
+servers speaking each API, found by the official clients through their own environment variables, as they would
+find a store in CI.
+
+- `http_dir`: the standard library's HTTP server over a fresh directory; yields (base URL, the directory).
 
 - `s3`: moto's server mode (`ThreadedMotoServer`, S3's REST API in memory); boto3 reaches it through
   AWS_ENDPOINT_URL with dummy credentials. Bucket `models` exists.
@@ -12,13 +15,38 @@ operator, `sluice run`) inherits them. Each yields a client for the test's own u
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.support import free_port
 
 BUCKET = "models"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on 127.0.0.1 serving a fresh directory (404 for what is not in it); always shut down."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @pytest.fixture
