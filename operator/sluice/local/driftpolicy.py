@@ -1,7 +1,7 @@
 """`sluice run` for a DriftPolicy: the target served on the local data plane with the policy's bins, synthetic load
 whose inputs shift after a while, and the real drift core deciding.
 
-The reference is read as the operator reads it (engine/reference.py): `file:` (a relative path resolves
+The reference is read as the operator reads it (engine/reference.py): `file://` (a relative path resolves
 against the YAML's directory), http(s)://, s3:// (boto3, extra `s3`) or gs:// (google-cloud-storage, extra `gcs`),
 with each client's default credentials from this machine's environment. Actions:
 Events are printed; `rollback` serves the target's previous document (its previous promoted revision, as each
