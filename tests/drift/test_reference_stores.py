@@ -90,6 +90,20 @@ def test_each_store_reads_the_profile_and_names_what_went_wrong(store: Store) ->
     assert "not JSON" in problem.message
 
 
+def test_s3_without_credentials_says_so(s3: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """boto3's default chain finds nothing (no variables, no files, no instance metadata): the message says so."""
+    uri = Store("s3", s3).put("fraud/v1.profile.json", PROFILE.read_bytes())
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    _, problem = read_reference(uri)
+    assert problem is not None
+    assert problem.reason == "ReferenceUnreachable"
+    assert "NoCredentialsError" in problem.message, problem.message
+
+
 def test_http_and_relative_file_references(http_dir: tuple[str, Path], tmp_path: Path) -> None:
     url, root = http_dir
     shutil.copy(PROFILE, root / "v1.profile.json")

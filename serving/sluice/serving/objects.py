@@ -108,7 +108,9 @@ def _read_s3(uri: str, bucket: str, key: str, max_bytes: int, timeout_s: float) 
         raise ObjectReadError(f"{uri}: s3:// needs boto3; install the extra: pip install 'sluice[s3]'") from exc
     config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 3})
     try:
-        response = boto3.client("s3", config=config).get_object(Bucket=bucket, Key=key)
+        # A session per read: boto3's default session is not thread-safe, and the operator reads from threads.
+        client = boto3.session.Session().client("s3", config=config)
+        response = client.get_object(Bucket=bucket, Key=key)
         size = response.get("ContentLength")
         if isinstance(size, int) and size > max_bytes:
             response["Body"].close()
