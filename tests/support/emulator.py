@@ -490,6 +490,7 @@ class WriteHook:
     after: int
     action: Callable[[AuditEntry], None]
     namespace: str = ""  # count only writes in this namespace (several operators side by side); "": all
+    match: Callable[[AuditEntry], bool] | None = None  # count only the writes it accepts (one kind of write)
     seen: int = 0
     fired: bool = False
 
@@ -617,11 +618,12 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         after: int,
         action: Callable[[AuditEntry], None],
         namespace: str = "",
+        match: Callable[[AuditEntry], bool] | None = None,
     ) -> WriteHook:
         """Register a `WriteHook` (call from the emulator's loop, e.g. via `EmulatorThread.call`)."""
         if after < 1:
             raise ValueError("after counts writes from 1")
-        hook = WriteHook(user_agent, after, action, namespace)
+        hook = WriteHook(user_agent, after, action, namespace, match)
         self._write_hooks.append(hook)
         return hook
 
@@ -641,6 +643,8 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     def _written(self, entry: AuditEntry) -> None:
         for hook in self._write_hooks:
             if hook.namespace and entry.namespace != hook.namespace:
+                continue
+            if hook.match is not None and not hook.match(entry):
                 continue
             if not hook.fired and entry.user_agent.startswith(hook.user_agent):
                 hook.seen += 1

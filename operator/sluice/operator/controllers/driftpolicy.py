@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import logging
 import math
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,9 +68,11 @@ _FINAL = frozenset({"NewVersion", "JobFailed", "NoModelReported", "JobMissing", 
 RETRY_S = 10.0  # a reference that could not be read is read again after this long (or at once on a new generation)
 
 
-def undo_command(now: datetime) -> str:
-    """The value `kubectl sluice undo` writes: `undo:<RFC 3339 UTC>-<nonce>`, unique per request."""
-    return f"undo:{now.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{secrets.token_hex(3)}"
+def undo_command(policy: str, decision: str) -> str:
+    """The target's undo command for one rollback decision: `undo:drift-<digest>`, the same when the decision is
+    taken again after a restart (the target carries a command value out once, so it rolls back once)."""
+    digest = hashlib.sha256(f"{policy}\0{decision}".encode()).hexdigest()[:16]
+    return f"undo:drift-{digest}"
 
 
 def inputs_problem(spec: DriftPolicySpec, metadata: Obj) -> Problem | None:
@@ -163,16 +165,24 @@ class KubeDriftPlatform:
         self.target: Obj = {}  # the live target, refreshed by the daemon before each tick
         self.last: Obj = {}
         self.extra_conditions: dict[str, tuple[bool, str, str]] = {}  # operator-level conditions kept on save
+        self.event_keys = events.DecisionKeys()
+
+    def restore(self, status: DriftPolicyStatus) -> None:
+        """The status as stored (after a restart): nothing to write again; decisions named after it."""
+        self.last = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        self.event_keys.saved_as(status.digest())
 
     async def carry_out(self, action: Action) -> None:
+        """Post, patch or create; each named after the decision, so one taken again after a restart repeats none."""
         if isinstance(action, EmitEvent):
-            await events.emit(self.ctx.client, self.owner, action.type, action.reason, action.message)
+            key = "drift/" + self.event_keys.next(action.reason)
+            await events.emit(self.ctx.client, self.owner, action.type, action.reason, action.message, key=key)
         elif isinstance(action, RollbackTarget):
-            value = undo_command(datetime.now(UTC))
+            value = undo_command(self.owner.name, self.event_keys.next("rollback"))
             patch = {"metadata": {"annotations": {COMMAND_ANNOTATION: value}}}
             await self.ctx.client.patch(API_VERSION, TARGET_KIND, self.owner.namespace, action.target, patch)
-            await self._target_event(
-                "DriftRollback", f"DriftPolicy {self.owner.name} asked for {value}: {action.reason}"
+            await self.target_event(
+                "DriftRollback", f"DriftPolicy {self.owner.name} asked for {value}: {action.reason}", key=value
             )
         elif isinstance(action, CreateRetrainJob):
             job = retrain_job(self.owner, self.spec.action.job_template or {}, action)
@@ -181,13 +191,15 @@ class KubeDriftPlatform:
             except ApiError as exc:
                 if exc.code != 409:  # 409: made before a restart; the same name is the same Job
                     raise
-            await self._target_event("DriftRetrain", f"DriftPolicy {self.owner.name} started retrain Job {action.name}")
+            message = f"DriftPolicy {self.owner.name} started retrain Job {action.name}"
+            await self.target_event("DriftRetrain", message, key=f"job/{action.name}")
 
-    async def _target_event(self, reason: str, message: str) -> None:
+    async def target_event(self, reason: str, message: str, *, key: str) -> None:
+        """A Warning Event on the target, once per `key` (which names the decision or the Job)."""
         meta = self.target.get("metadata") or {}
         if meta.get("uid"):
             target = Owner(name=meta["name"], namespace=self.owner.namespace, uid=meta["uid"])
-            await events.emit(self.ctx.client, target, "Warning", reason, message)
+            await events.emit(self.ctx.client, target, "Warning", reason, message, key=f"{self.owner.name}/{key}")
 
     async def save(self, status: DriftPolicyStatus) -> None:
         now = datetime.now(UTC)
@@ -207,6 +219,7 @@ class KubeDriftPlatform:
                 API_VERSION, KIND, self.owner.namespace, self.owner.name, {"status": new}
             )
             self.last = new
+        self.event_keys.saved_as(status.digest())
         self.ctx.metrics.drift(self.owner.namespace, self.owner.name, {f.name: f.score for f in status.features})
 
 
@@ -262,6 +275,7 @@ class DriftPolicyDaemon:
         profile, problem = await self._load(spec, target, generation)
         loop = await self._loop(spec, target, generation, profile)
         loop.problem = problem
+        self._platform(spec).event_keys.begin()
         await loop.tick()
         self.status = loop.status
         await self._follow_job(spec, target)
@@ -369,6 +383,7 @@ class DriftPolicyDaemon:
         """One platform for the daemon's life (it remembers the status last written and the extra conditions)."""
         if self.platform is None:
             self.platform = KubeDriftPlatform(self.ctx, self.owner, spec)
+            self.platform.restore(self.status)
         self.platform.spec = spec
         return self.platform
 
@@ -381,6 +396,7 @@ class DriftPolicyDaemon:
         status = self.loop.status if self.loop is not None else self.status
         new, actions = step(spec, status, Observations(self.owner.name, generation, problem=problem), _now())
         platform = self._platform(spec)
+        platform.event_keys.begin()
         for action in actions:
             await platform.carry_out(action)
         await platform.save(new)
@@ -435,7 +451,9 @@ class DriftPolicyDaemon:
             f"Job {job_name}: reported version {model['version']} ({model['uri']}); spec.model of "
             f"{spec.target.name} set to it, which rolls it out as a canary under its own analysis"
         )
-        await self.platform._target_event("DriftRetrained", f"DriftPolicy {self.owner.name}: {message}")
+        await self.platform.target_event(
+            "DriftRetrained", f"DriftPolicy {self.owner.name}: {message}", key=f"retrained/{job_name}"
+        )
         await self._retrained(True, "NewVersion", message, event="Normal")
 
     async def _retrained(
@@ -447,7 +465,8 @@ class DriftPolicyDaemon:
             return
         self.platform.extra_conditions[RETRAINED] = (value, reason, message)
         if event is not None:
-            await events.emit(self.ctx.client, self.owner, event, f"Retrain{reason}", message)
+            key = f"retrained/{reason}/{message}"  # once per Job and outcome, across restarts
+            await events.emit(self.ctx.client, self.owner, event, f"Retrain{reason}", message, key=key)
         await self.platform.save(self.loop.status)
 
 
