@@ -602,13 +602,23 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     def resource_version(self) -> int:
         return self._rv
 
-    def history(self, plural: str, group: str = "") -> list[tuple[str, Obj]]:
-        """The recent watch events of one resource (deep copies, oldest first): every state an object went through."""
-        return [(kind, copy.deepcopy(obj)) for _, kind, obj in self._history[group, plural]]
+    def history(self, plural: str, group: str = "", namespace: str | None = None) -> list[tuple[str, Obj]]:
+        """The recent watch events of one resource (deep copies, oldest first): every state an object went through;
+        only `namespace`'s when given (filtered before copying: a long run's history is large)."""
+        return [
+            (kind, copy.deepcopy(obj))
+            for _, kind, obj in self._history[group, plural]
+            if namespace is None or (obj.get("metadata") or {}).get("namespace") == namespace
+        ]
 
-    def stored(self, plural: str, group: str = "") -> list[Obj]:
-        """All stored objects of one resource (deep copies), for assertions from the server's thread."""
-        return [copy.deepcopy(o) for (g, p, _, _), o in self.store.items() if g == group and p == plural]
+    def stored(self, plural: str, group: str = "", namespace: str | None = None) -> list[Obj]:
+        """All stored objects of one resource (deep copies), for assertions from the server's thread; only
+        `namespace`'s when given."""
+        return [
+            copy.deepcopy(o)
+            for (g, p, ns, _), o in self.store.items()
+            if g == group and p == plural and (namespace is None or ns == namespace)
+        ]
 
     # -- audit and hooks -------------------------------------------------------------------------------------
 
