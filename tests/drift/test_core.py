@@ -133,13 +133,19 @@ def test_retrain_creates_a_job_with_sluice_env() -> None:
     assert env["SLUICE_WINDOW_START"] == window_start.isoformat()
     assert env["SLUICE_WINDOW_END"] == T0.isoformat()
     assert float(env["SLUICE_DRIFT_SCORE"]) > 0.25
-    assert status.last_job == jobs[0].name == "fraud-drift-retrain-20261129120000"
+    assert status.last_job == jobs[0].name == job_name("fraud-drift", DriftPolicyStatus().digest())
+    # The same decision from the same saved status (taken again after a restart) names the same Job; the next
+    # decision, from the status that recorded this one, names another.
+    again = [a for a in step(spec, None, obs, T0 + timedelta(seconds=7))[1] if isinstance(a, CreateRetrainJob)]
+    assert [j.name for j in again] == [jobs[0].name]
+    later = step(spec, status, obs, T0 + timedelta(days=2))[1]
+    assert [a.name for a in later if isinstance(a, CreateRetrainJob)] not in ([], [jobs[0].name])
 
 
 def test_job_names_are_dns_labels() -> None:
-    name = job_name("A_very.Long_policy" * 5, T0)
+    name = job_name("A_very.Long_policy" * 5, "0123456789abcdef")
     assert len(name) <= 63
-    assert name.endswith("-retrain-20261129120000")
+    assert name.endswith("-retrain-0123456789")
     assert all(c.isalnum() or c == "-" for c in name)
     assert name == name.lower()
 

@@ -128,6 +128,25 @@ async def test_loop_reads_the_router_and_drifts_on_shifted_traffic(plane: Runnin
         assert RollbackTarget("fraud", actions[1].reason) in actions  # type: ignore[union-attr]
         assert any(isinstance(a, EmitEvent) and a.reason == "DriftDrifted" for a in actions)
         assert recorder.saved[-1] == loop.status
+
+        # The operator restarts: a new loop from the saved status holds it (no step, nothing saved) while its own
+        # history is short and has fewer than minSamples rows, instead of reading the gap as NoData.
+        after, drifted = Recorder(), loop.status
+        resumed = DriftLoop(SPEC, after, provider, PROFILE, name=POLICY, model="fraud", status=drifted, clock=clock)
+        clock.now += timedelta(minutes=2)
+        assert await resumed.tick() == []  # its baseline
+        await _send(plane, 400, seed=3, shift=1.5)
+        clock.now += timedelta(minutes=1)
+        assert await resumed.tick() == []  # 400 rows < minSamples, 1 of 10 minutes
+        assert after.saved == []
+        assert resumed.status == drifted
+        await _send(plane, 400, seed=4, shift=1.5)
+        clock.now += timedelta(minutes=1)
+        actions = await resumed.tick()  # 800 rows: evaluated, still Drifted, no state change, in cooldown
+        assert resumed.status.state == DriftState.DRIFTED
+        assert resumed.status.samples == 800
+        assert actions == []
+        assert after.saved == [resumed.status]
     finally:
         await provider.close()
 

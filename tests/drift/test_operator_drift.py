@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 import yaml
 from tests.support import wait_for
-from tests.support.emulator import EmulatorThread
-from tests.support.operator_process import EXAMPLES, MERGE, Cluster, example, running_operator
+from tests.support.emulator import AuditEntry, EmulatorThread
+from tests.support.operator_process import EXAMPLES, MERGE, OPERATOR_AGENTS, Cluster, example, running_operator
 from tests.support.simulator import simulating
 from tests.support.traffic import _example_traffic
 
@@ -209,12 +209,19 @@ def test_alert_reads_the_router_fills_the_status_and_bad_input_touches_nothing(
         wait_for("the scores to go", lambda: 'policy="watch"' not in httpx.get(operator.metrics_url, timeout=5).text)
 
 
-def test_rollback_asks_the_target_for_undo_and_both_record_it(
+def test_rollback_asks_the_target_for_undo_and_both_record_it_once_across_a_kill(
     example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
 ) -> None:
+    """The operator is SIGKILLed right after it writes the undo command, before it saves the policy's status: the
+    restarted one takes the same decision from the same saved status, so it writes the same command (the target
+    rolls back once) and posts no Event twice."""
     env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
+
+    def undo_patch(e: AuditEntry) -> bool:
+        return (e.resource, e.subresource, e.name, e.verb) == ("modeldeployments", "", "fraud", "patch")
+
     with (
-        running_operator(kubeconfig, tmp_path, (cluster.ns,), env),
+        running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
         simulating(kube_emulator.url, cluster.ns, plane=example_plane),
         Load(example_plane.url) as load,
     ):
@@ -224,18 +231,37 @@ def test_rollback_asks_the_target_for_undo_and_both_record_it(
         wait_for("v2 promoted", lambda: cluster.status("fraud").get("phase") == "Succeeded", 120)
         create(cluster, DP_PATH, policy("guard", {"type": "rollback", "cooldown": "1h"}))
         wait_for("Ok", lambda: state(cluster, "guard") == "Ok", 60)
+        killed: list[AuditEntry] = []
+        kube_emulator.call(
+            lambda: kube_emulator.emulator.on_write(
+                OPERATOR_AGENTS, 1, lambda e: (operator.kill(), killed.append(e)), cluster.ns, match=undo_patch
+            )
+        )
         load.shift = 1.5
-        wait_for("the rollback", lambda: state(cluster, "guard", "lastActionType") == "rollback", 60)
+        wait_for("the kill right after the undo command", lambda: killed, 60)
+        assert state(cluster, "guard", "lastActionType") is None  # the status was not saved
         command = ((cluster.md("fraud") or {})["metadata"].get("annotations") or {}).get("sluice.dev/command", "")
         assert command.startswith("undo:"), command
+        operator.start()
+        wait_for("the rollback", lambda: state(cluster, "guard", "lastActionType") == "rollback", 60)
         wait_for("the target takes the undo", lambda: cluster.status("fraud").get("lastCommand") == command, 30)
         wait_for(
             "v1 rolls back in",
             lambda: "v1" in (target_version(cluster, "canary"), target_version(cluster, "stable")),
             30,
         )
-    assert "DriftRollback" in events_about(cluster, "guard")
-    assert "DriftRollback" in events_about(cluster, "fraud")  # the target records who asked
+    kube_emulator.call(lambda: kube_emulator.emulator.clear_write_hooks(cluster.ns))
+    audit = [e for e in kube_emulator.emulator.audited(OPERATOR_AGENTS) if e.namespace == cluster.ns]
+    since_kill = audit[next(i for i, e in enumerate(audit) if e is killed[0]) + 1 :]
+    assert len([e for e in since_kill if undo_patch(e)]) == 1  # the restarted operator's write
+    annotations = (cluster.md("fraud") or {})["metadata"].get("annotations") or {}
+    assert annotations["sluice.dev/command"] == cluster.status("fraud")["lastCommand"] == command  # the same one
+    assert operator.starts == 2
+    guard = events_about(cluster, "guard")
+    assert guard.count("DriftRollback") == 1, guard
+    assert guard.count("DriftDrifted") == 1, guard
+    assert "DriftNoData" not in guard[guard.index("DriftOk") :], guard  # the restart is no state change
+    assert events_about(cluster, "fraud").count("DriftRollback") == 1  # the target records who asked, once
 
 
 def test_retrain_job_reports_a_model_that_walks_in_as_a_canary(

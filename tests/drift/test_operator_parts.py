@@ -4,7 +4,6 @@ undo command it writes, and the annotation codec the ModelDeployment controller 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -100,10 +99,12 @@ def test_job_outcome_follows_the_job_conditions() -> None:
     assert job_outcome({"status": {"succeeded": 1}}) == "succeeded"
 
 
-def test_undo_command_is_what_the_target_parses() -> None:
-    value = undo_command(datetime(2026, 11, 29, 12, tzinfo=UTC))
-    assert value.startswith("undo:2026-11-29T12:00:00Z-")
+def test_undo_command_is_what_the_target_parses_and_names_the_decision() -> None:
+    value = undo_command("fraud-drift", "0123456789abcdef/0/rollback")
     assert Command.parse(value).kind is CommandKind.UNDO
+    assert value == undo_command("fraud-drift", "0123456789abcdef/0/rollback")  # taken again after a restart
+    assert value != undo_command("fraud-drift", "fedcba9876543210/0/rollback")  # a later decision
+    assert value != undo_command("other", "0123456789abcdef/0/rollback")
 
 
 def test_profiles_on_skips_bad_annotations_and_keeps_the_router_limits() -> None:

@@ -75,7 +75,7 @@ def test_an_unreachable_reference_is_a_condition_and_exit_3(tmp_path: Path) -> N
     example = tmp_path / "drift.yaml"
     example.write_text(
         EXAMPLE.read_text()
-        .replace("file://models/fraud-v1.profile.json", "s3://models/fraud/v1.profile.json")
+        .replace("file://models/fraud-v1.profile.json", "http://127.0.0.1:9/fraud/v1.profile.json")  # refused
         .replace("file:models/", f"file:{EXAMPLE.parent}/models/")
     )
     done = subprocess.run(

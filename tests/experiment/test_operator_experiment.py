@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import wait_for
-from tests.support.emulator import EmulatorThread
-from tests.support.operator_process import MERGE, Cluster, example, running_operator
+from tests.support.emulator import AuditEntry, EmulatorThread
+from tests.support.operator_process import MERGE, OPERATOR_AGENTS, Cluster, example, running_operator
 from tests.support.simulator import simulating
 
 from sluice.api.experiment import MetricKind
@@ -168,6 +168,42 @@ def test_an_experiment_waits_for_its_target_then_starts(
         wait_for("the arms once the target is stable", lambda: set(served(sim)) == {"control", "treatment"}, 40)
         assert experiment_status(cluster, "fraud-ab")["phase"] == "Running"
         assert "Traceback" not in operator.log
+
+
+def test_a_kill_after_the_start_event_posts_it_once(
+    example_plane: Any, cluster: Cluster, kube_emulator: EmulatorThread, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """SIGKILL right after the operator posts ExperimentStarted, before it saves the Running status: the restarted
+    one starts the experiment again from the same saved (Pending) status and posts nothing twice."""
+    env = {"SLUICE_ROUTER_METRICS_URL": example_plane.metrics_url}
+
+    def event_posted(e: AuditEntry) -> bool:
+        return (e.resource, e.verb) == ("events", "create") and e.code < 300
+
+    with (
+        running_operator(kubeconfig, tmp_path, (cluster.ns,), env) as operator,
+        simulating(kube_emulator.url, cluster.ns, plane=example_plane) as sim,
+    ):
+        cluster.apply_md(example("01-canary-good.yaml")[0])
+        wait_for("v1 stable", lambda: cluster.status("fraud").get("phase") == "Stable")
+        killed: list[AuditEntry] = []
+        kube_emulator.call(
+            lambda: kube_emulator.emulator.on_write(
+                OPERATOR_AGENTS, 1, lambda e: (operator.kill(), killed.append(e)), cluster.ns, match=event_posted
+            )
+        )
+        create_experiment(cluster, experiment_doc(endPolicy="manual", minimumSamples=10**6))
+        wait_for("the kill right after the first Event", lambda: killed, 30)
+        assert experiment_status(cluster, "fraud-ab").get("phase") in (None, "Pending")  # not saved as Running
+        operator.start()
+        wait_for("Running", lambda: experiment_status(cluster, "fraud-ab").get("phase") == "Running", 30)
+        wait_for("the arms on the data plane", lambda: set(served(sim)) == {"control", "treatment"}, 30)
+        assert "Traceback" not in operator.log
+    kube_emulator.call(lambda: kube_emulator.emulator.clear_write_hooks(cluster.ns))
+    about = [e["reason"] for e in cluster.items(f"/api/v1/namespaces/{cluster.ns}/events")
+             if e["involvedObject"]["kind"] == "Experiment"]  # fmt: skip
+    assert about.count("ExperimentStarted") == 1, about
+    assert operator.starts == 2
 
 
 def test_an_arm_whose_model_cannot_load_is_stopped_naming_its_variant_and_the_others_run_on(

@@ -96,6 +96,17 @@ def test_serving_image_loads_every_scheme_the_examples_use() -> None:
             assert any(dep.startswith(SCHEME_PACKAGE[scheme]) for dep in extras[extra]), (scheme, extras[extra])
 
 
+def test_operator_image_reads_object_store_references_and_has_no_model_runtime() -> None:
+    """DriftPolicy references at s3:// and gs:// are read by the operator: its image installs exactly those extras."""
+    installs = [a for i, a in _instructions(DOCKERFILES["operator"]) if i == "RUN" and "pip install" in a]
+    assert len(installs) == 1, installs
+    extras = re.findall(r"\.\[([a-z0-9,-]+)\]", installs[0])
+    assert extras, f"the operator image installs no extras: {installs[0]}"
+    assert _image_extras(extras[0]) == {"s3", "gcs"}, installs[0]
+    for extra, package in (("s3", "boto3"), ("gcs", "google-cloud-storage")):
+        assert any(dep.startswith(package) for dep in _extras()[extra]), (extra, _extras()[extra])
+
+
 def test_gpu_build_is_documented_with_extras_that_exist() -> None:
     text = DOCKERFILES["serving"].read_text()
     (arg,) = re.findall(r"--build-arg EXTRAS=(\S+)", text)
@@ -149,8 +160,9 @@ def test_images_build_and_run_as_non_root(name: str) -> None:
     )
     assert build.returncode == 0, build.stderr[-4000:]
     check = "import os; assert os.getuid() == 10001"
+    check += "; import boto3, google.cloud.storage"  # both images read s3:// and gs://
     if name == "serving":
-        check += "; import boto3, google.cloud.storage, onnxruntime, ray, tritonclient.grpc"
+        check += "; import onnxruntime, ray, tritonclient.grpc"
     run = subprocess.run(
         ["docker", "run", "--rm", "--entrypoint", "python", tag, "-c", check],
         capture_output=True,

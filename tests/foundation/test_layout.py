@@ -68,6 +68,10 @@ def test_import_contracts_hold() -> None:
         ("operator/sluice/api/base.py", "import sluice.engine", "control plane: cli >"),
         ("operator/sluice/operator/kube.py", "import sluice.local", "control plane: cli >"),
         ("operator/sluice/engine/routing.py", "import sluice.serving.router", "reaches serving only through"),
+        # The object reader is the one more door into serving; the model runtime next to it stays shut ...
+        ("operator/sluice/engine/reference.py", "import sluice.serving.runtime", "reaches serving only through"),
+        # ... and the reader itself cannot bring a model runtime into the operator image.
+        ("serving/sluice/serving/objects.py", "import onnxruntime", "the operator image has no Ray"),
         ("operator/sluice/rollout/core.py", "import httpx", "do no I/O"),
         ("serving/sluice/serving/router.py", "import sluice.serving.app", "serving layers:"),
         ("serving/sluice/serving/config.py", "import sluice.api", "serving never imports the control plane"),

@@ -32,10 +32,10 @@ def variants(backend: str, child: dict[str, Any]) -> Routing | None:
 def routing_states(emulator: EmulatorThread, backend: str, ns: str) -> list[Routing]:
     """Every routing state the routing child of `ns` was written with, consecutive repeats folded."""
     plural, group = ("rayservices", "ray.io") if backend == "ray" else ("configmaps", "")
-    history = emulator.call(lambda: emulator.emulator.history(plural, group))
+    history = emulator.call(lambda: emulator.emulator.history(plural, group, ns))
     states: list[Routing] = []
     for kind, obj in history:
-        if obj["metadata"].get("namespace") != ns or kind == "DELETED":
+        if kind == "DELETED":
             continue
         routing = variants(backend, obj)
         if routing is not None and (not states or states[-1] != routing):
@@ -56,25 +56,23 @@ def created_twice(writes: list[AuditEntry]) -> list[str]:
 
 def operator_events(emulator: EmulatorThread, ns: str) -> list[str]:
     """Reasons of the Events the operator posted in `ns`, in the order posted."""
-    history = emulator.call(lambda: emulator.emulator.history("events"))
+    history = emulator.call(lambda: emulator.emulator.history("events", "", ns))
     return [
         obj["reason"]
         for kind, obj in history
-        if kind == "ADDED"
-        and obj["metadata"].get("namespace") == ns
-        and (obj.get("source") or {}).get("component") == EVENT_SOURCE
+        if kind == "ADDED" and (obj.get("source") or {}).get("component") == EVENT_SOURCE
     ]
 
 
 def workloads(emulator: EmulatorThread, backend: str, ns: str) -> set[str]:
     """What serves versions in `ns`: the RayService's variants (versions), or the Triton Deployments and Services."""
     if backend == "ray":
-        stored = emulator.call(lambda: emulator.emulator.stored("rayservices", "ray.io"))
-        return {v for rs in stored if rs["metadata"]["namespace"] == ns for v, _ in variants(backend, rs) or ()}
+        stored = emulator.call(lambda: emulator.emulator.stored("rayservices", "ray.io", ns))
+        return {v for rs in stored for v, _ in variants(backend, rs) or ()}
     found: set[str] = set()
     for plural, group, kind in (("deployments", "apps", "Deployment"), ("services", "", "Service")):
-        stored = emulator.call(lambda p=plural, g=group: emulator.emulator.stored(p, g))
-        found |= {f"{kind}/{o['metadata']['name']}" for o in stored if o["metadata"]["namespace"] == ns}
+        stored = emulator.call(lambda p=plural, g=group: emulator.emulator.stored(p, g, ns))
+        found |= {f"{kind}/{o['metadata']['name']}" for o in stored}
     return found
 
 

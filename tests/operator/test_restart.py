@@ -131,7 +131,7 @@ def run_rollout(world: World, ns: str, kill_after: int | None) -> Outcome:
     assert "Traceback" not in operator.logs(), operator.logs()[-6000:]
     audit = emulator.call(lambda: emulator.emulator.audit[before:])
     writes = [e for e in audit if e.user_agent.startswith(OPERATOR_AGENTS) and e.verb in WRITES and e.code < 300]
-    history = emulator.call(lambda: emulator.emulator.history("modeldeployments", "sluice.dev"))
+    history = emulator.call(lambda: emulator.emulator.history("modeldeployments", "sluice.dev", ns))
     weights = [s.get("canaryWeight", 0) for s in iter_statuses(history, ns, "m")]
     return Outcome(final["phase"], final.get("history", []), weights, writes, operator.starts)
 
@@ -141,8 +141,7 @@ def check_children(world: World, ns: str) -> None:
     emulator = world.emulator
 
     def stored(plural: str, group: str) -> list[dict[str, Any]]:
-        objects = emulator.call(lambda: emulator.emulator.stored(plural, group))
-        return [o for o in objects if o["metadata"]["namespace"] == ns]
+        return list(emulator.call(lambda: emulator.emulator.stored(plural, group, ns)))
 
     (md,) = stored("modeldeployments", "sluice.dev")
     rayservices = stored("rayservices", "ray.io")

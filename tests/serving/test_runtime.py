@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
-import threading
-from collections.abc import Iterator
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from tests.support import free_port
 
 from sluice.serving.backends.onnx_inprocess import InProcessOnnxBackend
 from sluice.serving.config import BatchingConfig
@@ -38,28 +36,6 @@ def _x(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def http_models() -> Iterator[str]:
-    """A real http.server on 127.0.0.1 serving the example models directory."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a: object, **kw: object) -> None:
-            super().__init__(*a, directory=str(MODELS), **kw)  # type: ignore[arg-type]
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 def test_loads_absolute_file_uri_and_reports_the_provider_in_use() -> None:
     m = OnnxModel("fraud", "v1", V1.as_uri())
     assert m.load(), m.error
@@ -79,6 +55,15 @@ def test_relative_file_uri_resolves_against_base_dir() -> None:
     m = OnnxModel("fraud", "v1", "file:fraud-v1.onnx")
     assert not m.load()
     assert "relative" in (m.error or "")
+
+
+@pytest.fixture
+def http_models(http_dir: tuple[str, Path]) -> str:
+    """The example models over real HTTP (tests/support/object_stores.py)."""
+    url, root = http_dir
+    for name in ("fraud-v1.onnx", "fraud-v2.onnx"):
+        shutil.copy(MODELS / name, root / name)
+    return url
 
 
 def test_http_uri_downloads(http_models: str) -> None:
@@ -207,27 +192,8 @@ async def test_local_backend_not_ready_says_why() -> None:
         await backend.close()
 
 
-@pytest.fixture
-def gcs(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """gcp-storage-emulator (the GCS JSON API, in memory) on 127.0.0.1; google-cloud-storage finds it through
-    STORAGE_EMULATOR_HOST, as it would a fake-gcs-server in CI."""
-    pytest.importorskip("google.cloud.storage", reason="the gcs extra (google-cloud-storage) is not installed")
-    emulator = pytest.importorskip("gcp_storage_emulator.server", reason="gcp-storage-emulator is not installed")
-    port = free_port()
-    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="models")
-    server.start()
-    host = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
-    try:
-        yield host
-    finally:
-        server.stop()
-
-
-def test_gs_uris_load_through_google_cloud_storage(gcs: str) -> None:
-    from google.cloud import storage
-
-    storage.Client().bucket("models").blob("fraud/v1.onnx").upload_from_string(V1.read_bytes())
+def test_gs_uris_load_through_google_cloud_storage(gcs: Any) -> None:
+    gcs.bucket("models").blob("fraud/v1.onnx").upload_from_string(V1.read_bytes())
     good = hashlib.sha256(V1.read_bytes()).hexdigest()
     model = OnnxModel("fraud", "v1", "gs://models/fraud/v1.onnx", sha256=good)
     assert model.load(), model.error
@@ -237,3 +203,20 @@ def test_gs_uris_load_through_google_cloud_storage(gcs: str) -> None:
         fetch("gs://models/fraud/v9.onnx")
     with pytest.raises(ModelLoadError, match="over the 10-byte cap"):
         fetch("gs://models/fraud/v1.onnx", options=RuntimeOptions(max_bytes=10))
+
+
+def test_s3_uris_load_through_boto3(s3: Any) -> None:
+    """moto's S3 server (tests/support/object_stores.py), reached by boto3 through AWS_ENDPOINT_URL."""
+    s3.put_object(Bucket="models", Key="fraud/v1.onnx", Body=V1.read_bytes())
+    good = hashlib.sha256(V1.read_bytes()).hexdigest()
+    model = OnnxModel("fraud", "v1", "s3://models/fraud/v1.onnx", sha256=good)
+    assert model.load(), model.error
+    label, _ = model.predict({"features": _x(2)})
+    assert label.shape == (2,)
+    missing = OnnxModel("fraud", "v9", "s3://models/fraud/v9.onnx")
+    assert not missing.load()
+    assert "no such object in bucket 'models'" in (missing.error or "")
+    with pytest.raises(ModelLoadError, match="no such bucket 'nowhere'"):
+        fetch("s3://nowhere/fraud/v1.onnx")
+    with pytest.raises(ModelLoadError, match=f"{V1.stat().st_size} bytes, over the 10-byte cap"):
+        fetch("s3://models/fraud/v1.onnx", options=RuntimeOptions(max_bytes=10))

@@ -490,6 +490,7 @@ class WriteHook:
     after: int
     action: Callable[[AuditEntry], None]
     namespace: str = ""  # count only writes in this namespace (several operators side by side); "": all
+    match: Callable[[AuditEntry], bool] | None = None  # count only the writes it accepts (one kind of write)
     seen: int = 0
     fired: bool = False
 
@@ -601,13 +602,23 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     def resource_version(self) -> int:
         return self._rv
 
-    def history(self, plural: str, group: str = "") -> list[tuple[str, Obj]]:
-        """The recent watch events of one resource (deep copies, oldest first): every state an object went through."""
-        return [(kind, copy.deepcopy(obj)) for _, kind, obj in self._history[group, plural]]
+    def history(self, plural: str, group: str = "", namespace: str | None = None) -> list[tuple[str, Obj]]:
+        """The recent watch events of one resource (deep copies, oldest first): every state an object went through;
+        only `namespace`'s when given (filtered before copying: a long run's history is large)."""
+        return [
+            (kind, copy.deepcopy(obj))
+            for _, kind, obj in self._history[group, plural]
+            if namespace is None or (obj.get("metadata") or {}).get("namespace") == namespace
+        ]
 
-    def stored(self, plural: str, group: str = "") -> list[Obj]:
-        """All stored objects of one resource (deep copies), for assertions from the server's thread."""
-        return [copy.deepcopy(o) for (g, p, _, _), o in self.store.items() if g == group and p == plural]
+    def stored(self, plural: str, group: str = "", namespace: str | None = None) -> list[Obj]:
+        """All stored objects of one resource (deep copies), for assertions from the server's thread; only
+        `namespace`'s when given."""
+        return [
+            copy.deepcopy(o)
+            for (g, p, ns, _), o in self.store.items()
+            if g == group and p == plural and (namespace is None or ns == namespace)
+        ]
 
     # -- audit and hooks -------------------------------------------------------------------------------------
 
@@ -617,11 +628,12 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
         after: int,
         action: Callable[[AuditEntry], None],
         namespace: str = "",
+        match: Callable[[AuditEntry], bool] | None = None,
     ) -> WriteHook:
         """Register a `WriteHook` (call from the emulator's loop, e.g. via `EmulatorThread.call`)."""
         if after < 1:
             raise ValueError("after counts writes from 1")
-        hook = WriteHook(user_agent, after, action, namespace)
+        hook = WriteHook(user_agent, after, action, namespace, match)
         self._write_hooks.append(hook)
         return hook
 
@@ -641,6 +653,8 @@ class SluiceKubeEmulator(kmock.KubernetesEmulator):
     def _written(self, entry: AuditEntry) -> None:
         for hook in self._write_hooks:
             if hook.namespace and entry.namespace != hook.namespace:
+                continue
+            if hook.match is not None and not hook.match(entry):
                 continue
             if not hook.fired and entry.user_agent.startswith(hook.user_agent):
                 hook.seen += 1

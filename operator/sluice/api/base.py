@@ -6,6 +6,8 @@ what `kubectl explain` shows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +94,16 @@ class ApiModel(BaseModel):
 
     # Cross-field rules of this object: checked here after validation, emitted as x-kubernetes-validations.
     rules: ClassVar[tuple[Rule, ...]] = ()
+
+    def digest(self, exclude: set[str] | None = None) -> str:
+        """16 hex of a sha256 over the object as it is stored (camelCase JSON, keys sorted, None left out).
+
+        Equal for a status an operator saved and the one its successor reads back: the controllers name what a
+        decision produces (Events, Jobs, commands) after the status it was taken from, so a decision taken again
+        after a restart produces the same names and the API server refuses the repeat.
+        """
+        state = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=exclude)
+        return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
     @model_validator(mode="after")
     def _check_rules(self) -> Self:

@@ -251,9 +251,10 @@ def summary(evaluation: Evaluation) -> str:
     return text
 
 
-def job_name(policy: str, now: datetime) -> str:
-    """A DNS-1123 name for the retrain Job, unique per second: `<policy>-retrain-<UTC time>`."""
-    suffix = "-retrain-" + now.strftime("%Y%m%d%H%M%S")
+def job_name(policy: str, decision: str) -> str:
+    """A DNS-1123 name for the retrain Job: `<policy>-retrain-<decision>`, `decision` a digest of the status the
+    action was decided from, so the same decision taken again after a restart names the same Job (created once)."""
+    suffix = "-retrain-" + decision[:10]
     base = re.sub(r"[^a-z0-9-]", "-", policy.lower())[: 63 - len(suffix)].strip("-") or "drift"
     return base + suffix
 
@@ -403,7 +404,7 @@ def _evaluated(
             actions.append(RollbackTarget(spec.target.name, f"drift: {message}"))
             actions.append(EmitEvent("Warning", "DriftRollback", f"rolling {spec.target.name} back: {message}"))
         else:
-            name = job_name(obs.policy, now)
+            name = job_name(obs.policy, status.digest())
             actions.append(CreateRetrainJob(name, retrain_env(spec, obs, evaluation, now)))
             actions.append(EmitEvent("Warning", "DriftRetrain", f"created Job {name}: {message}"))
             update["last_job"] = name

@@ -13,11 +13,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special as _special
-from scipy import stats as _stats
 
 FloatArray = npt.NDArray[np.float64]
 ArrayLike = npt.ArrayLike
+
+
+def _scipy() -> tuple[Any, Any]:
+    """scipy.special and scipy.stats, imported on first use: half a second off every operator and CLI start."""
+    from scipy import special, stats
+
+    return special, stats
+
 
 PSEUDO_COUNT = 0.5  # added to every bin before PSI's logarithms, so an empty bin is finite
 EXACT_KS_MAX_N = 10_000  # as scipy.stats.ks_2samp(method="auto"): exact p-values up to this size, asymptotic above
@@ -77,12 +83,13 @@ def _smirnov(n: int, x: float) -> float:
     scipy.special.smirnov sums the same series term by term (0.4 s at n = 2e5, ~20 s at n = 5e5 here); this agrees
     with it to ~4e-10 relative (gammaln's rounding at large n), far inside 1e-9 absolute for these tail p-values.
     """
+    special = _scipy()[0]
     j = np.arange(0, math.floor(n * (1.0 - x)) + 1, dtype=np.float64)
     with np.errstate(divide="ignore"):
         log_terms = (
-            _special.gammaln(n + 1.0)
-            - _special.gammaln(j + 1.0)
-            - _special.gammaln(n - j + 1.0)
+            special.gammaln(n + 1.0)
+            - special.gammaln(j + 1.0)
+            - special.gammaln(n - j + 1.0)
             + (n - j) * np.log1p(-x - j / n)
             + (j - 1.0) * np.log(x + j / n)
         )
@@ -96,7 +103,7 @@ def kstwo_sf(d: float, n: int) -> float:
     t = n * d
     if n > 140 and 1.0 < t < n - 1 and d < 0.5 and 2.2 <= t * d < 370.0:
         return min(1.0, max(0.0, 2.0 * _smirnov(n, d)))
-    return float(_stats.kstwo.sf(d, n))
+    return float(_scipy()[1].kstwo.sf(d, n))
 
 
 def _ks_pvalue(d: Any, n1: Any, n2: Any) -> Any:
@@ -152,7 +159,7 @@ def chi2(reference: ArrayLike, current: ArrayLike) -> tuple[float, float, float]
     expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / n
     statistic = float(np.sum((table - expected) ** 2 / expected))
     dof = table.shape[1] - 1
-    p_value = float(_stats.chi2.sf(statistic, dof))
+    p_value = float(_scipy()[1].chi2.sf(statistic, dof))
     return math.sqrt(statistic / n), statistic, p_value
 
 
@@ -205,7 +212,7 @@ def ks_exact(reference: ArrayLike, current: ArrayLike, *, reference_sorted: bool
     a = _sorted(reference, reference_sorted)
     b = _sorted(current, False)
     if max(a.size, b.size) <= EXACT_KS_MAX_N:
-        result = _stats.ks_2samp(a, b)
+        result = _scipy()[1].ks_2samp(a, b)
         return TestResult(float(result.statistic), float(result.pvalue))
     d = ks_statistic_sorted(a, b)
     return TestResult(d, float(_ks_pvalue(d, a.size, b.size)))

@@ -2,8 +2,10 @@
 
 Each tick takes one reading of the cumulative per-bin counters and keeps a short history; the window's counts are
 the newest reading minus the newest one at least `spec.window` old (the oldest while the history is shorter). The
-first reading is only a baseline. `router_profile` is the one translation of a policy and its profile into the
-bins the router counts on.
+first reading is only a baseline. A loop that starts from a saved evaluation (the operator restarted) holds it,
+without a step, until its own readings make a full window or one with `minSamples` rows: otherwise the short history
+would read as NoData, posting a state change nobody made and dropping the Drifted state. `router_profile` is the one
+translation of a policy and its profile into the bins the router counts on.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class DriftLoop:
         self.status = status or DriftPolicyStatus()
         self.generation, self.poll_s, self.clock = generation, poll_s, clock
         self.readings: list[Reading] = []
+        self.resumed = self.status.last_evaluated is not None  # hold the saved evaluation until a window is seen
         self.capturing: str | None = None  # a fromStableVersion reference being captured: how far, in words
 
     def use_profile(self, profile: Profile | None) -> None:
@@ -167,7 +170,8 @@ class DriftLoop:
             **fields,
         )
 
-    async def _observe(self, now: datetime) -> Observations:
+    async def _observe(self, now: datetime) -> Observations | None:
+        """What `step` sees; None while a resumed loop holds its saved evaluation (see the module docstring)."""
         if self.problem is None and self.capturing is not None:
             return self._observations(capturing=self.capturing)
         if self.problem is not None or self.profile is None:
@@ -188,6 +192,10 @@ class DriftLoop:
         self.readings.append(reading)
         keep_from = baseline(self.readings, now, window)  # drop what no later window can start from
         self.readings = [r for r in self.readings if keep_from is None or r.time >= keep_from.time]
+        if self.resumed:
+            rows = max((sum(v) for v in window_counts(earlier, reading).values()), default=0.0) if earlier else 0.0
+            if (earlier is None or earlier.time > now - window) and rows < self.spec.min_samples:
+                return None
         if earlier is None:  # the first reading is the baseline: nothing counted yet
             return self._observations(window={k: [0.0] * len(v) for k, v in reading.bins.items()}, window_start=now)
         return self._observations(
@@ -200,6 +208,9 @@ class DriftLoop:
         """One observe-decide-act round; returns the actions carried out."""
         now = self.clock()
         observations = await self._observe(now)
+        if observations is None:
+            return []
+        self.resumed = False
         status, actions = step(self.spec, self.status, observations, now)
         for action in actions:
             await self.platform.carry_out(action)

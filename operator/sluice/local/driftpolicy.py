@@ -1,7 +1,10 @@
 """`sluice run` for a DriftPolicy: the target served on the local data plane with the policy's bins, synthetic load
 whose inputs shift after a while, and the real drift core deciding.
 
-The reference is read from a `file://` URI (a relative path resolves against the YAML's directory). Actions:
+The reference is read as the operator reads it (engine/reference.py): `file://` (a relative path resolves
+against the YAML's directory), http(s)://, s3:// (boto3, extra `s3`) or gs:// (google-cloud-storage, extra `gcs`),
+with each client's default credentials from this machine's environment; or, with `fromStableVersion`, captured from
+the served version's first window (`LocalCapture`). Actions:
 Events are printed; `rollback` serves the target's previous document (its previous promoted revision, as each
 document is one `kubectl apply`) when the files hold one; `retrain` runs `--retrain-command` as a local stand-in
 for the Job, with the same SLUICE_* variables in its environment.
@@ -17,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 
@@ -26,8 +30,9 @@ from sluice.api.model_deployment import ModelDeployment
 from sluice.drift.actions import Action, CreateRetrainJob, EmitEvent, RollbackTarget
 from sluice.drift.capture import profile_from_sample
 from sluice.drift.observations import Problem
-from sluice.drift.profile import Profile, ProfileError, load_profile
+from sluice.drift.profile import Profile, ProfileError
 from sluice.engine.driftpolicy import DriftLoop, capture_config, read_sample, router_profile
+from sluice.engine.reference import read_reference
 from sluice.engine.routing import Routing, serving_config
 from sluice.local.modeldeployment import DataPlaneHandle, RunningPlane
 from sluice.local.run import Session, Views
@@ -45,14 +50,16 @@ def load_reference(policy: DriftPolicy, base_dir: Path) -> tuple[Profile | None,
     reference = policy.spec.reference
     if reference.from_stable_version or reference.uri is None:
         return None, None
-    if not reference.uri.startswith("file://"):
-        message = f"{reference.uri}: sluice run reads file:// references only (http, s3 and gs are not built yet)"
-        return None, Problem("ReferenceUnreachable", "spec.reference.uri", message)
-    path = Path(reference.uri.removeprefix("file://"))
-    try:
-        return load_profile(path if path.is_absolute() else base_dir / path), None
-    except ProfileError as exc:
-        return None, Problem("ReferenceInvalid", "spec.reference.uri", str(exc))
+    return read_reference(reference_uri(reference.uri, base_dir))
+
+
+def reference_uri(uri: str, base_dir: Path) -> str:
+    """`file:PATH` and `file://PATH` with a relative PATH resolve against the YAML's directory (an absolute URI
+    for the object reader); file:///abs, http(s)://, s3:// and gs:// pass unchanged."""
+    if not uri.startswith("file:") or uri.startswith("file:///"):
+        return uri
+    path = Path(unquote(uri.removeprefix("file://") if uri.startswith("file://") else uri.removeprefix("file:")))
+    return (path if path.is_absolute() else base_dir / path).resolve().as_uri()
 
 
 class LocalCapture:

@@ -15,12 +15,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import numpy as np
 import numpy.typing as npt
 
 from sluice.serving.errors import redact_uris
+from sluice.serving.objects import ObjectReadError, read_object
 from sluice.serving.tensors import V2_TO_NUMPY, ModelMetadata, Tensor, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -76,97 +77,12 @@ def resolve_uri(uri: str, base_dir: Path | None) -> str:
 
 
 def fetch(uri: str, base_dir: Path | None = None, options: RuntimeOptions = RuntimeOptions()) -> bytes:
-    """The model file's bytes from file:, http(s)://, s3:// or gs:// (object stores need an optional extra)."""
+    """The model file's bytes from file:, http(s)://, s3:// or gs:// (objects.py; object stores need an extra)."""
     uri = resolve_uri(uri, base_dir)
-    parsed = urlparse(uri)
-    scheme = parsed.scheme
-    if scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise ModelLoadError(f"model URI {uri!r}: file URIs must be local (file:///abs/path)")
-        path = Path(unquote(parsed.path))
-        try:
-            size = path.stat().st_size
-            if size > options.max_bytes:
-                raise ModelLoadError(f"model file {path} is {size} bytes, over the {options.max_bytes}-byte cap")
-            return path.read_bytes()
-        except OSError as exc:
-            raise ModelLoadError(f"model file {path} cannot be read: {exc.strerror or exc}") from exc
-    if scheme in ("http", "https"):
-        return _fetch_http(uri, options)
-    if scheme in ("s3", "gs"):
-        return _fetch_object_store(uri, scheme, options)
-    raise ModelLoadError(f"model URI {uri!r}: unsupported scheme {scheme!r}; use file:, http(s)://, s3:// or gs://")
-
-
-def _fetch_http(uri: str, options: RuntimeOptions) -> bytes:
-    import httpx
-
-    chunks: list[bytes] = []
-    total = 0
     try:
-        with (
-            httpx.Client(timeout=options.http_timeout_s, follow_redirects=True) as client,
-            client.stream("GET", uri) as response,
-        ):
-            if response.status_code != 200:
-                raise ModelLoadError(f"model URI {uri}: HTTP {response.status_code}")
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > options.max_bytes:
-                raise ModelLoadError(f"model URI {uri}: {declared} bytes, over the {options.max_bytes}-byte cap")
-            for chunk in response.iter_bytes():
-                total += len(chunk)
-                if total > options.max_bytes:
-                    raise ModelLoadError(f"model URI {uri}: more than the {options.max_bytes}-byte cap")
-                chunks.append(chunk)
-    except httpx.HTTPError as exc:
-        raise ModelLoadError(f"model URI {uri}: download failed: {type(exc).__name__}: {exc}") from exc
-    return b"".join(chunks)
-
-
-def _fetch_object_store(uri: str, scheme: str, options: RuntimeOptions) -> bytes:
-    """s3:// through boto3 (extra `s3`), gs:// through google-cloud-storage (extra `gcs`): optional for a laptop,
-    both in the serving image. Credentials are each library's defaults (IRSA / workload identity / env)."""
-    parsed = urlparse(uri)
-    bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    if scheme == "s3":
-        try:
-            import boto3  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            raise ModelLoadError(
-                f"model URI {uri}: s3:// needs boto3; install the extra: pip install 'sluice[s3]'"
-            ) from exc
-        try:
-            body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
-            data: bytes = body.read(options.max_bytes + 1)
-        except Exception as exc:
-            raise ModelLoadError(f"model URI {uri}: S3 download failed: {type(exc).__name__}: {exc}") from exc
-    else:
-        data = _fetch_gcs(uri, bucket, key, options)
-    if len(data) > options.max_bytes:
-        raise ModelLoadError(f"model URI {uri}: more than the {options.max_bytes}-byte cap")
-    return data
-
-
-def _fetch_gcs(uri: str, bucket: str, key: str, options: RuntimeOptions) -> bytes:
-    """gs://BUCKET/KEY with google-cloud-storage (Application Default Credentials; STORAGE_EMULATOR_HOST honoured)."""
-    try:
-        from google.cloud import storage
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"model URI {uri}: gs:// needs google-cloud-storage; install the extra: pip install 'sluice[gcs]'"
-        ) from exc
-    try:
-        blob = storage.Client().bucket(bucket).get_blob(key)
-        if blob is None:
-            raise ModelLoadError(f"model URI {uri}: no such object in bucket {bucket!r}")
-        if blob.size is not None and blob.size > options.max_bytes:
-            raise ModelLoadError(f"model URI {uri}: {blob.size} bytes, over the {options.max_bytes}-byte cap")
-        data: bytes = blob.download_as_bytes()
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"model URI {uri}: GCS download failed: {type(exc).__name__}: {exc}") from exc
-    return data
+        return read_object(uri, options.max_bytes, options.http_timeout_s)
+    except ObjectReadError as exc:
+        raise ModelLoadError(f"model URI {exc}") from exc
 
 
 def verify_sha256(data: bytes, expected: str | None, uri: str) -> str:

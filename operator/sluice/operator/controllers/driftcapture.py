@@ -50,7 +50,7 @@ RETRY_S = 10.0  # a failed read of the sample or the ConfigMap is tried again af
 RECHECK_S = 30.0  # while captured, the ConfigMap is looked at this often (deleted or edited: capture again)
 FIELD = "spec.reference.fromStableVersion"
 
-Emit = Callable[[Literal["Normal", "Warning"], str, str], Awaitable[None]]
+Emit = Callable[[Literal["Normal", "Warning"], str, str, str], Awaitable[None]]  # type, reason, message, Event key
 
 
 def reference_name(policy: str) -> str:
@@ -137,10 +137,11 @@ class ReferenceCapture:
         """Where the reference is, for people and the retrain Job's SLUICE_REFERENCE_URI."""
         return f"configmap://{self.owner.namespace}/{self.name}/{DATA_KEY}"
 
-    async def _note(self, type_: Literal["Normal", "Warning"], reason: str, version: str, message: str) -> None:
-        if (reason, version) not in self._noted:
-            self._noted.add((reason, version))
-            await self.emit(type_, reason, message)
+    async def _note(self, type_: Literal["Normal", "Warning"], reason: str, what: str, message: str) -> None:
+        """One Event per (reason, what), named after them: a restart meeting the same cause posts nothing twice."""
+        if (reason, what) not in self._noted:
+            self._noted.add((reason, what))
+            await self.emit(type_, reason, message, f"reference/{reason}/{what}")
 
     def restore(self, status: ReferenceStatus | None) -> None:
         """The reference status stored before a restart (its capture start survives)."""
@@ -292,7 +293,7 @@ class ReferenceCapture:
             f"captured the reference from stable version {stable}: {profile.rows} sampled rows of {status.rows}, "
             f"kept in ConfigMap {self.name}"
         )
-        await self._note("Normal", "ReferenceCaptured", stable, message)
+        await self._note("Normal", "ReferenceCaptured", f"{stable}/{_stamp(now)}", message)
         return Outcome(profile=profile, status=self.status)
 
     async def _hand_capture(self, spec: DriftPolicySpec, target: Obj, stable: str) -> DriftProfileConfig:

@@ -1,10 +1,11 @@
 """One DriftPolicy's life in the operator: load its reference, hand its bins to the target, run the DriftLoop.
 
 Kopf runs one of these per DriftPolicy (handlers/driftpolicy.py). Each round it reads the target ModelDeployment,
-loads the reference profile (file:// or http(s)://), checks the watched features against the profile and against
-the model's inputs (the router's `GET /v2/models/NAME`), and only then writes the policy's bins on the target as the
-annotation `drift.sluice.dev/<policy>` (driftprofiles.py), which the target's own controller renders into its
-router config. The DriftLoop then reads the router's counters through the target's provider and decides.
+loads the reference profile (file:///, http(s)://, s3:// or gs://: engine/reference.py, in a thread, with each store
+client's default credentials), checks the watched features against the profile and against the model's inputs (the
+router's `GET /v2/models/NAME`), and only then writes the policy's bins on the target as the annotation
+`drift.sluice.dev/<policy>` (driftprofiles.py), which the target's own controller renders into its router config.
+The DriftLoop then reads the router's counters through the target's provider and decides.
 
 Bad input (a spec that does not parse, a missing target, a reference that cannot be read or does not fit, a
 feature the model does not have) reaches the loop as a `Problem`: the core sets `Evaluated` False naming the field
@@ -23,15 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import logging
 import math
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -43,8 +43,9 @@ from sluice.api.model_deployment import ModelDeploymentSpec
 from sluice.drift.actions import Action, CreateRetrainJob, EmitEvent, RollbackTarget
 from sluice.drift.core import check_reference, step
 from sluice.drift.observations import Observations, Problem
-from sluice.drift.profile import PREDICTION, Profile, ProfileError, parse_profile
+from sluice.drift.profile import PREDICTION, Profile
 from sluice.engine.driftpolicy import DriftLoop, router_profile
+from sluice.engine.reference import read_reference
 from sluice.operator.context import OperatorContext
 from sluice.operator.controllers.driftcapture import ReferenceCapture
 from sluice.operator.controllers.modeldeployment import Stopped, plain, spec_problem
@@ -65,41 +66,14 @@ POLICY_LABEL = "sluice.dev/drift-policy"  # on retrain Jobs
 JOB_NAME_LABEL = "job-name"  # set by the Job controller on the Job's pods
 RETRAINED = "Retrained"  # condition: the last retrain Job's outcome; its message starts with "Job <name>:"
 _FINAL = frozenset({"NewVersion", "JobFailed", "NoModelReported", "JobMissing", "InvalidModel"})
-MAX_REFERENCE_BYTES = 64 * 1024 * 1024
 RETRY_S = 10.0  # a reference that could not be read is read again after this long (or at once on a new generation)
 
 
-def undo_command(now: datetime) -> str:
-    """The value `kubectl sluice undo` writes: `undo:<RFC 3339 UTC>-<nonce>`, unique per request."""
-    return f"undo:{now.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{secrets.token_hex(3)}"
-
-
-async def load_reference(uri: str, http: httpx.AsyncClient) -> tuple[Profile | None, Problem | None]:
-    """The profile at `uri` (file:// or http(s)://), or the problem naming spec.reference.uri."""
-    where = "spec.reference.uri"
-    try:
-        if uri.startswith("file://"):
-            data = await asyncio.to_thread(Path(uri.removeprefix("file://")).read_bytes)
-        elif uri.startswith(("http://", "https://")):
-            response = await http.get(uri)
-            if response.status_code != 200:
-                return None, Problem("ReferenceUnreachable", where, f"{uri} answered HTTP {response.status_code}")
-            data = response.content
-        else:
-            scheme = uri.split("://", 1)[0]
-            message = (
-                f"{uri}: the operator reads file:// and http(s):// references; {scheme}:// is not read by it yet "
-                "(serve the profile over https, e.g. a presigned URL)"
-            )
-            return None, Problem("ReferenceUnreachable", where, message)
-    except (OSError, httpx.HTTPError) as exc:
-        return None, Problem("ReferenceUnreachable", where, f"{uri}: {exc or type(exc).__name__}")
-    if len(data) > MAX_REFERENCE_BYTES:
-        return None, Problem("ReferenceInvalid", where, f"{uri}: larger than {MAX_REFERENCE_BYTES} bytes")
-    try:
-        return parse_profile(data, source=uri), None
-    except ProfileError as exc:
-        return None, Problem("ReferenceInvalid", where, str(exc))
+def undo_command(policy: str, decision: str) -> str:
+    """The target's undo command for one rollback decision: `undo:drift-<digest>`, the same when the decision is
+    taken again after a restart (the target carries a command value out once, so it rolls back once)."""
+    digest = hashlib.sha256(f"{policy}\0{decision}".encode()).hexdigest()[:16]
+    return f"undo:drift-{digest}"
 
 
 def inputs_problem(spec: DriftPolicySpec, metadata: Obj) -> Problem | None:
@@ -192,16 +166,24 @@ class KubeDriftPlatform:
         self.target: Obj = {}  # the live target, refreshed by the daemon before each tick
         self.last: Obj = {}
         self.extra_conditions: dict[str, tuple[bool, str, str]] = {}  # operator-level conditions kept on save
+        self.event_keys = events.DecisionKeys()
+
+    def restore(self, status: DriftPolicyStatus) -> None:
+        """The status as stored (after a restart): nothing to write again; decisions named after it."""
+        self.last = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        self.event_keys.saved_as(status.digest())
 
     async def carry_out(self, action: Action) -> None:
+        """Post, patch or create; each named after the decision, so one taken again after a restart repeats none."""
         if isinstance(action, EmitEvent):
-            await events.emit(self.ctx.client, self.owner, action.type, action.reason, action.message)
+            key = "drift/" + self.event_keys.next(action.reason)
+            await events.emit(self.ctx.client, self.owner, action.type, action.reason, action.message, key=key)
         elif isinstance(action, RollbackTarget):
-            value = undo_command(datetime.now(UTC))
+            value = undo_command(self.owner.name, self.event_keys.next("rollback"))
             patch = {"metadata": {"annotations": {COMMAND_ANNOTATION: value}}}
             await self.ctx.client.patch(API_VERSION, TARGET_KIND, self.owner.namespace, action.target, patch)
-            await self._target_event(
-                "DriftRollback", f"DriftPolicy {self.owner.name} asked for {value}: {action.reason}"
+            await self.target_event(
+                "DriftRollback", f"DriftPolicy {self.owner.name} asked for {value}: {action.reason}", key=value
             )
         elif isinstance(action, CreateRetrainJob):
             job = retrain_job(self.owner, self.spec.action.job_template or {}, action)
@@ -210,13 +192,15 @@ class KubeDriftPlatform:
             except ApiError as exc:
                 if exc.code != 409:  # 409: made before a restart; the same name is the same Job
                     raise
-            await self._target_event("DriftRetrain", f"DriftPolicy {self.owner.name} started retrain Job {action.name}")
+            message = f"DriftPolicy {self.owner.name} started retrain Job {action.name}"
+            await self.target_event("DriftRetrain", message, key=f"job/{action.name}")
 
-    async def _target_event(self, reason: str, message: str) -> None:
+    async def target_event(self, reason: str, message: str, *, key: str) -> None:
+        """A Warning Event on the target, once per `key` (which names the decision or the Job)."""
         meta = self.target.get("metadata") or {}
         if meta.get("uid"):
             target = Owner(name=meta["name"], namespace=self.owner.namespace, uid=meta["uid"])
-            await events.emit(self.ctx.client, target, "Warning", reason, message)
+            await events.emit(self.ctx.client, target, "Warning", reason, message, key=f"{self.owner.name}/{key}")
 
     async def save(self, status: DriftPolicyStatus) -> None:
         now = datetime.now(UTC)
@@ -236,6 +220,7 @@ class KubeDriftPlatform:
                 API_VERSION, KIND, self.owner.namespace, self.owner.name, {"status": new}
             )
             self.last = new
+        self.event_keys.saved_as(status.digest())
         self.ctx.metrics.drift(self.owner.namespace, self.owner.name, {f.name: f.score for f in status.features})
 
 
@@ -294,6 +279,7 @@ class DriftPolicyDaemon:
         loop = await self._loop(spec, target, generation, profile)
         loop.problem = problem
         self._captured_status(spec, loop)
+        self._platform(spec).event_keys.begin()
         await loop.tick()
         self.status = loop.status
         await self._follow_job(spec, target)
@@ -324,7 +310,7 @@ class DriftPolicyDaemon:
         retry = cached is not None and cached[2] is not None and time.monotonic() - self._reference_read_at >= RETRY_S
         if cached is None or cached[0] != (reference.uri, generation) or retry:
             self._reference_read_at = time.monotonic()
-            profile, problem = await load_reference(reference.uri, self.ctx.provider_http())
+            profile, problem = await asyncio.to_thread(read_reference, reference.uri)
             self._reference = cached = ((reference.uri, generation), profile, problem)
         profile, problem = cached[1], cached[2]
         if profile is None:
@@ -341,8 +327,8 @@ class DriftPolicyDaemon:
         """fromStableVersion: the captured profile (capturing it first), checked and handed to the target as bins."""
         if self.capture is None:
 
-            async def emit(type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
-                await events.emit(self.ctx.client, self.owner, type_, reason, message)
+            async def emit(type_: Literal["Normal", "Warning"], reason: str, message: str, key: str) -> None:
+                await events.emit(self.ctx.client, self.owner, type_, reason, message, key=key)
 
             self.capture = ReferenceCapture(
                 self.ctx.client, self.owner, self.ctx.provider_http, emit, recheck_s=max(5.0, 30 * self.ctx.poll_s)
@@ -433,6 +419,7 @@ class DriftPolicyDaemon:
         """One platform for the daemon's life (it remembers the status last written and the extra conditions)."""
         if self.platform is None:
             self.platform = KubeDriftPlatform(self.ctx, self.owner, spec)
+            self.platform.restore(self.status)
         self.platform.spec = spec
         return self.platform
 
@@ -445,6 +432,7 @@ class DriftPolicyDaemon:
         status = self.loop.status if self.loop is not None else self.status
         new, actions = step(spec, status, Observations(self.owner.name, generation, problem=problem), _now())
         platform = self._platform(spec)
+        platform.event_keys.begin()
         for action in actions:
             await platform.carry_out(action)
         await platform.save(new)
@@ -499,7 +487,9 @@ class DriftPolicyDaemon:
             f"Job {job_name}: reported version {model['version']} ({model['uri']}); spec.model of "
             f"{spec.target.name} set to it, which rolls it out as a canary under its own analysis"
         )
-        await self.platform._target_event("DriftRetrained", f"DriftPolicy {self.owner.name}: {message}")
+        await self.platform.target_event(
+            "DriftRetrained", f"DriftPolicy {self.owner.name}: {message}", key=f"retrained/{job_name}"
+        )
         await self._retrained(True, "NewVersion", message, event="Normal")
 
     async def _retrained(
@@ -511,7 +501,8 @@ class DriftPolicyDaemon:
             return
         self.platform.extra_conditions[RETRAINED] = (value, reason, message)
         if event is not None:
-            await events.emit(self.ctx.client, self.owner, event, f"Retrain{reason}", message)
+            key = f"retrained/{reason}/{message}"  # once per Job and outcome, across restarts
+            await events.emit(self.ctx.client, self.owner, event, f"Retrain{reason}", message, key=key)
         await self.platform.save(self.loop.status)
 
 

@@ -51,6 +51,12 @@ class KubeExperimentPlatform:
         self.running = False  # the arms are deployed: their readiness is judged (set by the daemon each tick)
         self.health = ArmHealth(0.0)
         self._last_status: Obj = {}
+        self.event_keys = events.DecisionKeys()
+
+    def restore(self, status: ExperimentStatus) -> None:
+        """The status as stored (after a restart): nothing to write again, Events named after it."""
+        self._last_status = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        self.event_keys.saved_as(status.digest())
 
     async def _target(self) -> Obj | None:
         return await self.ctx.client.get(API_VERSION, TARGET_KIND, self.owner.namespace, self.spec.target.name)
@@ -97,7 +103,8 @@ class KubeExperimentPlatform:
     async def carry_out(self, action: Action) -> None:
         metric = self.spec.primary_metric
         if isinstance(action, EmitEvent):
-            await events.emit(self.ctx.client, self.owner, action.type, action.reason, action.message)
+            key = "experiment/" + self.event_keys.next(action.reason)
+            await events.emit(self.ctx.client, self.owner, action.type, action.reason, action.message, key=key)
         elif isinstance(action, DeployArms):
             arms = tuple((a.name, a.model, a.weight) for a in action.arms)
             self.arms = ExperimentArms(
@@ -138,10 +145,11 @@ class KubeExperimentPlatform:
 
     async def save(self, status: ExperimentStatus) -> None:
         new = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-        if new == self._last_status:
-            return
-        await self.ctx.client.patch_status(API_VERSION, KIND, self.owner.namespace, self.owner.name, {"status": new})
-        self._last_status = new
+        if new != self._last_status:
+            patch = {"status": new}
+            await self.ctx.client.patch_status(API_VERSION, KIND, self.owner.namespace, self.owner.name, patch)
+            self._last_status = new
+        self.event_keys.saved_as(status.digest())
 
 
 class ExperimentDaemon:
@@ -164,7 +172,7 @@ class ExperimentDaemon:
                     await self.tick(body)
                     backoff = self.ctx.poll_s
                 except _BadSpec as bad:
-                    await self._report(str(bad))
+                    await self._report(str(bad), body["metadata"].get("generation"))
                     delay, backoff = backoff, min(backoff * 2, self.ctx.max_backoff_s)
                 except Exception:
                     log.exception("experiment %s/%s: tick failed", self.owner.namespace, self.owner.name)
@@ -188,6 +196,7 @@ class ExperimentDaemon:
             old = self.loop.provider
             self.loop.provider = await self._provider(self.loop.spec)
             await old.close()
+        self.platform.event_keys.begin()
         await self.loop.tick()
 
     async def _build(self, body: Obj, generation: int | None) -> None:
@@ -205,6 +214,7 @@ class ExperimentDaemon:
                 status = ExperimentStatus()
         provider = await self._provider(spec)
         self.platform = KubeExperimentPlatform(self.ctx, self.owner, spec)
+        self.platform.restore(status)
         self.loop = ExperimentLoop(
             spec,
             self.platform,
@@ -235,11 +245,12 @@ class ExperimentDaemon:
         url = self.ctx.router_metrics_url(target.backend, spec.target.name, self.owner.namespace)
         return create_provider(target.analysis.provider, metrics_url=url, client=self.ctx.provider_http())
 
-    async def _report(self, message: str) -> None:
+    async def _report(self, message: str, generation: int | None) -> None:
         log.warning("experiment %s/%s: %s", self.owner.namespace, self.owner.name, message)
         if message != self._reported:
             self._reported = message
-            await events.emit(self.ctx.client, self.owner, "Warning", "InvalidSpec", message)
+            key = f"invalid-spec/{generation}/{message}"  # once per message, across restarts
+            await events.emit(self.ctx.client, self.owner, "Warning", "InvalidSpec", message, key=key)
 
 
 class _BadSpec(Exception):

@@ -86,6 +86,7 @@ class KubePlatform:
         self.kids = Children(client, owner, watched if watched is not None else {})
         self.probe = ReadinessReader(client, owner, self.kids.selector, pods_every_s)
         self._rendered: tuple[ModelDeploymentSpec, str, list[Obj]] | None = None
+        self.event_keys = events.DecisionKeys()
         self.reset(status)
 
     # -- desired state -----------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ class KubePlatform:
         self.routing, self.running = desired_from(status)
         # A status that names no version has nothing to orphan (a new resource): no lists of every child kind.
         self.kids.prune_needed = bool(self.running)
-        self._saved_key, self._events_since_save = rollout_key(status), 0
+        self.event_keys.saved_as(rollout_key(status))
 
     def set_spec(self, spec: ModelDeploymentSpec, generation: int | None) -> None:
         self.spec, self.renderer, self.generation = spec, renderer_for(spec.backend), generation
@@ -167,8 +168,7 @@ class KubePlatform:
             if action.reason == "ProgressDeadlineExceeded" and self.canary_not_ready:
                 message += f" ({self.canary_not_ready})"
             # Named after the saved status it was decided from and its place among this tick's Events.
-            key = f"rollout/{self._saved_key}/{self._events_since_save}/{action.reason}"
-            self._events_since_save += 1
+            key = "rollout/" + self.event_keys.next(action.reason)
             await events.emit(self.client, self.owner, action.type, action.reason, message, key=key)
             return
         if isinstance(action, DeployVersion):
@@ -196,7 +196,7 @@ class KubePlatform:
         for type_, (value, reason, message) in self.operator_conditions.items():
             put_condition(status, type_, value, reason, message, generation=self.generation)
         await self.writer.write(status)
-        self._saved_key, self._events_since_save = rollout_key(status), 0
+        self.event_keys.saved_as(rollout_key(status))
         await self.sync()
 
     async def pending_command(self) -> Command | None:

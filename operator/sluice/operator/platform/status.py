@@ -6,8 +6,6 @@ it is written before the children follow it (write-ahead), so the children never
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -39,13 +37,8 @@ def status_dict(status: ModelDeploymentStatus) -> Obj:
 
 
 def rollout_key(status: ModelDeploymentStatus) -> str:
-    """A digest of the rollout state in `status` (conditions and the ready count left out: they are observations).
-
-    Equal for the status an operator saved and the one its successor reads back, so a decision taken from it names
-    its Events the same way both times.
-    """
-    state = status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"conditions", "ready"})
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+    """A digest of the rollout state in `status` (conditions and the ready count left out: they are observations)."""
+    return status.digest(exclude={"conditions", "ready"})
 
 
 @dataclass
