@@ -17,6 +17,7 @@ lacks a watched feature; each with an Event.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -126,7 +127,7 @@ class ReferenceCapture:
         self.status: ReferenceStatus | None = None
         self._read_for: str | None = None  # the stable version the ConfigMap was last read for
         self._retry_at = 0.0  # time.monotonic() before which a failed sample read is not retried
-        self._noted: set[tuple[str, str]] = set()  # (reason, version) Events already posted
+        self._noted: set[tuple[str, str]] = set()  # (reason, cause) Events already posted
 
     @property
     def name(self) -> str:
@@ -160,7 +161,8 @@ class ReferenceCapture:
         if self.profile is not None and self.status is not None and self.status.version == stable:
             if check_reference(spec, self.profile, None) is not None:
                 message = "the watched features changed: capturing the reference again"
-                await self._note("Normal", "ReferenceRecapture", stable, message)
+                features = hashlib.sha256(spec.model_dump_json(include={"features"}).encode()).hexdigest()[:12]
+                await self._note("Normal", "ReferenceRecapture", f"{stable}/features/{features}", message)
                 self.profile, self._read_for = None, stable
             elif time.monotonic() - self._checked_at < self.recheck_s:
                 return Outcome(profile=self.profile, status=self.status)
@@ -169,7 +171,7 @@ class ReferenceCapture:
                 self.profile, self._read_for = None, None  # read the ConfigMap again: still there, unchanged?
         elif self.profile is not None and self.status is not None:
             message = f"stable version is now {stable} (the reference is of {self.status.version}): capturing it"
-            await self._note("Normal", "ReferenceRecapture", stable, message)
+            await self._note("Normal", "ReferenceRecapture", f"{self.status.captured_at}->{stable}", message)
             self.profile = None
         if self._read_for != stable:
             self._read_for = stable
@@ -197,7 +199,7 @@ class ReferenceCapture:
             return None
         if version != stable:
             message = f"ConfigMap {self.name} holds version {version}; the stable version is {stable}: capturing it"
-            await self._note("Normal", "ReferenceRecapture", stable, message)
+            await self._note("Normal", "ReferenceRecapture", f"{captured_at}->{stable}", message)
             return None
         if check_reference(spec, profile, None) is not None:
             message = f"ConfigMap {self.name} lacks a watched feature: capturing the reference again"
