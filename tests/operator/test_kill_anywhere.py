@@ -53,7 +53,9 @@ STEPS = [20, 50]
 TERMINAL = {"Succeeded", "RolledBack", "Aborted", "Failed"}
 WRITES = {"create", "update", "patch", "delete"}
 SCENARIOS = [("ray", "good"), ("ray", "bad"), ("triton", "good"), ("triton", "bad")]
-PARALLEL = 3
+# Runs at a time: each spends about half its time waiting (pauses, analysis intervals, the operator's start), so
+# more runs than cores keeps the cores busy; SLUICE_KILL_PARALLEL overrides it.
+PARALLEL = int(os.environ.get("SLUICE_KILL_PARALLEL", "3"))
 PORT_TAKEN = "address already in use"
 CONVERGE_S = 30.0  # from the kill to the terminal phase with the children settled
 
