@@ -102,7 +102,7 @@ def test_from_stable_version_captures_the_first_window_then_the_shift_drifts(tmp
     window of unshifted load becomes the reference, then the shift goes Ok -> Drifted and rolls back."""
     example = tmp_path / "drift.yaml"
     example.write_text(
-        FROM_STABLE.read_text().replace("window: 20s", "window: 8s").replace("interval: 5s", "interval: 2s")
+        FROM_STABLE.read_text().replace("window: 12s", "window: 8s").replace("interval: 5s", "interval: 2s")
         .replace("file:models/", f"file:{FROM_STABLE.parent}/models/")
     )  # fmt: skip
     command = [SLUICE, "run", "-f", str(example), "--backend", "onnx", "--load", "40", "--shift-after", "20s"]
@@ -129,4 +129,4 @@ def test_from_stable_version_refuses_a_shift_inside_the_capture_window() -> None
         check=False,
     )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "--shift-after: 10s is shorter than spec.window (20s)" in done.stderr
+    assert "--shift-after: 10s is shorter than spec.window (12s)" in done.stderr

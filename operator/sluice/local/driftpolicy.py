@@ -86,8 +86,9 @@ class LocalCapture:
             return f"{waiting}: waiting for the router to start sampling"
         self.status.rows = rows = int(summary["rows"])
         window = parse_duration(self.spec.window)
-        if float(summary["age_s"]) < window or rows < self.spec.min_samples:
-            until = (self.status.capture_started_at or datetime.now(UTC)) + timedelta(seconds=window)
+        age = float(summary["age_s"])
+        if age < window or rows < self.spec.min_samples:
+            until = datetime.now(UTC) + timedelta(seconds=max(window - age, 0.0))  # the router's clock: its age
             return (
                 f"{waiting}: {rows} of at least {self.spec.min_samples} rows (minSamples), window "
                 f"{self.spec.window} until {until.strftime('%H:%M:%S')}"
